@@ -1,0 +1,3 @@
+from ich3d.cli.main import main
+
+raise SystemExit(main())

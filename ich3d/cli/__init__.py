@@ -1,0 +1,1 @@
+"""The ``ich3d`` command line."""

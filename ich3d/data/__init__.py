@@ -1,0 +1,1 @@
+"""Data layer: synthetic RSNA data, DICOM ingest, the volume cache, splits and DataModules."""

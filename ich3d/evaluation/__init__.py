@@ -1,0 +1,1 @@
+"""Volume-level evaluation: DeLong statistics, baselines, operating points, reports."""

@@ -1,0 +1,1 @@
+"""Networks: slice encoders, sequence heads and the volume model, behind a small registry."""

@@ -1,0 +1,193 @@
+"""Name -> builder registries for slice encoders and sequence heads.
+
+The trainer never imports a network class: it asks :func:`build_encoder` and
+:func:`build_head` for a name taken from the config, so a new encoder or head
+is one decorated class in its own module, e.g.::
+
+    from ich3d.models.registry import ENCODERS
+
+    @ENCODERS.register("my_cnn")
+    class MyCNN(nn.Module):
+        def __init__(self, in_channels: int = 3) -> None: ...
+
+Contracts
+    * Encoder: ``nn.Module`` with keyword ``in_channels``, an attribute
+      ``out_features: int`` and ``forward(x: Tensor[N, C, H, W]) -> Tensor[N, F]``.
+    * Head: ``nn.Module`` whose first argument is ``in_features`` and
+      ``forward(feats: Tensor[B, T, F], lengths: LongTensor[B]) -> Tensor[B]``
+      (logits); positions at or beyond ``lengths`` never change the output.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from torch import nn
+
+from ich3d.errors import UserError
+
+__all__ = [
+    "Registry",
+    "ENCODERS",
+    "HEADS",
+    "build_encoder",
+    "build_head",
+    "count_parameters",
+]
+
+T = TypeVar("T", bound=Callable[..., Any])
+
+#: Modules whose import registers the built-in encoders and heads.
+_BUILTIN_MODULES: tuple[str, ...] = (
+    "ich3d.models.slice_cnn",
+    "ich3d.models.sequence",
+    "ich3d.models.small_cnn",
+    "ich3d.models.torchvision_encoders",
+)
+
+
+def _import_builtins() -> None:
+    """Import the modules that register the built-in entries (idempotent, cheap after once)."""
+    for module in _BUILTIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:  # an optional built-in module not present
+            if err.name != module:
+                raise
+
+
+class Registry:
+    """A mapping from a name to a builder (a class or a function returning an ``nn.Module``).
+
+    Args:
+        kind: What the registry holds, used in error messages ("encoder", "head").
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._builders: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Return a decorator that registers its argument under ``name``.
+
+        Args:
+            name: The name used in configs. Registering a name twice is a bug
+                and raises ``ValueError``.
+        """
+
+        def decorator(builder: T) -> T:
+            if name in self._builders and self._builders[name] is not builder:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._builders[name] = builder
+            return builder
+
+        return decorator
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        _import_builtins()
+        return sorted(self._builders)
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """The builder registered as ``name``.
+
+        Raises:
+            UserError: ``name`` is not registered; the message lists the allowed names.
+        """
+        _import_builtins()
+        if name not in self._builders:
+            raise UserError(
+                f"unknown {self.kind} {name!r}; allowed: {', '.join(sorted(self._builders))}"
+            )
+        return self._builders[name]
+
+    def build(self, name: str, **kwargs: Any) -> Any:
+        """Build the entry ``name`` with keyword arguments ``kwargs``.
+
+        Raises:
+            UserError: unknown ``name``, or a keyword the builder does not accept
+                (the message lists the accepted keywords).
+        """
+        builder = self.get(name)
+        _check_kwargs(self.kind, name, builder, kwargs)
+        return builder(**kwargs)
+
+    def __contains__(self, name: object) -> bool:
+        _import_builtins()
+        return name in self._builders
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, names={sorted(self._builders)})"
+
+
+def _check_kwargs(kind: str, name: str, builder: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Raise ``UserError`` naming any keyword ``builder`` would reject."""
+    try:
+        sig = inspect.signature(builder)
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return
+    params = sig.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    allowed = [
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise UserError(
+            f"{kind} {name!r} got unknown option(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+
+
+#: Slice encoders: ``(N, C, H, W) -> (N, F)``.
+ENCODERS = Registry("encoder")
+#: Sequence heads: ``(B, T, F), lengths -> (B,)`` logits.
+HEADS = Registry("head")
+
+
+def build_encoder(name: str, **kwargs: Any) -> nn.Module:
+    """Build the slice encoder registered as ``name`` (see ``ENCODERS.names()``).
+
+    Args:
+        name: Registered encoder name, e.g. ``"patel_cnn"``.
+        **kwargs: Passed to the encoder's constructor (``in_channels`` is always accepted).
+    """
+    return ENCODERS.build(name, **kwargs)
+
+
+def build_head(name: str, **kwargs: Any) -> nn.Module:
+    """Build the sequence head registered as ``name`` (see ``HEADS.names()``).
+
+    Args:
+        name: Registered head name, e.g. ``"bilstm"``.
+        **kwargs: Passed to the head's constructor (``in_features`` first).
+    """
+    return HEADS.build(name, **kwargs)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Number of parameters of ``model``.
+
+    Returns:
+        ``{"total": all parameters, "trainable": those with requires_grad}``
+        (shared parameters counted once).
+    """
+    seen: set[int] = set()
+    total = trainable = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return {"total": total, "trainable": trainable}

@@ -1,0 +1,1 @@
+"""Experiment tracking (Weights & Biases, CSV) with identifiers kept off the wire."""

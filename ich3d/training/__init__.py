@@ -1,0 +1,1 @@
+"""Lightning modules, the three training stages, run directories and configs."""
