@@ -1,1 +1,44 @@
-"""Networks: slice encoders, sequence heads and the volume model, behind a small registry."""
+"""Networks: slice encoders, sequence heads and the volume model, behind a small registry.
+
+Build by name (the names come from the config)::
+
+    from ich3d.models import build_volume_model, build_slice_classifier, ENCODERS, HEADS
+
+    model = build_volume_model({"name": "patel_cnn", "in_channels": 3}, {"name": "bilstm"})
+    logits = model(volumes, lengths)  # (B, T, C, H, W), (B,) -> (B,)
+
+``ENCODERS.names()`` / ``HEADS.names()`` list what is available.
+"""
+
+from __future__ import annotations
+
+from ich3d.models.registry import (
+    ENCODERS,
+    HEADS,
+    Registry,
+    build_encoder,
+    build_head,
+    count_parameters,
+)
+from ich3d.models.sequence import BiGRUHead, BiLSTMHead, GRUHead, LSTMHead, RecurrentHead
+from ich3d.models.slice_cnn import PatelSliceCNN, SliceClassifier
+from ich3d.models.volume import VolumeClassifier, build_slice_classifier, build_volume_model
+
+__all__ = [
+    "Registry",
+    "ENCODERS",
+    "HEADS",
+    "build_encoder",
+    "build_head",
+    "count_parameters",
+    "PatelSliceCNN",
+    "SliceClassifier",
+    "RecurrentHead",
+    "BiLSTMHead",
+    "BiGRUHead",
+    "LSTMHead",
+    "GRUHead",
+    "VolumeClassifier",
+    "build_volume_model",
+    "build_slice_classifier",
+]

@@ -126,7 +126,9 @@ class Registry:
         return f"Registry({self.kind!r}, names={sorted(self._builders)})"
 
 
-def _check_kwargs(kind: str, name: str, builder: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+def _check_kwargs(
+    kind: str, name: str, builder: Callable[..., Any], kwargs: dict[str, Any]
+) -> None:
     """Raise ``UserError`` naming any keyword ``builder`` would reject."""
     try:
         sig = inspect.signature(builder)

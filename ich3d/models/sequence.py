@@ -1,0 +1,254 @@
+"""Recurrent sequence heads over the slice features of a volume.
+
+A head reads ``feats: (B, T, F)`` with true lengths ``lengths: (B,)`` and returns
+one logit per volume. Sequences are packed (``pack_padded_sequence``), so the
+padded positions ``t >= lengths[b]`` are never read: a volume's logit does not
+depend on what else is in its batch.
+
+Registered heads:
+
+* ``"bilstm"`` :class:`BiLSTMHead`: the method of Patel et al. (2019), 1 or 2 layers of 512.
+* ``"bigru"`` :class:`BiGRUHead`: CNN + GRU (Ayesha et al. 2025; a BiGRU also won RSNA 2019).
+* ``"lstm"`` / ``"gru"``: the unidirectional variants.
+
+Volume representation (``pooling``):
+
+* ``"last"`` (default): the final hidden state of each direction of the last
+  layer, i.e. the forward state at position ``length - 1`` concatenated with the
+  backward state at position 0: each has read the whole volume.
+* ``"mean"`` / ``"max"``: mean / max over the valid positions of the last layer's
+  outputs (both directions concatenated).
+
+Initialisation (METHOD.md, stage 2), :func:`init_recurrent`:
+
+* input weights Glorot (Xavier) uniform over the whole gate-stacked matrix
+  ``weight_ih`` (``fan_out = gates * hidden``, the Keras convention the paper used:
+  bound ``sqrt(6 / (in + gates * hidden))``);
+* recurrent weights: a random orthogonal matrix per gate block (each
+  ``hidden x hidden`` block of ``weight_hh`` is orthogonal);
+* biases 0, except the LSTM forget gate, whose total bias is 1: PyTorch adds
+  ``bias_ih + bias_hh``, so ``bias_ih`` holds 1 for the forget gate and
+  ``bias_hh`` 0.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ich3d.models.registry import HEADS
+
+__all__ = [
+    "RecurrentHead",
+    "BiLSTMHead",
+    "BiGRUHead",
+    "LSTMHead",
+    "GRUHead",
+    "init_recurrent",
+    "check_lengths",
+]
+
+Pooling = Literal["last", "mean", "max"]
+_POOLINGS = ("last", "mean", "max")
+
+
+def init_recurrent(rnn: nn.LSTM | nn.GRU) -> None:
+    """Initialise an LSTM/GRU in place as METHOD.md prescribes (see module docstring).
+
+    Args:
+        rnn: A ``torch.nn.LSTM`` or ``torch.nn.GRU`` (any layers, directions).
+    """
+    hidden = rnn.hidden_size
+    is_lstm = isinstance(rnn, nn.LSTM)
+    with torch.no_grad():
+        for name, param in rnn.named_parameters():
+            if name.startswith("weight_ih"):
+                nn.init.xavier_uniform_(param)
+            elif name.startswith("weight_hh"):
+                for k in range(param.shape[0] // hidden):
+                    nn.init.orthogonal_(param[k * hidden : (k + 1) * hidden])
+            elif name.startswith("bias_ih"):
+                param.zero_()
+                if is_lstm:  # gate order i, f, g, o
+                    param[hidden : 2 * hidden].fill_(1.0)
+            elif name.startswith("bias_hh"):
+                param.zero_()
+            elif name.startswith("weight_hr"):  # LSTM projections (proj_size > 0)
+                nn.init.xavier_uniform_(param)
+
+
+def check_lengths(lengths: Tensor, batch: int, max_len: int) -> Tensor:
+    """Validate ``lengths`` and return them as an int64 CPU tensor.
+
+    Raises:
+        ValueError: wrong shape, or a length outside ``[1, max_len]``.
+    """
+    if lengths.ndim != 1 or lengths.shape[0] != batch:
+        raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+    lengths_cpu = lengths.detach().to("cpu", torch.int64)
+    if batch and (int(lengths_cpu.min()) < 1 or int(lengths_cpu.max()) > max_len):
+        raise ValueError(
+            f"lengths must be in [1, {max_len}] (the padded length), got {lengths_cpu.tolist()}"
+        )
+    return lengths_cpu
+
+
+class RecurrentHead(nn.Module):
+    """An LSTM or GRU over slice features, pooled to one volume vector, then ``Linear -> 1``.
+
+    Args:
+        in_features: Slice feature size ``F``. Default 512.
+        hidden: Units per direction and layer. Default 512.
+        num_layers: Stacked recurrent layers (the paper: 1 or 2). Default 1.
+        dropout: Dropout between stacked layers (only with ``num_layers > 1``). Default 0.
+        cell: ``"lstm"`` or ``"gru"``. Default ``"lstm"``.
+        bidirectional: Read the volume in both directions. Default True.
+        pooling: ``"last"``, ``"mean"`` or ``"max"`` (module docstring). Default ``"last"``.
+        head_dropout: Dropout on the pooled vector before the output layer. Default 0.
+    """
+
+    def __init__(
+        self,
+        in_features: int = 512,
+        hidden: int = 512,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        cell: Literal["lstm", "gru"] = "lstm",
+        bidirectional: bool = True,
+        pooling: Pooling = "last",
+        head_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if cell not in ("lstm", "gru"):
+            raise ValueError(f"cell must be 'lstm' or 'gru', got {cell!r}")
+        if pooling not in _POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(_POOLINGS)}, got {pooling!r}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        rnn_cls = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = rnn_cls(
+            input_size=in_features,
+            hidden_size=hidden,
+            num_layers=num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+            bidirectional=bidirectional,
+        )
+        init_recurrent(self.rnn)
+        self.in_features = in_features
+        self.hidden = hidden
+        self.num_layers = num_layers
+        self.cell = cell
+        self.bidirectional = bidirectional
+        self.pooling = pooling
+        self.num_directions = 2 if bidirectional else 1
+        self.out_dropout = nn.Dropout(head_dropout) if head_dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(self.num_directions * hidden, 1)
+
+    def volume_features(self, feats: Tensor, lengths: Tensor) -> Tensor:
+        """The pooled volume vector ``(B, directions * hidden)`` before the output layer.
+
+        Args:
+            feats: ``(B, T, in_features)`` slice features, zero- (or anything-) padded.
+            lengths: ``(B,)`` number of real slices of each volume, in ``[1, T]``.
+        """
+        if feats.ndim != 3 or feats.shape[-1] != self.in_features:
+            raise ValueError(
+                f"expected features (B, T, {self.in_features}), got {tuple(feats.shape)}"
+            )
+        batch, max_len = feats.shape[0], feats.shape[1]
+        lengths_cpu = check_lengths(lengths, batch, max_len)
+        packed = pack_padded_sequence(feats, lengths_cpu, batch_first=True, enforce_sorted=False)
+        out, state = self.rnn(packed)
+        if self.pooling == "last":
+            h_n = state[0] if isinstance(state, tuple) else state  # (layers*dirs, B, H)
+            last = h_n.view(self.num_layers, self.num_directions, batch, self.hidden)[-1]
+            return last.permute(1, 0, 2).reshape(batch, self.num_directions * self.hidden)
+        padded, _ = pad_packed_sequence(out, batch_first=True, total_length=max_len)
+        mask = (
+            torch.arange(max_len, device=padded.device)[None, :]
+            < lengths_cpu.to(padded.device)[:, None]
+        ).unsqueeze(-1)
+        if self.pooling == "mean":
+            summed = (padded * mask).sum(dim=1)
+            return summed / lengths_cpu.to(padded.device, padded.dtype)[:, None]
+        return padded.masked_fill(~mask, float("-inf")).amax(dim=1)
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> Tensor:
+        """``(B, T, F), (B,) -> (B,)`` volume logits."""
+        return self.fc(self.out_dropout(self.volume_features(feats, lengths))).squeeze(-1)
+
+
+@HEADS.register("bilstm")
+class BiLSTMHead(RecurrentHead):
+    """Bidirectional LSTM head (Patel et al. 2019). Args as :class:`RecurrentHead`."""
+
+    def __init__(
+        self,
+        in_features: int = 512,
+        hidden: int = 512,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        pooling: Pooling = "last",
+        head_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            in_features, hidden, num_layers, dropout, "lstm", True, pooling, head_dropout
+        )
+
+
+@HEADS.register("bigru")
+class BiGRUHead(RecurrentHead):
+    """Bidirectional GRU head (Ayesha et al. 2025). Args as :class:`RecurrentHead`."""
+
+    def __init__(
+        self,
+        in_features: int = 512,
+        hidden: int = 512,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        pooling: Pooling = "last",
+        head_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            in_features, hidden, num_layers, dropout, "gru", True, pooling, head_dropout
+        )
+
+
+@HEADS.register("lstm")
+class LSTMHead(RecurrentHead):
+    """Unidirectional LSTM head (reads from the first slice to the last)."""
+
+    def __init__(
+        self,
+        in_features: int = 512,
+        hidden: int = 512,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        pooling: Pooling = "last",
+        head_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            in_features, hidden, num_layers, dropout, "lstm", False, pooling, head_dropout
+        )
+
+
+@HEADS.register("gru")
+class GRUHead(RecurrentHead):
+    """Unidirectional GRU head (reads from the first slice to the last)."""
+
+    def __init__(
+        self,
+        in_features: int = 512,
+        hidden: int = 512,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        pooling: Pooling = "last",
+        head_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            in_features, hidden, num_layers, dropout, "gru", False, pooling, head_dropout
+        )

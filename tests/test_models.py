@@ -1,0 +1,325 @@
+"""Tests of ich3d.models: shapes, parameter counts, initialisation, padding, freezing, registry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ich3d.errors import UserError
+from ich3d.models import (
+    ENCODERS,
+    HEADS,
+    BiGRUHead,
+    BiLSTMHead,
+    PatelSliceCNN,
+    SliceClassifier,
+    VolumeClassifier,
+    build_encoder,
+    build_head,
+    build_slice_classifier,
+    build_volume_model,
+    count_parameters,
+)
+from ich3d.models.slice_cnn import patel_cnn_num_parameters
+
+SIZE = 64
+WIDTH = 4
+HIDDEN = 16
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _tiny_cnn(in_channels: int = 1, feature_dim: int = 32) -> PatelSliceCNN:
+    return PatelSliceCNN(
+        in_channels=in_channels, width=WIDTH, feature_dim=feature_dim, input_size=SIZE
+    )
+
+
+# --------------------------------------------------------------------------- slice CNN
+def test_patel_cnn_feature_map_sizes_per_unit() -> None:
+    cnn = _tiny_cnn(in_channels=3)
+    shapes = cnn.feature_map_shapes()
+    assert shapes == [
+        (3, 64, 64),
+        (4, 32, 32),
+        (8, 16, 16),
+        (16, 8, 8),
+        (32, 4, 4),
+        (64, 2, 2),
+        (128, 1, 1),
+    ]
+    # the same through forward hooks on a real forward pass
+    seen: list[tuple[int, ...]] = []
+    hooks = [
+        u.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape))) for u in cnn.units
+    ]
+    cnn.eval()
+    out = cnn(torch.rand(2, 3, SIZE, SIZE))
+    for h in hooks:
+        h.remove()
+    assert seen == [(2, c, h, w) for c, h, w in shapes[1:]]
+    assert out.shape == (2, 32) and cnn.out_features == 32
+
+
+def test_patel_cnn_paper_size_pools_256_to_1x1() -> None:
+    cnn = PatelSliceCNN(in_channels=1, width=2, feature_dim=8)
+    assert [s[1] for s in cnn.feature_map_shapes(256)] == [256, 128, 64, 32, 16, 8, 1]
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "width", "feature_dim"), [(1, 4, 32), (3, 16, 512), (2, 5, 7)]
+)
+def test_patel_cnn_parameter_count_is_analytic(
+    in_channels: int, width: int, feature_dim: int
+) -> None:
+    cnn = PatelSliceCNN(in_channels=in_channels, width=width, feature_dim=feature_dim)
+    # by hand for width w, in c: convs (9*c*w + w) + (9*w*w + w) + ... + sixth (9*16w*32w + 32w),
+    # dense (32w*F + F) + (F*F + F)
+    w, c, f = width, in_channels, feature_dim
+    expected = 0
+    cin = c
+    for k in range(5):
+        cout = w * 2**k
+        expected += 9 * cin * cout + cout + 9 * cout * cout + cout
+        cin = cout
+    expected += 9 * cin * 32 * w + 32 * w + 32 * w * f + f + f * f + f
+    assert patel_cnn_num_parameters(in_channels, width, feature_dim) == expected
+    assert count_parameters(cnn) == {"total": expected, "trainable": expected}
+
+
+def test_patel_cnn_paper_default_count() -> None:
+    # width 16, 3 channels, 512 features: 2,358,928 in the 11 convolutions
+    # (448 + 2,320 + 4,640 + ... + 1,180,160) + 2 x 262,656 in the dense layers
+    cnn = PatelSliceCNN()
+    assert sum(p.numel() for p in cnn.parameters()) == patel_cnn_num_parameters() == 2_884_240
+
+
+def test_patel_cnn_eval_is_deterministic_and_train_uses_dropout() -> None:
+    cnn = _tiny_cnn()
+    x = torch.rand(4, 1, SIZE, SIZE)
+    cnn.eval()
+    a, b = cnn(x), cnn(x)
+    assert torch.equal(a, b)
+    cnn.train()
+    assert not torch.allclose(cnn(x), a)
+
+
+def test_patel_cnn_rejects_wrong_input() -> None:
+    cnn = _tiny_cnn(in_channels=1)
+    with pytest.raises(ValueError, match="expected input"):
+        cnn(torch.rand(1, 3, SIZE, SIZE))
+    with pytest.raises(ValueError, match="at least 32"):
+        cnn(torch.rand(1, 1, 16, 16))
+
+
+def test_slice_classifier_logits_are_linear_on_features() -> None:
+    clf = SliceClassifier(_tiny_cnn()).eval()
+    x = torch.rand(3, 1, SIZE, SIZE)
+    logits = clf(x)
+    assert logits.shape == (3,)
+    expected = clf.encoder(x) @ clf.classifier.weight[0] + clf.classifier.bias[0]
+    torch.testing.assert_close(logits, expected)
+
+
+# --------------------------------------------------------------------------- heads
+def test_bilstm_init_matches_method() -> None:
+    in_f = 24
+    head = BiLSTMHead(in_features=in_f, hidden=HIDDEN, num_layers=2)
+    h = HIDDEN
+    eye = torch.eye(h)
+    names = {n for n, _ in head.rnn.named_parameters()}
+    assert len(names) == 2 * 2 * 4  # 2 layers x 2 directions x (w_ih, w_hh, b_ih, b_hh)
+    for name, p in head.rnn.named_parameters():
+        p = p.detach()
+        if name.startswith("bias_ih"):
+            total = p + getattr(head.rnn, name.replace("bias_ih", "bias_hh")).detach()
+            assert torch.equal(total[h : 2 * h], torch.ones(h)), name  # forget gate
+            assert torch.equal(total[:h], torch.zeros(h))
+            assert torch.equal(total[2 * h :], torch.zeros(2 * h))
+        elif name.startswith("weight_hh"):
+            assert p.shape == (4 * h, h)
+            for k in range(4):
+                block = p[k * h : (k + 1) * h]
+                torch.testing.assert_close(block @ block.T, eye, atol=1e-5, rtol=0)
+        elif name.startswith("weight_ih"):
+            fan_in = p.shape[1]  # in_f for layer 0, 2h for layer 1
+            bound = math.sqrt(6.0 / (fan_in + 4 * h))
+            assert p.abs().max() <= bound
+            # uniform on [-bound, bound]: std = bound / sqrt(3) (loose, 64 x 24+ samples)
+            assert abs(p.std().item() - bound / math.sqrt(3)) < 0.1 * bound
+    # the bias split: forget gate's 1 sits in bias_ih, bias_hh is all zeros
+    assert torch.equal(head.rnn.bias_hh_l0, torch.zeros(4 * h))
+
+
+def test_bigru_init_biases_zero_recurrent_orthogonal() -> None:
+    head = BiGRUHead(in_features=8, hidden=HIDDEN)
+    h = HIDDEN
+    for name, p in head.rnn.named_parameters():
+        if name.startswith("bias"):
+            assert torch.equal(p.detach(), torch.zeros(3 * h))
+        elif name.startswith("weight_hh"):
+            for k in range(3):
+                block = p.detach()[k * h : (k + 1) * h]
+                torch.testing.assert_close(block @ block.T, torch.eye(h), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["bilstm", "bigru", "lstm", "gru"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_head_padding_never_changes_a_volume_logit(name: str, pooling: str) -> None:
+    head = build_head(name, in_features=8, hidden=HIDDEN, num_layers=2, pooling=pooling).eval()
+    short = torch.randn(1, 5, 8)
+    other = torch.randn(1, 9, 8)
+    alone = head(short, torch.tensor([5]))
+    padded = torch.cat([torch.cat([short, torch.full((1, 4, 8), 7.0)], dim=1), other])
+    in_batch = head(padded, torch.tensor([5, 9]))
+    torch.testing.assert_close(in_batch[0], alone[0], atol=1e-5, rtol=0)
+    # changing the padding values does not change anything either
+    padded2 = padded.clone()
+    padded2[0, 5:] = -100.0
+    torch.testing.assert_close(head(padded2, torch.tensor([5, 9])), in_batch, atol=0, rtol=0)
+    # and the long volume is still sensitive to its own last slice
+    padded3 = padded.clone()
+    padded3[1, 8] += 1.0
+    assert not torch.allclose(head(padded3, torch.tensor([5, 9]))[1], in_batch[1])
+
+
+def test_bilstm_last_pooling_is_last_forward_and_first_backward_state() -> None:
+    head = BiLSTMHead(in_features=8, hidden=HIDDEN).eval()
+    feats = torch.randn(1, 6, 8)
+    out, _ = head.rnn(feats)  # unpadded, full-length: (1, 6, 2H)
+    expected = torch.cat([out[0, -1, :HIDDEN], out[0, 0, HIDDEN:]])
+    torch.testing.assert_close(head.volume_features(feats, torch.tensor([6]))[0], expected)
+
+
+def test_head_rejects_bad_lengths() -> None:
+    head = BiLSTMHead(in_features=8, hidden=HIDDEN)
+    with pytest.raises(ValueError, match="lengths"):
+        head(torch.randn(2, 4, 8), torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="lengths"):
+        head(torch.randn(2, 4, 8), torch.tensor([5, 4]))
+
+
+# --------------------------------------------------------------------------- volume model
+class _CountingEncoder(nn.Module):
+    """Mean of each slice times a learnable vector; records how many slices it saw."""
+
+    def __init__(self, out_features: int = 8) -> None:
+        super().__init__()
+        self.out_features = out_features
+        self.scale = nn.Parameter(torch.arange(1.0, out_features + 1))
+        self.drop = nn.Dropout(0.5)
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(x.shape[0])
+        return self.drop(x.mean(dim=(1, 2, 3))[:, None] * self.scale)
+
+
+def test_encode_uses_only_valid_slices_and_zero_pads() -> None:
+    enc = _CountingEncoder()
+    model = VolumeClassifier(enc, BiLSTMHead(in_features=8, hidden=HIDDEN), slice_chunk=3).eval()
+    vols = torch.rand(2, 5, 1, 4, 4) + 1.0
+    vols[0, 2:] = float("nan")  # padding content must never reach the encoder
+    lengths = torch.tensor([2, 5])
+    feats = model.encode(vols, lengths)
+    assert feats.shape == (2, 5, 8)
+    assert sum(enc.calls) == 7 and enc.calls == [3, 3, 1]
+    assert torch.equal(feats[0, 2:], torch.zeros(3, 8))
+    expected = vols[1, 4].mean() * enc.scale
+    torch.testing.assert_close(feats[1, 4], expected)
+    torch.testing.assert_close(feats[0, 1], vols[0, 1].mean() * enc.scale)
+    logits = model(vols, lengths)
+    assert logits.shape == (2,) and torch.isfinite(logits).all()
+
+
+def test_volume_logit_alone_equals_logit_in_padded_batch() -> None:
+    for head in ("bilstm", "bigru"):
+        model = build_volume_model(
+            {"name": "patel_cnn", "in_channels": 1, "width": WIDTH, "feature_dim": 16},
+            {"name": head, "hidden": HIDDEN},
+            slice_chunk=4,
+        ).eval()
+        short = torch.rand(1, 3, 1, SIZE, SIZE)
+        long = torch.rand(1, 6, 1, SIZE, SIZE)
+        alone = model(short, torch.tensor([3]))
+        batch = torch.cat([torch.cat([short, torch.zeros(1, 3, 1, SIZE, SIZE)], 1), long])
+        torch.testing.assert_close(
+            model(batch, torch.tensor([3, 6]))[0], alone[0], atol=1e-5, rtol=0
+        )
+
+
+def test_freeze_encoder_keeps_eval_mode_and_blocks_gradients() -> None:
+    enc = _CountingEncoder()
+    model = VolumeClassifier(enc, BiLSTMHead(in_features=8, hidden=HIDDEN))
+    before = enc.scale.detach().clone()
+    model.freeze_encoder()
+    model.train()
+    assert model.training and model.head.training
+    assert not enc.training and not enc.drop.training
+    assert model.encoder_frozen
+    vols = torch.rand(2, 4, 1, 4, 4)
+    lengths = torch.tensor([4, 2])
+    f1 = model.encode(vols, lengths)
+    f2 = model.encode(vols, lengths)
+    assert torch.equal(f1, f2)  # no dropout in the frozen encoder
+    model(vols, lengths).sum().backward()
+    assert enc.scale.grad is None
+    assert model.head.fc.weight.grad is not None and model.head.fc.weight.grad.abs().sum() > 0
+    opt = torch.optim.RMSprop([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    opt.step()
+    assert torch.equal(enc.scale.detach(), before)
+    counts = count_parameters(model)
+    assert counts["total"] - counts["trainable"] == 8
+    model.unfreeze_encoder()
+    assert enc.training and enc.scale.requires_grad
+    model.zero_grad()
+    model(vols, lengths).sum().backward()
+    assert enc.scale.grad is not None and enc.scale.grad.abs().sum() > 0
+
+
+def test_slice_classifier_encoder_state_loads_into_volume_model() -> None:
+    spec = {"name": "patel_cnn", "in_channels": 1, "width": WIDTH, "feature_dim": 16}
+    clf = build_slice_classifier(spec)
+    vol = build_volume_model(spec, "bilstm")
+    assert vol.head.in_features == 16
+    vol.encoder.load_state_dict(clf.encoder.state_dict())
+    x = torch.rand(2, 1, SIZE, SIZE)
+    clf.eval()
+    vol.eval()
+    torch.testing.assert_close(vol.encode(x[None], torch.tensor([2]))[0], clf.features(x))
+
+
+# --------------------------------------------------------------------------- registry
+def test_registry_unknown_names_and_options_are_user_errors() -> None:
+    assert "patel_cnn" in ENCODERS.names()
+    assert {"bilstm", "bigru", "lstm", "gru"} <= set(HEADS.names())
+    with pytest.raises(UserError, match="unknown encoder 'resnet9000'.*patel_cnn"):
+        build_encoder("resnet9000")
+    with pytest.raises(UserError, match="unknown head 'transformer'.*bigru, bilstm"):
+        build_head("transformer")
+    with pytest.raises(UserError, match="unknown option.*widht.*allowed:.*width"):
+        build_encoder("patel_cnn", widht=4)
+    with pytest.raises(UserError, match="'name'"):
+        build_volume_model({"width": 4}, "bilstm")
+
+
+def test_registry_register_and_duplicate() -> None:
+    from ich3d.models.registry import Registry
+
+    reg = Registry("thing")
+
+    @reg.register("a")
+    class A(nn.Module):
+        def __init__(self, k: int = 1) -> None:
+            super().__init__()
+            self.k = k
+
+    assert reg.build("a", k=3).k == 3
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("a")(nn.Identity)
