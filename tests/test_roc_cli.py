@@ -150,3 +150,21 @@ def test_missing_and_empty_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["roc", str(empty)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a readable CSV" in err
+
+
+def test_plot_helpers(tmp_path: Path, pred_df: pd.DataFrame) -> None:
+    from ich3d.evaluation.plots import legend_label, plot_roc, roc_curves
+
+    assert legend_label("lstm", 0.91234, 0.85, 0.9712) == "lstm 0.912 [0.850, 0.971]"
+    names = ["lstm", "max", "svm"]
+    y, s = pred_df["label"].to_numpy(), pred_df[names].to_numpy()
+    res = delong_roc(y, s, names)
+    curves = roc_curves(y, s)
+    for (fpr, tpr), auc in zip(curves, res.aucs, strict=True):
+        assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+        # trapezoids under the curve (diagonal steps at ties) = Mann-Whitney AUC with ties 1/2
+        assert np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2) == pytest.approx(auc, abs=1e-12)
+    out = plot_roc(curves, res, tmp_path / "sub" / "roc.png", title="test split")
+    assert out.is_file() and out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="2 curves for 3 methods"):
+        plot_roc(curves[:2], res, tmp_path / "x.png")
