@@ -1,0 +1,170 @@
+"""Read access to an ingest cache (what ``ich3d ingest`` writes).
+
+Layout of ``CACHE``:
+
+- ``volumes/<key>.npy``: int16 HU, shape ``(slices, H, W)``, slices ascending
+  along the patient axis, already 2x2 max-filtered in plane;
+- ``volumes.csv`` (:data:`~ich3d.data.schema.VOLUME_COLUMNS`), ``slices.csv``
+  (:data:`~ich3d.data.schema.SLICE_COLUMNS`), ``skipped.csv``;
+- ``ingest.json``: parameters and counts, ``"complete": true`` once finished.
+
+Files added by the data modules: ``splits.json`` (:mod:`ich3d.data.splits`),
+``slice_stats.csv`` + ``slice_stats.json`` (:mod:`ich3d.data.cavity`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ich3d.data.schema import LABEL_COLUMNS, SLICE_COLUMNS, UNLABELED, VOLUME_COLUMNS
+from ich3d.errors import UserError
+
+__all__ = ["IngestCache", "is_complete", "atomic_write_text", "atomic_write_csv"]
+
+_STR_COLUMNS = ("key", "patient_id", "study_uid", "series_uid", "image_id", "path")
+
+
+def is_complete(root: str | Path) -> bool:
+    """Return True when ``root/ingest.json`` exists and says ``"complete": true``."""
+    p = Path(root) / "ingest.json"
+    try:
+        return bool(json.loads(p.read_text()).get("complete", False))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file in the same folder + rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_csv(path: str | Path, frame: pd.DataFrame) -> None:
+    """Write a DataFrame as CSV (no index) atomically."""
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    if not path.is_file():
+        raise UserError(f"cache table {path} is missing; run `ich3d ingest` first")
+    dtypes = {c: str for c in _STR_COLUMNS}
+    frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path} lacks columns {missing}; expected {list(columns)}")
+    for c in LABEL_COLUMNS:
+        frame[c] = frame[c].fillna(UNLABELED).astype(np.int64)
+    return frame
+
+
+class IngestCache:
+    """An opened ingest cache: its tables and memory-mapped volumes.
+
+    Tables are read lazily and kept; volumes are opened with
+    ``np.load(mmap_mode="r")`` and the last ``max_open`` maps are kept (a small
+    LRU, per process: safe to use in DataLoader workers).
+
+    Args:
+        root: the cache folder.
+        require_complete: raise :class:`UserError` unless ``ingest.json`` says
+            the ingest finished (default True).
+        max_open: how many volume memory maps to keep open (default 64).
+    """
+
+    def __init__(
+        self, root: str | Path, *, require_complete: bool = True, max_open: int = 64
+    ) -> None:
+        self.root = Path(root)
+        if require_complete and not is_complete(self.root):
+            raise UserError(
+                f"{self.root} is not a complete ich3d cache (no ingest.json with "
+                f'"complete": true); run `ich3d ingest --images DIR --out {self.root}` '
+                "or give the images folder so the ingest runs first"
+            )
+        self.max_open = max_open
+        self._volumes: pd.DataFrame | None = None
+        self._slices: pd.DataFrame | None = None
+        self._paths: dict[str, Path] | None = None
+        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    # pickling for DataLoader workers: drop open maps
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_maps"] = OrderedDict()
+        return state
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The content of ``ingest.json`` (empty dict when absent)."""
+        try:
+            return json.loads((self.root / "ingest.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def volumes(self) -> pd.DataFrame:
+        """``volumes.csv`` as a DataFrame (string ids, int labels, -1 = unlabeled)."""
+        if self._volumes is None:
+            self._volumes = _read_table(self.root / "volumes.csv", VOLUME_COLUMNS)
+        return self._volumes
+
+    @property
+    def slices(self) -> pd.DataFrame:
+        """``slices.csv`` as a DataFrame."""
+        if self._slices is None:
+            self._slices = _read_table(self.root / "slices.csv", SLICE_COLUMNS)
+        return self._slices
+
+    @property
+    def labeled(self) -> bool:
+        """True when every volume carries labels (no ``-1`` in the ``any`` column)."""
+        v = self.volumes
+        return len(v) > 0 and bool((v["any"] != UNLABELED).all())
+
+    def volume_path(self, key: str) -> Path:
+        """Absolute path of the ``.npy`` file of volume ``key``."""
+        if self._paths is None:
+            self._paths = {
+                k: self.root / p
+                for k, p in zip(self.volumes["key"], self.volumes["path"], strict=True)
+            }
+        try:
+            return self._paths[key]
+        except KeyError:
+            raise UserError(f"volume key {key!r} is not in {self.root / 'volumes.csv'}") from None
+
+    def load_volume(self, key: str, *, mmap: bool = True) -> np.ndarray:
+        """Return volume ``key``: int16 HU ``(slices, H, W)``.
+
+        Args:
+            key: the volume's cache key.
+            mmap: memory-map (default, cached in the LRU) or read fully into memory.
+        """
+        if not mmap:
+            return np.load(self.volume_path(key))
+        arr = self._maps.get(key)
+        if arr is not None:
+            self._maps.move_to_end(key)
+            return arr
+        arr = np.load(self.volume_path(key), mmap_mode="r")
+        self._maps[key] = arr
+        while len(self._maps) > self.max_open:
+            self._maps.popitem(last=False)
+        return arr

@@ -1,0 +1,511 @@
+"""Lightning DataModules over an ingest cache: slices (stage 1) and volumes (stages 2-3).
+
+``prepare_data`` (once per node, disk work only): runs the ingest when
+``images_dir`` is given (idempotent: fast when the cache is complete with the
+same parameters), otherwise requires a complete cache; writes
+``CACHE/splits.json`` when missing (labeled caches only) and, for slices, the
+cranial-cavity statistics ``CACHE/slice_stats.csv``.
+
+``setup`` (every process): reads the tables, the splits and the statistics and
+builds the per-split tables; it never writes. If ``prepare_data`` did not run,
+the splits and statistics are computed in memory (deterministic, seeded).
+
+Training batches are balanced and drawn by :class:`~ich3d.data.datasets.BalancedSampler`
+(a fresh draw per epoch from ``seed`` and the epoch, rank-aware under DDP;
+Lightning keeps it because it is a ``DistributedSampler``, so the trainer does
+not need ``use_distributed_sampler=False``). Evaluation loaders go through each
+split in a fixed order (sorted by volume key, then slice index); under DDP
+Lightning shards them with a ``DistributedSampler`` that pads by repeating
+items: de-duplicate predictions by the ``index`` field.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from ich3d.data.augment import build_augment_2d, build_augment_3d
+from ich3d.data.cache import IngestCache
+from ich3d.data.cavity import CavityRule, ensure_slice_stats, load_slice_stats
+from ich3d.data.datasets import (
+    BalancedSampler,
+    SliceDataset,
+    VolumeCollate,
+    VolumeDataset,
+    worker_init_fn,
+)
+from ich3d.data.schema import LABEL_COLUMNS, patient_key
+from ich3d.data.splits import (
+    DEFAULT_FRACTIONS,
+    SPLIT_NAMES,
+    Splits,
+    load_or_create_splits,
+    read_splits_file,
+    validate_fractions,
+)
+from ich3d.data.windows import WindowSpec, resolve_windows
+from ich3d.errors import UserError
+
+__all__ = ["ICHDataModule", "SliceDataModule", "VolumeDataModule", "EVAL_SPLITS"]
+
+log = logging.getLogger(__name__)
+
+#: Splits an evaluation loader accepts; ``predict`` is every volume of the cache.
+EVAL_SPLITS: tuple[str, ...] = (*SPLIT_NAMES, "predict")
+
+_TABLE_COLUMNS = (
+    "key",
+    "patient",
+    "label",
+    *LABEL_COLUMNS,
+    "n_slices",
+    "length",
+    "height",
+    "width",
+    "pixel_spacing",
+    "slice_spacing",
+    "gap",
+)
+
+
+class ICHDataModule(pl.LightningDataModule):
+    """Shared base: cache, ingest, splits, windows, loaders' settings.
+
+    Args:
+        cache_dir: the ingest cache folder.
+        images_dir: RSNA-format DICOM folder; when given, ``prepare_data`` runs the
+            ingest into ``cache_dir`` (default None: the cache must be complete).
+        labels_csv: RSNA label CSV for the ingest (default None: unlabeled ingest).
+        ingest_workers: processes for the ingest and the slice statistics (default 1).
+        min_slices: ingest's minimum series length (default 4).
+        windows: window names or ``(center, width)`` HU pairs, one channel each
+            (default brain, subdural, bone).
+        split_fractions: (train, val, test) patient fractions (default 0.7/0.1/0.2).
+        split_seed: seed of the splits (default 0).
+        splits_file: a user's splits JSON, honoured as is (default None: ``CACHE/splits.json``).
+        overwrite_splits: replace a ``CACHE/splits.json`` made with another seed/fractions.
+        batch_size: items per batch (per process).
+        num_workers: DataLoader worker processes (default 0).
+        pin_memory: DataLoader ``pin_memory`` (default False).
+        persistent_workers: keep workers between epochs (used only when ``num_workers > 0``).
+        seed: seed of the training draws and augmentation (default 0).
+        samples_per_epoch: training items per epoch over all processes (default:
+            twice the number of positive training items).
+        augment: augment training items (default True).
+        label: label column to train on (default ``any``).
+        image_size: in-plane ``(H, W)`` (or one int) every slice is cropped/padded
+            to with air; default None: the most common size of the cache (as
+            stored, i.e. after the 2x2 filter). Needed when a cache mixes sizes.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        *,
+        images_dir: str | Path | None = None,
+        labels_csv: str | Path | None = None,
+        ingest_workers: int = 1,
+        min_slices: int = 4,
+        windows: Sequence[WindowSpec] = ("brain", "subdural", "bone"),
+        split_fractions: Sequence[float] = DEFAULT_FRACTIONS,
+        split_seed: int = 0,
+        splits_file: str | Path | None = None,
+        overwrite_splits: bool = False,
+        batch_size: int = 25,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        seed: int = 0,
+        samples_per_epoch: int | None = None,
+        augment: bool = True,
+        label: str = "any",
+        image_size: int | Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.cache_dir = Path(cache_dir)
+        self.images_dir = Path(images_dir) if images_dir is not None else None
+        self.labels_csv = Path(labels_csv) if labels_csv is not None else None
+        if self.labels_csv is not None and self.images_dir is None:
+            raise UserError("labels_csv is only used with images_dir (to run the ingest)")
+        self.ingest_workers = int(ingest_workers)
+        self.min_slices = int(min_slices)
+        self.windows = list(windows)
+        resolve_windows(self.windows)  # validate early
+        self.split_fractions = validate_fractions(split_fractions)
+        self.split_seed = int(split_seed)
+        self.splits_file = Path(splits_file) if splits_file is not None else None
+        self.overwrite_splits = bool(overwrite_splits)
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        if num_workers < 0:
+            raise UserError(f"num_workers must be >= 0, got {num_workers}")
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.seed = int(seed)
+        if samples_per_epoch is not None and samples_per_epoch < 1:
+            raise UserError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
+        self.samples_per_epoch = samples_per_epoch
+        self.augment = bool(augment)
+        if label not in LABEL_COLUMNS:
+            raise UserError(f"unknown label {label!r}; expected one of {', '.join(LABEL_COLUMNS)}")
+        self.label = label
+        if image_size is not None:
+            size = (
+                (int(image_size),) * 2
+                if isinstance(image_size, int)
+                else tuple(map(int, image_size))
+            )
+            if len(size) != 2 or min(size) < 1:
+                raise UserError(f"image_size {image_size!r}: expected one int or (H, W)")
+            self.image_size: tuple[int, int] | None = size  # type: ignore[assignment]
+        else:
+            self.image_size = None
+        self.cache: IngestCache | None = None
+        self.splits: Splits | None = None
+        self.size: tuple[int, int] | None = None
+        self._tables: dict[str, pd.DataFrame] = {}
+
+    # ------------------------------------------------------------------ disk work
+    def prepare_data(self) -> None:
+        """Run the ingest if asked, then write the splits (and subclass files) if missing."""
+        if self.images_dir is not None:
+            from ich3d.data.ingest import run_ingest
+
+            run_ingest(
+                self.images_dir,
+                self.labels_csv,
+                self.cache_dir,
+                workers=self.ingest_workers,
+                min_slices=self.min_slices,
+                progress=True,
+            )
+        cache = IngestCache(self.cache_dir)
+        if cache.labeled:
+            if self.splits_file is not None:
+                read_splits_file(self.splits_file, cache.volumes)
+            else:
+                load_or_create_splits(
+                    self.cache_dir,
+                    cache.volumes,
+                    fractions=self.split_fractions,
+                    seed=self.split_seed,
+                    overwrite=self.overwrite_splits,
+                )
+        self._prepare_extra(cache)
+
+    def _prepare_extra(self, cache: IngestCache) -> None:
+        """Subclass hook for more disk work in ``prepare_data``."""
+
+    # ------------------------------------------------------------------ state
+    def setup(self, stage: str | None = None) -> None:
+        """Read the tables and splits; build the per-split tables.
+
+        Args:
+            stage: ``fit``, ``validate``, ``test``, ``predict`` or None. Every stage
+                but ``predict`` needs a labeled cache.
+        """
+        cache = IngestCache(self.cache_dir)
+        self.cache = cache
+        vols = cache.volumes
+        if len(vols) == 0:
+            raise UserError(f"{self.cache_dir / 'volumes.csv'} has no volumes")
+        if self.image_size is not None:
+            self.size = self.image_size
+        else:
+            sizes = (
+                vols.groupby(["height", "width"]).size().sort_values(ascending=False, kind="stable")
+            )
+            self.size = tuple(int(v) for v in sizes.index[0])  # type: ignore[assignment]
+            if len(sizes) > 1:
+                log.warning(
+                    "the cache mixes %d in-plane sizes; cropping/padding all to %s with air",
+                    len(sizes),
+                    self.size,
+                )
+        if cache.labeled:
+            if self.splits_file is not None:
+                self.splits = read_splits_file(self.splits_file, vols)
+            else:
+                self.splits = load_or_create_splits(
+                    self.cache_dir,
+                    vols,
+                    fractions=self.split_fractions,
+                    seed=self.split_seed,
+                    overwrite=self.overwrite_splits,
+                    write=False,
+                )
+        else:
+            self.splits = None
+            if stage not in (None, "predict"):
+                raise UserError(
+                    f"{self.cache_dir} was ingested without labels; only prediction is possible"
+                )
+        table = self._volume_table(vols)
+        self._tables = {"predict": table}
+        if self.splits is not None:
+            for s in SPLIT_NAMES:
+                keys = set(self.splits.keys[s])
+                self._tables[s] = table[table["key"].isin(keys)].reset_index(drop=True)
+        self._setup_extra(stage)
+
+    def _setup_extra(self, stage: str | None) -> None:
+        """Subclass hook run at the end of ``setup``."""
+
+    def _lengths(self, n_slices: pd.Series) -> pd.Series:
+        return n_slices
+
+    def _volume_table(self, vols: pd.DataFrame) -> pd.DataFrame:
+        t = vols.sort_values("key", kind="stable").reset_index(drop=True).copy()
+        t["patient"] = t["patient_id"].map(patient_key)
+        t["label"] = t[self.label]
+        t["length"] = self._lengths(t["n_slices"])
+        return t[[c for c in _TABLE_COLUMNS if c in t.columns]]
+
+    # ------------------------------------------------------------------ public helpers
+    @property
+    def num_channels(self) -> int:
+        """Channels of the images: one per window."""
+        return len(resolve_windows(self.windows))
+
+    def _require_setup(self) -> None:
+        if self.cache is None:
+            raise RuntimeError("call setup() first")
+
+    def split_table(self, split: str) -> pd.DataFrame:
+        """Volumes of a split, in the evaluation order (sorted by key).
+
+        Columns: ``key``, ``patient`` (hashed patient id), ``label`` (the
+        DataModule's label), the six subtype labels, ``n_slices``, ``length``
+        (slices after depth pooling), ``height``, ``width``, ``pixel_spacing``,
+        ``slice_spacing``, ``gap``. Row position = the ``index`` field of the
+        volume batches. ``split`` is ``train``, ``val``, ``test`` or ``predict``
+        (every volume of the cache).
+        """
+        self._require_setup()
+        if split not in EVAL_SPLITS:
+            raise UserError(f"unknown split {split!r}; expected one of {', '.join(EVAL_SPLITS)}")
+        if split not in self._tables:
+            raise UserError(
+                f"split {split!r} needs a labeled cache; {self.cache_dir} has no labels"
+            )
+        return self._tables[split].copy()
+
+    def _loader(
+        self, dataset, *, sampler=None, batch_size: int | None = None, collate_fn=None
+    ) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            worker_init_fn=worker_init_fn,
+            collate_fn=collate_fn,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def _train_rows(
+        self, table: pd.DataFrame, negatives_mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        pos = np.flatnonzero(table["label"].to_numpy() == 1)
+        neg = np.flatnonzero(negatives_mask)
+        if len(pos) == 0 or len(neg) == 0:
+            raise UserError(
+                f"the training split has {len(pos)} positive and {len(neg)} negative "
+                f"items for label {self.label!r}; balanced training needs both"
+            )
+        n = self.samples_per_epoch if self.samples_per_epoch is not None else 2 * len(pos)
+        return pos, neg, n
+
+
+class SliceDataModule(ICHDataModule):
+    """Stage 1: single windowed slices that show the cranial cavity.
+
+    Train: ``samples_per_epoch`` slices per epoch (default twice the positive
+    training slices), half positive, half negative; positives are the
+    cranial-cavity slices with label 1 of the training volumes; negatives are
+    cranial-cavity slices of training volumes that are negative on ``label``
+    (never a negative slice of a positive volume). 2D augmentation
+    (:mod:`ich3d.data.augment`) when ``augment``.
+
+    Val/test/predict: every cranial-cavity slice of the split's volumes (all
+    volumes for ``predict``) with its own slice label, whatever the volume
+    label (slice-level AUC), sorted by key and slice index, no augmentation.
+
+    Batch: ``image`` float32 ``(B, C, H, W)`` in [0, 1], ``label`` float32
+    ``(B,)``, ``key`` list[str], ``slice_index`` int64 ``(B,)``, ``index`` int64
+    ``(B,)`` (row of :meth:`slice_table`).
+
+    Args:
+        min_cavity_fraction: threshold of the cranial-cavity rule (default 0.02;
+            see :mod:`ich3d.data.cavity`).
+        **kwargs: see :class:`ICHDataModule` (``batch_size`` default 25).
+    """
+
+    def __init__(
+        self, cache_dir: str | Path, *, min_cavity_fraction: float = 0.02, **kwargs
+    ) -> None:
+        super().__init__(cache_dir, **kwargs)
+        if not 0.0 <= min_cavity_fraction <= 1.0:
+            raise UserError(f"min_cavity_fraction must be in [0, 1], got {min_cavity_fraction}")
+        self.rule = CavityRule(min_fraction=float(min_cavity_fraction))
+        self._slice_tables: dict[str, pd.DataFrame] = {}
+
+    def _prepare_extra(self, cache: IngestCache) -> None:
+        ensure_slice_stats(cache, self.rule, workers=self.ingest_workers)
+
+    def _setup_extra(self, stage: str | None) -> None:
+        assert self.cache is not None
+        stats = load_slice_stats(self.cache, self.rule)
+        sl = self.cache.slices[["key", "slice_index", self.label]].rename(
+            columns={self.label: "label"}
+        )
+        sl = sl.merge(stats, on=["key", "slice_index"], how="left", validate="one_to_one")
+        sl = sl[sl["cavity_fraction"].fillna(0.0) >= self.rule.min_fraction]
+        self._slice_tables = {}
+        for split, vt in self._tables.items():
+            t = sl[sl["key"].isin(set(vt["key"]))].merge(
+                vt[["key", "label"]].rename(columns={"label": "volume_label"}), on="key"
+            )
+            t = t.sort_values(["key", "slice_index"], kind="stable").reset_index(drop=True)
+            self._slice_tables[split] = t[
+                ["key", "slice_index", "label", "volume_label", "cavity_fraction"]
+            ]
+
+    def slice_table(self, split: str) -> pd.DataFrame:
+        """Cranial-cavity slices of a split: ``key, slice_index, label, volume_label, cavity_fraction``."""
+        self.split_table(split)  # validates the name
+        return self._slice_tables[split].copy()
+
+    def train_dataloader(self) -> DataLoader:
+        self._require_setup()
+        table = self.slice_table("train")
+        neg_mask = (table["label"].to_numpy() == 0) & (table["volume_label"].to_numpy() == 0)
+        pos, neg, n = self._train_rows(table, neg_mask)
+        dataset = SliceDataset(
+            self.cache,  # type: ignore[arg-type]
+            table,
+            self.windows,
+            transform=build_augment_2d() if self.augment else None,
+            size=self.size,
+        )
+        return self._loader(dataset, sampler=BalancedSampler(pos, neg, n, seed=self.seed))
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Every cranial-cavity slice of ``split`` once, fixed order, no augmentation."""
+        dataset = SliceDataset(self.cache, self.slice_table(split), self.windows, size=self.size)  # type: ignore[arg-type]
+        return self._loader(dataset)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("predict")
+
+
+class VolumeDataModule(ICHDataModule):
+    """Stages 2-3 and evaluation: whole windowed volumes, depth-pooled.
+
+    Train: ``samples_per_epoch`` volumes per epoch (default twice the positive
+    training volumes), half positive, half negative, 3D augmentation
+    (:mod:`ich3d.data.augment`, applied to the depth-pooled HU volume and filled
+    with air) when ``augment``.
+
+    Val/test/predict: every volume of the split exactly once (``predict``: every
+    volume of the cache), sorted by key, no augmentation.
+
+    Batch: ``volume`` float32 ``(B, T, C, H, W)`` in [0, 1] (padded at the end
+    with windowed air up to the longest volume of the batch), ``length`` int64
+    ``(B,)``, ``label`` float32 ``(B,)`` (-1 for an unlabeled cache), ``key``
+    list[str], ``index`` int64 ``(B,)`` (row of :meth:`split_table`).
+
+    Args:
+        depth_pool: slices max-pooled into one (default 2: with the cache's 2x2
+            in-plane filter, the 2x2x2 filter; an odd last slice is kept alone;
+            1 keeps every slice, for the slice baselines).
+        pad_batches: allow ``batch_size > 1`` by padding (default False).
+        batch_size: volumes per batch (default 1).
+        **kwargs: see :class:`ICHDataModule`.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        *,
+        depth_pool: int = 2,
+        pad_batches: bool = False,
+        batch_size: int = 1,
+        **kwargs,
+    ) -> None:
+        super().__init__(cache_dir, batch_size=batch_size, **kwargs)
+        if depth_pool < 1:
+            raise UserError(f"depth_pool must be >= 1, got {depth_pool}")
+        self.depth_pool = int(depth_pool)
+        self.pad_batches = bool(pad_batches)
+        if self.batch_size > 1 and not self.pad_batches:
+            raise UserError(
+                f"batch_size {self.batch_size} needs pad_batches=True (volumes differ in length)"
+            )
+        self.collate = VolumeCollate(self.windows)
+
+    def _lengths(self, n_slices: pd.Series) -> pd.Series:
+        return -(-n_slices // self.depth_pool)
+
+    def _dataset(self, table: pd.DataFrame, transform=None) -> VolumeDataset:
+        self._require_setup()
+        return VolumeDataset(
+            self.cache,  # type: ignore[arg-type]
+            table,
+            self.windows,
+            depth_pool=self.depth_pool,
+            transform=transform,
+            size=self.size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        table = self.split_table("train")
+        pos, neg, n = self._train_rows(table, table["label"].to_numpy() == 0)
+        dataset = self._dataset(table, build_augment_3d() if self.augment else None)
+        return self._loader(
+            dataset, sampler=BalancedSampler(pos, neg, n, seed=self.seed), collate_fn=self.collate
+        )
+
+    def eval_dataloader(self, split: str, *, batch_size: int | None = None) -> DataLoader:
+        """Every volume of ``split`` once, in :meth:`split_table` order, no augmentation."""
+        return self._loader(
+            self._dataset(self.split_table(split)), batch_size=batch_size, collate_fn=self.collate
+        )
+
+    def volume_loader(self, keys: Sequence[str], *, batch_size: int | None = None) -> DataLoader:
+        """Loader over the given volume keys, in the given order (``index`` = position in ``keys``)."""
+        table = self.split_table("predict").set_index("key")
+        missing = [k for k in keys if k not in table.index]
+        if missing:
+            raise UserError(
+                f"{len(missing)} volume key(s) not in the cache (first: {missing[0]!r})"
+            )
+        sub = table.loc[list(keys)].reset_index()
+        return self._loader(self._dataset(sub), batch_size=batch_size, collate_fn=self.collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("predict")

@@ -1,0 +1,348 @@
+"""Torch datasets over an ingest cache, the balanced sampler and the collate functions.
+
+Items are addressed by a row of the dataset's table. A plain ``int`` row gives
+the sample as stored (evaluation); a ``(row, seed)`` pair, as yielded by
+:class:`BalancedSampler`, gives it augmented with that per-sample seed. The
+seed travels with the index from the sampler (main process) to the worker, so
+augmentation does not depend on the number of workers or on which worker runs
+it, and the same ``seed`` gives the same batches.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from ich3d.data.augment import AIR_OFFSET, augment
+from ich3d.data.cache import IngestCache
+from ich3d.data.schema import HU_MIN
+from ich3d.data.windows import WindowSpec, air_values, apply_windows
+
+__all__ = [
+    "depth_pool",
+    "fit_in_plane",
+    "SliceDataset",
+    "VolumeDataset",
+    "BalancedSampler",
+    "VolumeCollate",
+    "worker_init_fn",
+]
+
+
+def depth_pool(volume: np.ndarray, k: int = 2) -> np.ndarray:
+    """Max over consecutive groups of ``k`` slices; an incomplete last group is pooled alone.
+
+    With the cache's 2x2 in-plane max filter, ``k=2`` gives the 2x2x2 max filter
+    of the volume models. ``k=1`` returns the input unchanged.
+
+    Args:
+        volume: ``(T, H, W)`` array.
+        k: slices per group (>= 1).
+
+    Returns:
+        ``(ceil(T / k), H, W)`` array of the same dtype.
+    """
+    if k < 1:
+        raise ValueError(f"depth pool must be >= 1, got {k}")
+    v = np.asarray(volume)
+    if k == 1:
+        return v
+    return np.maximum.reduceat(v, np.arange(0, v.shape[0], k), axis=0)
+
+
+def fit_in_plane(arr: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Center-crop or pad (with air, -1024 HU) the last two axes of an HU array to ``size``.
+
+    Returns ``arr`` itself when it already has that size or ``size`` is None.
+    """
+    if size is None or tuple(arr.shape[-2:]) == tuple(size):
+        return arr
+    out = np.full(arr.shape[:-2] + tuple(size), HU_MIN, dtype=arr.dtype)
+    src, dst = [], []
+    for have, want in zip(arr.shape[-2:], size, strict=True):
+        if have >= want:
+            a = (have - want) // 2
+            src.append(slice(a, a + want))
+            dst.append(slice(0, want))
+        else:
+            a = (want - have) // 2
+            src.append(slice(0, have))
+            dst.append(slice(a, a + have))
+    out[(..., *dst)] = arr[(..., *src)]
+    return out
+
+
+def _split_item(item: int | tuple[int, int]) -> tuple[int, int | None]:
+    if isinstance(item, (tuple, list)):
+        return int(item[0]), int(item[1])
+    return int(item), None
+
+
+class SliceDataset(Dataset):
+    """One windowed axial slice per item.
+
+    Args:
+        cache: the opened ingest cache.
+        table: one row per slice with columns ``key``, ``slice_index``, ``label``.
+        windows: window names / ``(center, width)`` pairs, one channel each.
+        transform: 2D augmentation (:func:`~ich3d.data.augment.build_augment_2d`),
+            applied only to ``(row, seed)`` items; None disables it.
+        size: in-plane ``(H, W)`` every slice is cropped/padded to (None: as stored).
+
+    Items are dicts: ``image`` float32 ``(C, H, W)`` in [0, 1], ``label`` float32
+    scalar, ``key`` str, ``slice_index`` int64, ``index`` int64 (row of ``table``).
+    """
+
+    def __init__(
+        self,
+        cache: IngestCache,
+        table: pd.DataFrame,
+        windows: Sequence[WindowSpec],
+        transform=None,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        self.cache = cache
+        self.table = table.reset_index(drop=True)
+        self.windows = list(windows)
+        self.transform = transform
+        self.size = size
+        self._keys = self.table["key"].to_numpy()
+        self._slice = self.table["slice_index"].to_numpy(dtype=np.int64)
+        self._label = self.table["label"].to_numpy(dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        row, seed = _split_item(item)
+        key = str(self._keys[row])
+        hu = np.asarray(self.cache.load_volume(key)[self._slice[row]])
+        hu = fit_in_plane(hu, self.size)
+        x = torch.from_numpy(hu.astype(np.float32))
+        if self.transform is not None and seed is not None:
+            x = augment(self.transform, x[None] + AIR_OFFSET, seed)[0] - AIR_OFFSET
+        return {
+            "image": apply_windows(x, self.windows, channel_axis=0),
+            "label": torch.tensor(self._label[row]),
+            "key": key,
+            "slice_index": torch.tensor(self._slice[row], dtype=torch.long),
+            "index": torch.tensor(row, dtype=torch.long),
+        }
+
+
+class VolumeDataset(Dataset):
+    """One windowed, depth-pooled volume per item.
+
+    Args:
+        cache: the opened ingest cache.
+        table: one row per volume with columns ``key`` and ``label``.
+        windows: window names / ``(center, width)`` pairs, one channel each.
+        depth_pool: slices pooled by a max into one (default 2; 1 keeps all slices).
+        transform: 3D augmentation (:func:`~ich3d.data.augment.build_augment_3d`),
+            applied to the pooled HU volume of ``(row, seed)`` items only.
+        size: in-plane ``(H, W)`` every volume is cropped/padded to (None: as stored).
+
+    Items are dicts: ``volume`` float32 ``(T, C, H, W)`` in [0, 1], ``length``
+    int64 ``T``, ``label`` float32, ``key`` str, ``index`` int64 (row of ``table``).
+    """
+
+    def __init__(
+        self,
+        cache: IngestCache,
+        table: pd.DataFrame,
+        windows: Sequence[WindowSpec],
+        depth_pool: int = 2,
+        transform=None,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        self.cache = cache
+        self.table = table.reset_index(drop=True)
+        self.windows = list(windows)
+        self.depth_pool = int(depth_pool)
+        self.transform = transform
+        self.size = size
+        self._keys = self.table["key"].to_numpy()
+        self._label = self.table["label"].to_numpy(dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        row, seed = _split_item(item)
+        key = str(self._keys[row])
+        hu = depth_pool(np.asarray(self.cache.load_volume(key)), self.depth_pool)
+        hu = fit_in_plane(hu, self.size)
+        x = torch.from_numpy(hu.astype(np.float32))
+        if self.transform is not None and seed is not None:
+            x = augment(self.transform, x[None] + AIR_OFFSET, seed)[0] - AIR_OFFSET
+        return {
+            "volume": apply_windows(x, self.windows, channel_axis=1),
+            "length": torch.tensor(x.shape[0], dtype=torch.long),
+            "label": torch.tensor(self._label[row]),
+            "key": key,
+            "index": torch.tensor(row, dtype=torch.long),
+        }
+
+
+class BalancedSampler(DistributedSampler):
+    """Balanced positive/negative draws, a fresh draw each epoch, rank-aware.
+
+    Each epoch draws ``num_samples`` items, half positive (``num_samples // 2``)
+    and half negative, from the two pools of dataset rows: each pool is walked
+    in a random permutation, re-permuted when exhausted (so every positive is
+    seen once per epoch when ``num_samples`` is twice the positive pool). The
+    items are shuffled together and each gets a per-sample augmentation seed;
+    the sampler yields ``(row, seed)`` pairs. Everything is drawn from
+    ``numpy.random.default_rng([seed, epoch])``.
+
+    Distributed: the global sequence is padded (wrapping around) to a multiple
+    of the world size and rank ``r`` takes items ``r::world_size``; rank and
+    world size come from ``torch.distributed`` when it is initialised. The
+    class derives from ``DistributedSampler`` only so that Lightning leaves it
+    in place instead of wrapping it (``use_distributed_sampler`` can stay True).
+
+    The epoch: Lightning calls :meth:`set_epoch` before each epoch. Without
+    ``set_epoch``, each new iteration advances the epoch by one.
+
+    Args:
+        positives: dataset rows of positive samples.
+        negatives: dataset rows of negative samples.
+        num_samples: items per epoch over all ranks.
+        seed: base seed.
+    """
+
+    def __init__(
+        self, positives: Sequence[int], negatives: Sequence[int], num_samples: int, seed: int = 0
+    ) -> None:
+        self.positives = np.asarray(positives, dtype=np.int64)
+        self.negatives = np.asarray(negatives, dtype=np.int64)
+        if len(self.positives) == 0 or len(self.negatives) == 0:
+            raise ValueError("balanced sampling needs at least one positive and one negative")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.total_samples = int(num_samples)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.shuffle = True
+        self.drop_last = False
+        self._epoch_set = False
+        self._started = False
+
+    @staticmethod
+    def _world() -> tuple[int, int]:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    @property
+    def num_replicas(self) -> int:  # type: ignore[override]
+        return self._world()[1]
+
+    @num_replicas.setter
+    def num_replicas(self, value: int) -> None:  # DistributedSampler API; rank comes from dist
+        pass
+
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        return self._world()[0]
+
+    @rank.setter
+    def rank(self, value: int) -> None:
+        pass
+
+    @property
+    def num_samples(self) -> int:  # type: ignore[override]
+        """Items this rank yields per epoch."""
+        return -(-self.total_samples // self._world()[1])
+
+    @num_samples.setter
+    def num_samples(self, value: int) -> None:
+        pass
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use draw number ``epoch`` for the next iteration."""
+        self.epoch = int(epoch)
+        self._epoch_set = True
+
+    @staticmethod
+    def _cycle(rng: np.random.Generator, pool: np.ndarray, k: int) -> np.ndarray:
+        reps = -(-k // len(pool))
+        return np.concatenate([pool[rng.permutation(len(pool))] for _ in range(reps)])[:k]
+
+    def draw(self, epoch: int) -> list[tuple[int, int]]:
+        """The global (all ranks) sequence of ``(row, seed)`` items of ``epoch``."""
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        n_pos = self.total_samples // 2
+        rows = np.concatenate(
+            [
+                self._cycle(rng, self.positives, n_pos),
+                self._cycle(rng, self.negatives, self.total_samples - n_pos),
+            ]
+        )
+        rows = rows[rng.permutation(len(rows))]
+        seeds = rng.integers(0, 2**32, size=len(rows), dtype=np.uint64)
+        return [(int(r), int(s)) for r, s in zip(rows, seeds, strict=True)]
+
+    def __iter__(self):
+        if self._started and not self._epoch_set:
+            self.epoch += 1
+        self._started, self._epoch_set = True, False
+        items = self.draw(self.epoch)
+        rank, world = self._world()
+        if world > 1:
+            total = self.num_samples * world
+            items = (items * (-(-total // len(items))))[:total]
+            items = items[rank::world]
+        return iter(items)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class VolumeCollate:
+    """Collate volume items, padding ``volume`` along T at the end with windowed air.
+
+    Output: ``volume`` float32 ``(B, T_max, C, H, W)``, ``length`` int64 ``(B,)``
+    (true lengths), ``label`` float32 ``(B,)``, ``key`` list[str], ``index`` int64 ``(B,)``.
+
+    Args:
+        windows: the windows of the dataset (to compute the air value per channel).
+    """
+
+    def __init__(self, windows: Sequence[WindowSpec]) -> None:
+        self.air = torch.from_numpy(air_values(windows))
+
+    def __call__(self, items: list[dict]) -> dict:
+        t_max = max(int(it["length"]) for it in items)
+        vols = []
+        for it in items:
+            v = it["volume"]
+            if v.shape[0] < t_max:
+                pad = self.air.view(1, -1, 1, 1).expand(t_max - v.shape[0], -1, *v.shape[2:])
+                v = torch.cat([v, pad.to(v.dtype)], dim=0)
+            vols.append(v)
+        return {
+            "volume": torch.stack(vols),
+            "length": torch.stack([it["length"] for it in items]),
+            "label": torch.stack([it["label"] for it in items]),
+            "key": [it["key"] for it in items],
+            "index": torch.stack([it["index"] for it in items]),
+        }
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed ``random`` and numpy in a DataLoader worker from torch's per-worker seed.
+
+    Augmentation is seeded per sample (see the module docstring); this only
+    makes any other randomness in a worker reproducible too.
+    """
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
