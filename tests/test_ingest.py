@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -400,3 +405,74 @@ def test_cli_ingest_prints_summary_and_errors(handmade, capsys):
     assert "slices kept" in text and ing.REASON_DUPLICATE_POSITION in text
     assert main([*args, "--labels", str(handmade["labels"]), "--min-slices", "3"]) == 2
     assert "ich3d: error:" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- parallel, resume
+
+
+@pytest.fixture()
+def many_series(tmp_path):
+    img = tmp_path / "images"
+    labels = {}
+    for k in range(8):
+        files = write_series(img, _hu(6, size=32), series=f"ID_ser{k}", start=0x1000 * (k + 1))
+        for i, f in enumerate(files):
+            labels[f.name[:-4]] = [0, 0, 0, 0, int(i == k % 6), int(i == k % 6)]
+    write_slice(img / "ID_0000000ab.dcm", np.zeros((32, 32)), modality="OT")
+    return img, write_labels(tmp_path / "labels.csv", labels)
+
+
+def test_two_workers_give_identical_outputs(many_series, tmp_path):
+    img, labels = many_series
+    s1 = run_ingest(img, labels, tmp_path / "w1", workers=1, progress=False)
+    s2 = run_ingest(img, labels, tmp_path / "w2", workers=2, progress=False)
+    assert s1.volumes == s2.volumes == 8 and s2.volumes_written == 8
+    assert_same_cache(tmp_path / "w1", tmp_path / "w2")
+
+
+_SLOW_INGEST = """
+import sys, time
+import ich3d.data.ingest as ing
+build = ing._build_volume
+def slow(task):
+    time.sleep(0.3)
+    return build(task)
+ing._build_volume = slow
+from ich3d.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_resume_after_sigkill_gives_identical_outputs(many_series, tmp_path):
+    img, labels = many_series
+    fresh = tmp_path / "fresh"
+    run_ingest(img, labels, fresh, progress=False)
+
+    out = tmp_path / "killed"
+    args = ["ingest", "--images", str(img), "--labels", str(labels), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_INGEST, *args, "--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list((out / "volumes").glob("*.npy"))) >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the slowed ingest finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = len(list((out / "volumes").glob("*.npy")))
+    assert 2 <= done < 8 and not (out / "ingest.json").exists()
+    (out / "volumes" / ".deadbeef.npy.tmp-1").write_bytes(b"half a file")  # a killed write
+
+    s = run_ingest(img, labels, out, progress=False)
+    assert s.volumes_reused == done and s.volumes_written == 8 - done
+    assert_same_cache(out, fresh)
