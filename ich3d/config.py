@@ -25,7 +25,7 @@ Schema (section: keys)::
     model:      encoder, encoder_args, head, head_args, slice_chunk
     stages:     slice | sequence | finetune | direct, each with
                 optimizer, lr, weight_decay, momentum, batch_size, samples_per_epoch,
-                val_batch_size, max_epochs, early_stopping_patience, augment, precision,
+                max_epochs, early_stopping_patience, augment, precision,
                 gradient_clip_val, accumulate_grad_batches
     trainer:    accelerator, devices, strategy, num_nodes, precision, deterministic,
                 benchmark, log_every_n_steps, enable_progress_bar, num_sanity_val_steps,
@@ -151,7 +151,6 @@ class StageConfig:
         batch_size: samples per step per process (slices for ``slice``, volumes otherwise).
         samples_per_epoch: samples drawn (balanced) per training epoch; ``null`` = one
             pass over the training split.
-        val_batch_size: validation batch size (``null`` = ``batch_size``).
         max_epochs: epochs of ``samples_per_epoch`` samples.
         early_stopping_patience: stop after this many validations without a better
             validation AUC; ``null`` = no early stopping.
@@ -167,7 +166,6 @@ class StageConfig:
     momentum: float = 0.0
     batch_size: int = 1
     samples_per_epoch: int | None = None
-    val_batch_size: int | None = None
     max_epochs: int = 10
     early_stopping_patience: int | None = None
     augment: bool = True

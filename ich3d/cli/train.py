@@ -1,0 +1,110 @@
+"""``ich3d train``: run the training stages of an experiment config.
+
+Usage::
+
+    ich3d train CONFIG [--stage slice|sequence|finetune|all|direct] [--run-id ID] [key=value ...]
+    ich3d train --resume RUN_DIR [--stage ...] [key=value ...]
+
+Prints the run directory at the start and the end, and the best validation AUC of
+every finished stage. Config errors (unknown key, wrong type, missing data) print one
+line and exit 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["add_parser", "run"]
+
+_STAGE_CHOICES = ("all", "slice", "sequence", "finetune", "direct")
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets ``key=value`` overrides come before or after options (``parse_intermixed_args``)."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train the stages (slice CNN, frozen-CNN BiLSTM, end-to-end) of an experiment",
+        description=(
+            "Train an experiment described by a YAML config. --stage all runs slice, "
+            "sequence and finetune in order in one run directory "
+            "(<run.root>/<experiment>/<run-id>/); direct is the end-to-end ablation. "
+            "Overrides use dotted keys, e.g. stages.slice.lr=3e-4 trainer.devices=2. "
+            "Relative paths are resolved against the current directory."
+        ),
+    )
+    p.__class__ = _IntermixedParser
+    p.add_argument("config", nargs="?", help="experiment YAML (optional with --resume)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("--stage", choices=_STAGE_CHOICES, default="all", help="stage(s) to run (default all)")
+    p.add_argument("--run-id", default=None, help="run id (default: UTC timestamp + random suffix)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue RUN_DIR: the interrupted stage from last.ckpt, then the later stages of --stage all",
+    )
+    p.set_defaults(func=run)
+
+
+def _format_auc(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "n/a"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ich3d.config import load_config
+    from ich3d.errors import UserError
+    from ich3d.training.run_dir import global_rank_from_env, open_run_dir
+
+    overrides = list(args.overrides)
+    config_path = args.config
+    if config_path is not None and "=" in config_path and not os.path.exists(config_path):
+        overrides.insert(0, config_path)  # `ich3d train --resume RUN key=value`
+        config_path = None
+    if args.resume is not None:
+        if args.run_id is not None:
+            raise UserError("--run-id and --resume exclude each other (the run id is RUN_DIR's)")
+        run_dir = open_run_dir(args.resume)
+        config = load_config(config_path or run_dir.config_path, overrides)
+    else:
+        if config_path is None:
+            raise UserError("give a config file (or --resume RUN_DIR)")
+        config = load_config(config_path, overrides)
+
+    from ich3d.training.stages import train  # heavy imports after the config is valid
+
+    chatty = global_rank_from_env() == 0
+
+    def announce(run_dir) -> None:
+        if chatty:
+            print(f"ich3d: run directory {run_dir.path}", flush=True)
+
+    run_dir, _ = train(
+        config, args.stage, run_id=args.run_id, resume_dir=args.resume, on_run_dir=announce
+    )
+    if chatty:
+        print(f"ich3d: run directory {run_dir.path}")
+        for stage in ("slice", "sequence", "finetune", "direct"):
+            result = run_dir.read_result(stage)
+            if result is not None:
+                print(
+                    f"  {stage:<9} best val AUC {_format_auc(result.get('best_val_auc'))} "
+                    f"(epoch {result.get('best_epoch')}, step {result.get('global_step')})"
+                )
+        sys.stdout.flush()
+    return 0

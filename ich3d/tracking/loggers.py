@@ -1,0 +1,226 @@
+"""Experiment loggers for a training stage: a CSV logger always, W&B unless disabled.
+
+Every stage of a run logs to its own W&B run; the runs of one ``ich3d train`` run
+share a W&B *group* (the run id, unless ``tracking.group`` is set) and have the stage
+as *job type*. ``tracking.mode: offline`` (default) writes the W&B run under
+``<run dir>/wandb/offline-run-*`` without touching the network (``wandb sync`` uploads
+it later); ``online`` logs live; ``disabled`` creates no W&B run at all.
+
+What reaches W&B: the scrubbed resolved config (:func:`scrub_config`: file-system
+paths replaced by a short hash, anything that looks like a DICOM UID or an RSNA
+``ID_...`` identifier redacted), the module hyper-parameters (registry names and
+numbers), parameter counts, losses, learning rate and validation AUCs. W&B's own
+metadata collection (command line, git, host, code) is switched off because the
+command line can hold paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import struct
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.loggers import CSVLogger, Logger
+
+from ich3d.config import Config
+
+__all__ = [
+    "build_loggers",
+    "scrub_config",
+    "scrub_value",
+    "finish_loggers",
+    "log_config",
+    "read_offline_run",
+]
+
+log = logging.getLogger(__name__)
+
+#: Config keys (dotted) whose values are file-system paths.
+PATH_KEYS: frozenset[str] = frozenset(
+    {"data.cache_dir", "data.images_dir", "data.labels_csv", "data.splits_file", "run.root"}
+)
+
+_UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")  # DICOM UIDs: digits and dots
+_RSNA_ID = re.compile(r"\bID_[0-9a-fA-F]{6,}\b")  # RSNA image/patient/series ids
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def scrub_value(value: Any) -> Any:
+    """Redact identifier-looking substrings of strings (recursively in lists/dicts)."""
+    if isinstance(value, str):
+        value = _UID.sub("<uid>", value)
+        return _RSNA_ID.sub("<id>", value)
+    if isinstance(value, Mapping):
+        return {k: scrub_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub_value(v) for v in value]
+    return value
+
+
+def scrub_config(config: Config | Mapping[str, Any]) -> dict[str, Any]:
+    """The config as a flat-safe nested dict fit for W&B.
+
+    Path values become ``"path:<8 hex>"`` (the hash tells runs on the same data
+    apart without revealing folder or file names); other strings are passed through
+    :func:`scrub_value`.
+    """
+    raw = config.to_dict() if isinstance(config, Config) else dict(config)
+
+    def walk(node: Any, prefix: str) -> Any:
+        if isinstance(node, Mapping):
+            return {k: walk(v, f"{prefix}.{k}" if prefix else k) for k, v in node.items()}
+        if prefix in PATH_KEYS and isinstance(node, str):
+            return f"path:{_hash(node)}"
+        return scrub_value(node)
+
+    return walk(raw, "")
+
+
+def build_loggers(config: Config, run_path: os.PathLike | str, stage: str) -> list[Logger]:
+    """Loggers of one stage: ``[CSVLogger]`` plus a ``WandbLogger`` unless disabled.
+
+    Args:
+        config: the experiment config (``tracking`` section).
+        run_path: the run directory; CSV goes to ``<run>/<stage>/metrics.csv``, W&B
+            files to ``<run>/wandb/``.
+        stage: stage name, the W&B job type.
+    """
+    run_path = os.fspath(run_path)
+    stage_dir = os.path.join(run_path, stage)
+    warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+    loggers: list[Logger] = [CSVLogger(save_dir=stage_dir, name="", version="")]
+    tracking = config.tracking
+    if tracking.mode == "disabled":
+        return loggers
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+    if tracking.mode == "offline":
+        os.environ["WANDB_MODE"] = "offline"
+    import wandb
+    from pytorch_lightning.loggers import WandbLogger
+
+    run_id = os.path.basename(run_path.rstrip(os.sep))
+    settings = wandb.Settings(
+        console="off",
+        silent=True,
+        x_disable_stats=True,
+        x_disable_meta=True,
+        x_disable_machine_info=True,
+        disable_git=True,
+        disable_code=True,
+        save_code=False,
+    )
+    loggers.append(
+        WandbLogger(
+            name=f"{config.experiment}/{run_id}/{stage}",
+            save_dir=run_path,
+            offline=tracking.mode == "offline",
+            project=tracking.project,
+            entity=tracking.entity,
+            group=tracking.group or run_id,
+            job_type=stage,
+            tags=list(tracking.tags),
+            log_model=False,
+            settings=settings,
+        )
+    )
+    return loggers
+
+
+def log_config(loggers: Sequence[Logger], config: Config) -> None:
+    """Log the scrubbed resolved config as hyper-parameters (``config/...``) to every logger."""
+    params = {"config": scrub_config(config)}
+    for logger in loggers:
+        logger.log_hyperparams(params)
+
+
+def finish_loggers(loggers: Sequence[Logger], status: str = "success") -> None:
+    """Flush every logger and close the W&B run so the next stage opens a new one."""
+    for logger in loggers:
+        try:
+            logger.finalize(status)
+        except Exception as exc:  # a logger failing to flush must not lose the checkpoints
+            log.warning("logger %s did not finalize: %s", type(logger).__name__, exc)
+        experiment = getattr(logger, "_experiment", None)
+        if experiment is not None and hasattr(experiment, "finish"):
+            try:
+                experiment.finish(exit_code=0 if status == "success" else 1, quiet=True)
+            except TypeError:
+                experiment.finish()
+
+
+def _log_records(data: bytes) -> Iterator[bytes]:
+    """Records of a W&B ``.wandb`` file (LevelDB log format: 32 KiB blocks, 7-byte headers)."""
+    block, pos, parts = 32768, 7, b""  # the file starts with a 7-byte W&B header
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:  # FULL
+            yield chunk
+        elif kind == 2:  # FIRST
+            parts = chunk
+        elif kind == 3:  # MIDDLE
+            parts += chunk
+        elif kind == 4:  # LAST
+            yield parts + chunk
+            parts = b""
+
+
+def read_offline_run(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an offline W&B run folder (``wandb/offline-run-*``) without the network.
+
+    Returns:
+        ``{"run": {"group", "job_type", "name", "project"}, "config": {key: value},
+        "history": [{metric: value}], "summary": {metric: value}}``.
+    """
+    import json
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    folder = Path(path)
+    files = sorted(folder.glob("*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no .wandb file in {folder}")
+    out: dict[str, Any] = {"run": {}, "config": {}, "history": [], "summary": {}}
+    for raw in _log_records(files[0].read_bytes()):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            r = record.run
+            out["run"] = {
+                "group": r.run_group,
+                "job_type": r.job_type,
+                "name": r.display_name,
+                "project": r.project,
+            }
+            for item in r.config.update:
+                out["config"][item.key] = json.loads(item.value_json)
+        elif kind == "config":
+            for item in record.config.update:
+                out["config"][item.key] = json.loads(item.value_json)
+        elif kind == "history":
+            row = {}
+            for item in record.history.item:
+                key = item.key or "/".join(item.nested_key)
+                row[key] = json.loads(item.value_json)
+            out["history"].append(row)
+        elif kind == "summary":
+            for item in record.summary.update:
+                key = item.key or "/".join(item.nested_key)
+                out["summary"][key] = json.loads(item.value_json)
+    return out

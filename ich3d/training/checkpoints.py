@@ -1,0 +1,135 @@
+"""Safe checkpoint loading and the models of a finished run, for predict and evaluate.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: the modules store their
+hyper-parameters as plain dicts, lists, strings and numbers, so a checkpoint needs
+no pickled class to rebuild its network. Resuming a stage passes
+``weights_only=True`` to ``Trainer.fit`` as well.
+
+Public API::
+
+    load_checkpoint(path) -> dict
+    load_volume_model(run_dir, stage=None) -> (VolumeClassifier, Config)
+    load_slice_model(run_dir) -> SliceClassifier
+    best_volume_stage(run_dir) -> str
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ich3d.config import Config
+from ich3d.errors import UserError
+from ich3d.training.run_dir import RunDir, open_run_dir
+
+__all__ = [
+    "VOLUME_STAGE_PREFERENCE",
+    "load_checkpoint",
+    "sub_state_dict",
+    "load_volume_model",
+    "load_slice_model",
+    "best_volume_stage",
+]
+
+log = logging.getLogger(__name__)
+
+#: Volume stages, best first: the model ``predict``/``evaluate`` use by default.
+VOLUME_STAGE_PREFERENCE: tuple[str, ...] = ("finetune", "sequence", "direct")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint on CPU with ``weights_only=True``.
+
+    Raises:
+        UserError: the file is missing or not a readable checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, or a pickle weights_only refuses
+        raise UserError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
+        raise UserError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    return dict(ckpt)
+
+
+def sub_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under ``prefix`` (e.g. ``"model.encoder."``), prefix removed."""
+    out = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not out:
+        raise UserError(f"the checkpoint has no weights under {prefix!r}")
+    return out
+
+
+def _run(run_dir: str | Path | RunDir) -> RunDir:
+    return run_dir if isinstance(run_dir, RunDir) else open_run_dir(run_dir)
+
+
+def best_volume_stage(run_dir: str | Path | RunDir) -> str:
+    """The most advanced volume stage with a ``best.ckpt``: finetune > sequence > direct.
+
+    Raises:
+        UserError: no volume stage has a checkpoint.
+    """
+    run = _run(run_dir)
+    for stage in VOLUME_STAGE_PREFERENCE:
+        if run.best_ckpt(stage).is_file():
+            return stage
+    raise UserError(
+        f"{run.path} has no volume model yet (no best.ckpt in "
+        f"{', '.join(VOLUME_STAGE_PREFERENCE)}); train --stage sequence/finetune/direct first"
+    )
+
+
+def load_volume_model(
+    run_dir: str | Path | RunDir, stage: str | None = None
+) -> tuple[torch.nn.Module, Config]:
+    """The trained volume model of a run, in eval mode on CPU, and the run's config.
+
+    Args:
+        run_dir: a run directory (``runs/<experiment>/<run-id>``).
+        stage: ``finetune``, ``sequence`` or ``direct``; default the best available
+            (:func:`best_volume_stage`).
+
+    Returns:
+        ``(VolumeClassifier, Config)``; the model maps ``(B, T, C, H, W), (B,)`` to
+        logits ``(B,)`` (apply ``torch.sigmoid`` for probabilities).
+    """
+    from ich3d.models.volume import build_volume_model
+
+    run = _run(run_dir)
+    config = run.load_config()
+    stage = stage or best_volume_stage(run)
+    if stage not in VOLUME_STAGE_PREFERENCE:
+        raise UserError(f"{stage!r} is not a volume stage; expected one of {', '.join(VOLUME_STAGE_PREFERENCE)}")
+    ckpt = load_checkpoint(run.best_ckpt(stage))
+    spec = ckpt["hyper_parameters"]["model"]
+    model = build_volume_model(dict(spec["encoder"]), dict(spec["head"]), slice_chunk=spec.get("slice_chunk"))
+    model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
+    model.eval()
+    log.info("loaded the %s volume model of %s", stage, run.path)
+    return model, config
+
+
+def load_slice_model(run_dir: str | Path | RunDir) -> torch.nn.Module:
+    """The stage-1 slice classifier of a run (``slice/best.ckpt``), eval mode, CPU.
+
+    Returns:
+        ``SliceClassifier``: ``(N, C, H, W) -> (N,)`` logits; ``.encoder`` gives the
+        512-element slice features.
+    """
+    from ich3d.models.volume import build_slice_classifier
+
+    run = _run(run_dir)
+    ckpt = load_checkpoint(run.best_ckpt("slice"))
+    spec = ckpt["hyper_parameters"]["model"]
+    model = build_slice_classifier(dict(spec["encoder"]))
+    model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
+    model.eval()
+    return model

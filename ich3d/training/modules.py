@@ -1,0 +1,310 @@
+"""Lightning modules of the three training stages (and the ``direct`` ablation).
+
+* :class:`SliceModule`: stage 1, slice encoder + one logit, BCE on slice labels.
+* :class:`VolumeModule`: stages 2 and 3 and ``direct``, slice encoder + sequence
+  head, BCE on volume labels. With ``freeze_encoder=True`` (stage 2) the encoder has
+  no gradients, is not in the optimizer and stays in eval mode.
+
+Both modules receive plain-data specs (``model``: encoder/head registry names and
+keyword arguments; ``optimizer``: name, lr ...) and call ``save_hyperparameters`` so
+a checkpoint rebuilds its network with no config file and loads with
+``torch.load(weights_only=True)``.
+
+Validation AUC in DDP: each process keeps the ``(id, probability, label)`` of every
+sample it validated; at the end of the epoch the tuples of all processes are
+gathered, de-duplicated by id (the distributed sampler pads the last batch by
+repeating samples) and the AUC is computed on the same data on every rank and
+logged with ``sync_dist=False``, so ``ModelCheckpoint`` sees one value everywhere
+and a volume counts exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import BinaryAUROC
+from torchmetrics.functional.classification import binary_auroc
+
+from ich3d.errors import UserError
+from ich3d.models.registry import count_parameters
+from ich3d.models.volume import build_slice_classifier, build_volume_model
+
+__all__ = [
+    "SliceModule",
+    "VolumeModule",
+    "build_optimizer",
+    "sample_ids",
+    "gather_unique",
+    "auc_or_nan",
+]
+
+_OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+
+
+def build_optimizer(params: Sequence[nn.Parameter], spec: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """Build a torch optimizer from ``{"name", "lr", "weight_decay", "momentum"}``.
+
+    Raises:
+        UserError: unknown optimizer name or no trainable parameter.
+    """
+    params = list(params)
+    if not params:
+        raise UserError("the model has no trainable parameter for this stage")
+    name = str(spec.get("name", "adam")).lower()
+    lr = float(spec.get("lr", 1e-4))
+    wd = float(spec.get("weight_decay", 0.0))
+    momentum = float(spec.get("momentum", 0.0))
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=momentum)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=momentum)
+    raise UserError(f"unknown optimizer {name!r}; allowed: {', '.join(_OPTIMIZERS)}")
+
+
+def _key_hash(key: str) -> int:
+    """A non-negative int63 for a sample key (hex cache keys map to themselves)."""
+    try:
+        if len(key) >= 15:
+            return int(key[:15], 16)
+    except ValueError:
+        pass
+    return int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
+
+
+def sample_ids(batch: Mapping[str, Any], batch_size: int, device: torch.device) -> Tensor:
+    """``(B, 2)`` int64 ids of the samples of a batch, unique within a split.
+
+    Column 0 is a hash of the volume ``key`` (or the batch ``index`` when there is no
+    key), column 1 the ``slice_index`` for slice batches (0 for volumes).
+    """
+    if "key" in batch:
+        keys = batch["key"]
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        first = torch.tensor([_key_hash(str(k)) for k in keys], dtype=torch.long)
+    elif "index" in batch:
+        first = torch.as_tensor(batch["index"], dtype=torch.long).reshape(-1).cpu()
+    else:
+        raise KeyError("a validation batch needs 'key' or 'index' to identify its samples")
+    if "slice_index" in batch:
+        second = torch.as_tensor(batch["slice_index"], dtype=torch.long).reshape(-1).cpu()
+    else:
+        second = torch.zeros_like(first)
+    if first.numel() != batch_size or second.numel() != batch_size:
+        raise ValueError(f"batch ids ({first.numel()}) do not match the batch size {batch_size}")
+    return torch.stack([first, second], dim=1).to(device)
+
+
+def gather_unique(
+    module: pl.LightningModule, ids: Tensor, probs: Tensor, labels: Tensor
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gather ``(ids, probs, labels)`` from every process and keep one row per id.
+
+    Works with unequal per-process counts (rows are padded to the largest count for
+    the collective and trimmed after). Every rank returns the same arrays, sorted by id.
+
+    Returns:
+        ``(ids (N, 2) int64, probs (N,) float64, labels (N,) int64)``, numpy.
+    """
+    n_local = torch.tensor([ids.shape[0]], dtype=torch.long, device=module.device)
+    if module.trainer is not None and module.trainer.world_size > 1:
+        counts = module.all_gather(n_local).reshape(-1).cpu()
+        width = int(counts.max())
+        pad = width - ids.shape[0]
+        packed = torch.stack([probs.double(), labels.double()], dim=1).to(module.device)
+        ids_local = ids.to(module.device)
+        if pad:
+            packed = torch.cat([packed, packed.new_zeros((pad, 2))], dim=0)
+            ids_local = torch.cat([ids_local, ids_local.new_zeros((pad, 2))], dim=0)
+        # ids (< 2**60) travel as int64: float64 is exact only below 2**53
+        rows_g = module.all_gather(packed).reshape(-1, width, 2).cpu()
+        ids_g = module.all_gather(ids_local).reshape(-1, width, 2).cpu()
+        rows = torch.cat([rows_g[r, : int(counts[r])] for r in range(rows_g.shape[0])], dim=0)
+        all_ids = torch.cat([ids_g[r, : int(counts[r])] for r in range(ids_g.shape[0])], dim=0)
+        all_probs = rows[:, 0]
+        all_labels = rows[:, 1].long()
+    else:
+        all_ids, all_probs, all_labels = ids.cpu(), probs.double().cpu(), labels.long().cpu()
+    ids_np = all_ids.numpy().astype(np.int64).reshape(-1, 2)
+    if ids_np.shape[0] == 0:
+        return ids_np, np.zeros(0), np.zeros(0, dtype=np.int64)
+    _, first = np.unique(ids_np, axis=0, return_index=True)
+    first = np.sort(first)
+    order = np.lexsort((ids_np[first, 1], ids_np[first, 0]))
+    keep = first[order]
+    return ids_np[keep], all_probs.numpy()[keep].astype(np.float64), all_labels.numpy()[keep]
+
+
+def auc_or_nan(probs: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC (torchmetrics) or NaN when only one class is present."""
+    if probs.size == 0 or len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(binary_auroc(torch.from_numpy(probs), torch.from_numpy(labels).long()))
+
+
+class _BinaryModule(pl.LightningModule):
+    """Shared training/validation logic: one logit per sample, BCE, gathered val AUC."""
+
+    input_keys: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.train_auc = BinaryAUROC()
+        self._val_ids: list[Tensor] = []
+        self._val_probs: list[Tensor] = []
+        self._val_labels: list[Tensor] = []
+        self.last_val_auc: float = float("nan")
+        self.val_predictions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    # subclasses: logits for a batch
+    def _logits(self, batch: Mapping[str, Any]) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def _labels(batch: Mapping[str, Any]) -> Tensor:
+        return torch.as_tensor(batch["label"]).reshape(-1)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        logits = self._logits(batch).float()
+        y = self._labels(batch).to(logits.device)
+        loss = self.loss_fn(logits, y.float())
+        n = int(y.numel())
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.train_auc.update(torch.sigmoid(logits.detach()), y.long())
+        self.log("train/auc", self.train_auc, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_ids, self._val_probs, self._val_labels = [], [], []
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        logits = self._logits(batch).float()
+        y = self._labels(batch).to(logits.device)
+        loss = self.loss_fn(logits, y.float())
+        n = int(y.numel())
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self._val_ids.append(sample_ids(batch, n, logits.device))
+        self._val_probs.append(torch.sigmoid(logits).detach())
+        self._val_labels.append(y.detach().long())
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_ids:
+            ids = torch.cat(self._val_ids)
+            probs = torch.cat(self._val_probs)
+            labels = torch.cat(self._val_labels)
+        else:
+            ids = torch.zeros((0, 2), dtype=torch.long, device=self.device)
+            probs = torch.zeros(0, device=self.device)
+            labels = torch.zeros(0, dtype=torch.long, device=self.device)
+        self.val_predictions = gather_unique(self, ids, probs, labels)
+        auc = auc_or_nan(self.val_predictions[1], self.val_predictions[2])
+        if not self.trainer.sanity_checking:
+            self.last_val_auc = auc
+        # identical on every rank by construction: no reduction
+        self.log("val/auc", torch.tensor(auc, dtype=torch.float32), prog_bar=True, sync_dist=False)
+        self.log("val/n", float(self.val_predictions[1].size), sync_dist=False)
+        self._val_ids, self._val_probs, self._val_labels = [], [], []
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return build_optimizer(trainable, self.hparams["optimizer"])
+
+    def on_fit_start(self) -> None:
+        counts = count_parameters(self)
+        for logger in self.loggers:
+            logger.log_hyperparams(
+                {"params/total": counts["total"], "params/trainable": counts["trainable"]}
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ich3d"] = {
+            "val_auc": float(self.last_val_auc),
+            "epoch": int(self.current_epoch),
+            "global_step": int(self.global_step),
+        }
+
+
+class SliceModule(_BinaryModule):
+    """Stage 1: slice encoder + ``Linear -> 1`` on slice labels.
+
+    Args:
+        model: ``{"encoder": {"name": ..., **kwargs}, "head": ..., "slice_chunk": ...}``;
+            only ``encoder`` is used here (the rest rides along so the stage-2 model can
+            be checked against it).
+        optimizer: ``{"name": "adam", "lr": 1e-4, "weight_decay": 0.0, "momentum": 0.0}``.
+
+    Batches: ``{"image": (B, C, H, W), "label": (B,), "key": [str], "slice_index": (B,)}``.
+    """
+
+    def __init__(self, model: dict[str, Any], optimizer: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_slice_classifier(dict(model["encoder"]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C, H, W) -> (N,)`` slice logits."""
+        return self.model(x)
+
+    def _logits(self, batch: Mapping[str, Any]) -> Tensor:
+        return self(batch["image"])
+
+
+class VolumeModule(_BinaryModule):
+    """Stages 2, 3 and ``direct``: encoder + sequence head on volume labels.
+
+    Args:
+        model: ``{"encoder": {"name", **kwargs}, "head": {"name", **kwargs},
+            "slice_chunk": int | None}``.
+        optimizer: as for :class:`SliceModule` (RMSprop 1e-3 in stage 2).
+        freeze_encoder: stage 2: encoder without gradients, outside the optimizer,
+            in eval mode.
+
+    Batches: ``{"volume": (B, T, C, H, W), "length": (B,), "label": (B,), "key": [str],
+    "index": (B,)}``.
+    """
+
+    def __init__(
+        self, model: dict[str, Any], optimizer: dict[str, Any], freeze_encoder: bool = False
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_volume_model(
+            dict(model["encoder"]), dict(model["head"]), slice_chunk=model.get("slice_chunk")
+        )
+        if freeze_encoder:
+            self.model.freeze_encoder()
+
+    def forward(self, volumes: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``(B, T, C, H, W), (B,) -> (B,)`` volume logits."""
+        return self.model(volumes, lengths)
+
+    def _logits(self, batch: Mapping[str, Any]) -> Tensor:
+        lengths = batch.get("length")
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=batch["volume"].device).reshape(-1)
+        return self(batch["volume"], lengths)
+
+    def on_train_epoch_start(self) -> None:
+        if self.hparams["freeze_encoder"]:  # belt and braces: Lightning toggles modes
+            self.model.encoder.eval()
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        """``{"key": [...], "prob": (B,), "label": (B,) if present}``."""
+        out: dict[str, Any] = {
+            "key": list(batch["key"]) if "key" in batch else None,
+            "prob": torch.sigmoid(self._logits(batch).float()).cpu(),
+        }
+        if "label" in batch:
+            out["label"] = self._labels(batch).cpu()
+        return out

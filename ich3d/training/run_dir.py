@@ -1,0 +1,191 @@
+"""Run directories: where one experiment run keeps its config, checkpoints, metrics and logs.
+
+Layout::
+
+    <run.root>/<experiment>/<run-id>/
+        config.yaml            # the resolved config (absolute paths), what ``--resume`` reads
+        train.log              # python logging of every ``ich3d train`` call on this run
+        wandb/                 # offline W&B runs (one per stage and attempt), if tracking is on
+        slice/ sequence/ finetune/ direct/
+            best.ckpt          # best validation AUC so far
+            last.ckpt          # end of the last finished epoch (``--resume`` continues it)
+            metrics.csv        # CSVLogger (train/loss, val/loss, val/auc, lr ...)
+            hparams.yaml       # CSVLogger hyper-parameters (model/optimizer specs, counts)
+            result.json        # written when the stage finished: best val AUC, steps ...
+
+The run id is ``--run-id`` if given, else ``$ICH3D_RUN_ID`` (set by the first process
+so that DDP processes Lightning launches agree), else ``slurm-<SLURM_JOB_ID>`` under
+SLURM when the job has several tasks, else ``<UTC timestamp>-<4 hex>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ich3d.config import STAGES, Config, dump_config, load_config
+from ich3d.errors import UserError
+
+__all__ = [
+    "RunDir",
+    "new_run_id",
+    "resolve_run_id",
+    "create_run_dir",
+    "open_run_dir",
+    "attach_log_file",
+    "global_rank_from_env",
+]
+
+_RUN_ID_ENV = "ICH3D_RUN_ID"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory."""
+
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "train.log"
+
+    def stage_dir(self, stage: str) -> Path:
+        if stage not in STAGES:
+            raise UserError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        return self.path / stage
+
+    def best_ckpt(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "best.ckpt"
+
+    def last_ckpt(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "last.ckpt"
+
+    def result_path(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "result.json"
+
+    def is_done(self, stage: str) -> bool:
+        """Whether ``stage`` finished (its ``result.json`` exists)."""
+        return self.result_path(stage).is_file()
+
+    def read_result(self, stage: str) -> dict[str, Any] | None:
+        path = self.result_path(stage)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def write_result(self, stage: str, result: dict[str, Any]) -> None:
+        path = self.result_path(stage)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+    def load_config(self, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+        """The run's resolved config (plus ``overrides``)."""
+        return load_config(self.config_path, overrides)
+
+
+def new_run_id() -> str:
+    """``YYYYmmdd-HHMMSS-xxxx`` (UTC time + 4 random hex digits)."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+def global_rank_from_env() -> int:
+    """This process's global rank as the launcher set it (0 when not distributed)."""
+    for var in ("RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def resolve_run_id(run_id: str | None = None) -> str:
+    """The run id to use (see the module docstring) and export it to child processes."""
+    if run_id is None:
+        run_id = os.environ.get(_RUN_ID_ENV) or None
+    if run_id is None and os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        run_id = f"slurm-{os.environ['SLURM_JOB_ID']}"
+    if run_id is None:
+        run_id = new_run_id()
+    if not run_id or "/" in run_id or run_id in (".", ".."):
+        raise UserError(f"--run-id must be a plain folder name, got {run_id!r}")
+    os.environ[_RUN_ID_ENV] = run_id
+    return run_id
+
+
+def create_run_dir(config: Config, run_id: str | None = None) -> RunDir:
+    """Create (or reuse) ``<run.root>/<experiment>/<run-id>/`` and write ``config.yaml``.
+
+    Reusing an existing run id keeps its stage folders (so ``--stage sequence
+    --run-id X`` finds ``slice/best.ckpt`` of run X); the config file is rewritten
+    and the previous one kept as ``config.<n>.yaml`` when it differs.
+    """
+    run = RunDir(Path(config.run.root) / config.experiment / resolve_run_id(run_id))
+    run.path.mkdir(parents=True, exist_ok=True)
+    if global_rank_from_env() == 0:
+        write_config(run, config)
+    return run
+
+
+def write_config(run: RunDir, config: Config) -> None:
+    """Write the resolved config, keeping a differing previous one as ``config.<n>.yaml``."""
+    path = run.config_path
+    if path.is_file():
+        tmp = path.with_suffix(".yaml.new")
+        dump_config(config, tmp)
+        if tmp.read_text() == path.read_text():
+            tmp.unlink()
+            return
+        n = 1
+        while (run.path / f"config.{n}.yaml").exists():
+            n += 1
+        path.replace(run.path / f"config.{n}.yaml")
+        tmp.replace(path)
+        return
+    dump_config(config, path)
+
+
+def open_run_dir(path: str | Path) -> RunDir:
+    """An existing run directory (it must hold ``config.yaml``).
+
+    Raises:
+        UserError: the folder does not exist or is not a run directory.
+    """
+    run = RunDir(Path(path).expanduser().resolve())
+    if not run.path.is_dir():
+        raise UserError(f"run directory not found: {path}")
+    if not run.config_path.is_file():
+        raise UserError(f"{path} is not a run directory (no config.yaml)")
+    return run
+
+
+def attach_log_file(run: RunDir) -> logging.Handler:
+    """Send ``ich3d`` and Lightning log records to ``train.log`` (returns the handler)."""
+    handler = logging.FileHandler(run.log_path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
+    for name in ("ich3d", "pytorch_lightning", "lightning_fabric"):
+        lg = logging.getLogger(name)
+        lg.addHandler(handler)
+        if lg.level == logging.NOTSET or lg.level > logging.INFO:
+            lg.setLevel(logging.INFO)
+    return handler
+
+
+def detach_log_file(handler: logging.Handler) -> None:
+    """Undo :func:`attach_log_file`."""
+    for name in ("ich3d", "pytorch_lightning", "lightning_fabric"):
+        logging.getLogger(name).removeHandler(handler)
+    handler.close()

@@ -1,0 +1,509 @@
+"""The training stages: build model, data and trainer per stage, chain them in a run directory.
+
+Stages (``METHOD.md`` section 1):
+
+``slice``
+    Slice encoder + one logit on slice labels (Adam 1e-4, batch 25, BCE); the
+    validation slice AUC selects ``slice/best.ckpt``.
+``sequence``
+    Encoder initialised from ``slice/best.ckpt`` and frozen (no gradients, not in
+    the optimizer, eval mode) + sequence head (RMSprop 1e-3, one volume per batch,
+    balanced volumes, BCE); the validation volume AUC selects ``sequence/best.ckpt``.
+``finetune``
+    The whole ``sequence/best.ckpt`` model trainable (RMSprop 1e-4).
+``direct``
+    Ablation: the same volume model trained end to end from random initialisation.
+
+``all`` runs ``slice``, ``sequence`` and ``finetune`` in order; each later stage finds
+its starting checkpoint in the run directory. Resuming continues a stage from its
+``last.ckpt`` through ``Trainer.fit(ckpt_path=..., weights_only=True)`` (global step,
+epoch, optimizer and callback states continue).
+
+Public API::
+
+    model_spec(config) -> dict
+    build_module(config, stage) -> SliceModule | VolumeModule
+    build_slice_datamodule(config, cache_dir=None, *, stage="slice", **overrides)
+    build_volume_datamodule(config, cache_dir=None, *, stage="finetune", **overrides)
+    build_trainer(config, stage, run, loggers=None) -> Trainer
+    check_data_paths(config)
+    plan_stages(stage, run=None, resume=False) -> list[str]
+    run_stage(config, run, stage, resume=False) -> dict
+    train(config, stage="all", run_id=None, resume_dir=None, overrides=()) -> (RunDir, dict)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ich3d.config import STAGES, Config, StageConfig, resolve_precision
+from ich3d.errors import UserError
+from ich3d.training.run_dir import RunDir
+
+__all__ = [
+    "CHAIN",
+    "PREVIOUS",
+    "model_spec",
+    "optimizer_spec",
+    "build_module",
+    "build_slice_datamodule",
+    "build_volume_datamodule",
+    "build_datamodule",
+    "build_trainer",
+    "check_data_paths",
+    "check_model",
+    "plan_stages",
+    "run_stage",
+    "stage_result",
+    "train",
+    "quiet_lightning",
+]
+
+log = logging.getLogger(__name__)
+
+#: What ``--stage all`` runs, in order.
+CHAIN: tuple[str, ...] = ("slice", "sequence", "finetune")
+#: The stage whose ``best.ckpt`` a stage starts from.
+PREVIOUS: dict[str, str] = {"sequence": "slice", "finetune": "sequence"}
+
+
+_NOISE = (
+    r".*module\(s\) in eval mode.*",  # stage 2: the frozen encoder is in eval mode on purpose
+    r".*LeafSpec.*",
+    r".*smaller than the logging interval.*",
+    r".*exists and is not empty.*",
+    r".*does not have many workers.*",
+    r".*anonymous setting has no effect.*",
+)
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Silence the Lightning/W&B messages that are expected in this pipeline."""
+    for pattern in _NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def model_spec(config: Config) -> dict[str, Any]:
+    """The plain-data model spec the modules take (and checkpoints store).
+
+    ``encoder.in_channels`` defaults to the number of windows; a different explicit
+    value is an error.
+    """
+    encoder = {"name": config.model.encoder, **config.model.encoder_args}
+    n_windows = len(config.data.windows)
+    if encoder.setdefault("in_channels", n_windows) != n_windows:
+        raise UserError(
+            f"model.encoder_args.in_channels is {encoder['in_channels']} but data.windows "
+            f"gives {n_windows} channels; drop in_channels or make them agree"
+        )
+    head = {"name": config.model.head, **config.model.head_args}
+    return {"encoder": encoder, "head": head, "slice_chunk": config.model.slice_chunk}
+
+
+def optimizer_spec(stage_cfg: StageConfig) -> dict[str, Any]:
+    """``{"name", "lr", "weight_decay", "momentum"}`` of a stage."""
+    return {
+        "name": stage_cfg.optimizer,
+        "lr": stage_cfg.lr,
+        "weight_decay": stage_cfg.weight_decay,
+        "momentum": stage_cfg.momentum,
+    }
+
+
+def check_model(config: Config) -> None:
+    """Build the networks once (CPU, cheap) so a bad name or option fails before any run dir exists."""
+    from ich3d.models.volume import build_volume_model
+
+    spec = model_spec(config)
+    build_volume_model(dict(spec["encoder"]), dict(spec["head"]), slice_chunk=spec["slice_chunk"])
+
+
+def build_module(config: Config, stage: str) -> Any:
+    """A freshly initialised LightningModule for ``stage`` (no weights loaded)."""
+    from ich3d.training.modules import SliceModule, VolumeModule
+
+    stage_cfg = config.stages.get(stage)
+    spec = model_spec(config)
+    if stage == "slice":
+        return SliceModule(model=spec, optimizer=optimizer_spec(stage_cfg))
+    return VolumeModule(
+        model=spec, optimizer=optimizer_spec(stage_cfg), freeze_encoder=stage == "sequence"
+    )
+
+
+def _init_from_previous(module: Any, run: RunDir, stage: str) -> None:
+    """Load the starting weights of ``stage`` from the previous stage's ``best.ckpt``."""
+    from ich3d.training.checkpoints import load_checkpoint, sub_state_dict
+
+    prev = PREVIOUS[stage]
+    path = run.best_ckpt(prev)
+    if not path.is_file():
+        raise UserError(
+            f"stage {stage!r} starts from {prev}/best.ckpt, which {run.path} does not have; "
+            f"run --stage {prev} (or --stage all) first"
+        )
+    ckpt = load_checkpoint(path)
+    prev_spec = ckpt.get("hyper_parameters", {}).get("model", {})
+    spec = module.hparams["model"]
+    if stage == "sequence":
+        if prev_spec.get("encoder") != spec["encoder"]:
+            raise UserError(
+                f"{path} was trained with encoder {prev_spec.get('encoder')} but the config "
+                f"asks for {spec['encoder']}"
+            )
+        module.model.encoder.load_state_dict(sub_state_dict(ckpt["state_dict"], "model.encoder."))
+    else:
+        if prev_spec != spec:
+            raise UserError(f"{path} was trained with model {prev_spec} but the config asks for {spec}")
+        module.model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
+    log.info("stage %s starts from %s", stage, path)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _datamodule_kwargs(config: Config, stage: str, cache_dir: str | Path | None) -> dict[str, Any]:
+    d = config.data
+    s = config.stages.get(stage)
+    own_cache = cache_dir is None
+    return {
+        "cache_dir": d.cache_dir if own_cache else cache_dir,
+        # another cache (predict/evaluate elsewhere) is never re-ingested from our images
+        "images_dir": d.images_dir if own_cache else None,
+        "labels_csv": d.labels_csv if own_cache else None,
+        "ingest_workers": d.ingest_workers,
+        "min_slices": d.min_slices,
+        "windows": list(d.windows),
+        "split_fractions": tuple(d.split_fractions),
+        "split_seed": d.split_seed,
+        "splits_file": d.splits_file,
+        "batch_size": s.batch_size,
+        "num_workers": d.num_workers,
+        "pin_memory": d.pin_memory,
+        "persistent_workers": d.persistent_workers,
+        "seed": config.seed,
+        "samples_per_epoch": s.samples_per_epoch,
+        "augment": s.augment,
+        "label": d.label,
+    }
+
+
+def build_slice_datamodule(
+    config: Config, cache_dir: str | Path | None = None, *, stage: str = "slice", **overrides: Any
+) -> Any:
+    """The stage-1 ``SliceDataModule`` of ``config``.
+
+    Args:
+        config: the experiment config.
+        cache_dir: another ingest cache (e.g. for prediction); default ``data.cache_dir``
+            (which is ingested from ``data.images_dir`` if set).
+        stage: the stage whose batch size / samples / augmentation apply.
+        **overrides: any ``SliceDataModule`` keyword (``batch_size=...``, ``augment=False``).
+    """
+    from ich3d.data.datamodule import SliceDataModule
+
+    kwargs = {**_datamodule_kwargs(config, stage, cache_dir), **overrides}
+    return SliceDataModule(kwargs.pop("cache_dir"), **kwargs)
+
+
+def build_volume_datamodule(
+    config: Config, cache_dir: str | Path | None = None, *, stage: str = "finetune", **overrides: Any
+) -> Any:
+    """The ``VolumeDataModule`` of ``config`` (stages 2-3, ``direct``, predict, evaluate).
+
+    Args:
+        config: the experiment config (``data.depth_pool`` etc.).
+        cache_dir: another ingest cache; default ``data.cache_dir``.
+        stage: the stage whose batch size / samples / augmentation apply (default
+            ``finetune``).
+        **overrides: any ``VolumeDataModule`` keyword (``batch_size=4, pad_batches=True``).
+    """
+    from ich3d.data.datamodule import VolumeDataModule
+
+    kwargs = _datamodule_kwargs(config, stage, cache_dir)
+    kwargs["depth_pool"] = config.data.depth_pool
+    kwargs = {**kwargs, **overrides}
+    if "pad_batches" not in overrides:
+        kwargs["pad_batches"] = kwargs["batch_size"] > 1
+    return VolumeDataModule(kwargs.pop("cache_dir"), **kwargs)
+
+
+def build_datamodule(config: Config, stage: str) -> Any:
+    """The DataModule a stage trains on."""
+    if stage == "slice":
+        return build_slice_datamodule(config, stage=stage)
+    return build_volume_datamodule(config, stage=stage)
+
+
+def check_data_paths(config: Config) -> None:
+    """Fail early (before any run directory exists) when the data cannot be found.
+
+    With ``data.images_dir`` the images folder (and ``labels_csv``, if given) must exist;
+    otherwise ``data.cache_dir`` must be a complete ingest cache.
+    """
+    from ich3d.data.cache import is_complete
+
+    d = config.data
+    if d.cache_dir is None:
+        raise UserError("config key 'data.cache_dir' is required (the ingest cache folder)")
+    if d.images_dir is not None:
+        if not Path(d.images_dir).is_dir():
+            raise UserError(f"data.images_dir not found: {d.images_dir}")
+        if d.labels_csv is None:
+            raise UserError("data.labels_csv is required with data.images_dir to train (labels)")
+        if not Path(d.labels_csv).is_file():
+            raise UserError(f"data.labels_csv not found: {d.labels_csv}")
+    elif not is_complete(d.cache_dir):
+        raise UserError(
+            f"data.cache_dir {d.cache_dir} is not a complete ingest cache; run "
+            "`ich3d ingest` first or set data.images_dir and data.labels_csv"
+        )
+    if d.splits_file is not None and not Path(d.splits_file).is_file():
+        raise UserError(f"data.splits_file not found: {d.splits_file}")
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def build_trainer(config: Config, stage: str, run: RunDir, loggers: list | None = None) -> Any:
+    """The Lightning ``Trainer`` of one stage (checkpoints, early stopping, LR monitor)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    s = config.stages.get(stage)
+    t = config.trainer
+    callbacks: list[Any] = [
+        ModelCheckpoint(
+            dirpath=run.stage_dir(stage),
+            filename="best",
+            monitor="val/auc",
+            mode="max",
+            save_top_k=1,
+            save_last=False,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+        # Lightning 2.6 refreshes ``save_last`` only when the top-k file changed, so
+        # ``last.ckpt`` is its own monitor-free checkpoint, rewritten every validation
+        ModelCheckpoint(
+            dirpath=run.stage_dir(stage),
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+    ]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    if s.early_stopping_patience is not None:
+        callbacks.append(
+            EarlyStopping(monitor="val/auc", mode="max", patience=s.early_stopping_patience, check_finite=False)
+        )
+    kwargs: dict[str, Any] = {
+        "default_root_dir": str(run.stage_dir(stage)),
+        "accelerator": t.accelerator,
+        "devices": t.devices,
+        "strategy": t.strategy,
+        "num_nodes": t.num_nodes,
+        "precision": resolve_precision(config, stage),
+        "max_epochs": s.max_epochs,
+        "logger": loggers if loggers else False,
+        "callbacks": callbacks,
+        "deterministic": t.deterministic,
+        "benchmark": t.benchmark,
+        "log_every_n_steps": t.log_every_n_steps,
+        "enable_progress_bar": t.enable_progress_bar,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": t.num_sanity_val_steps,
+        "gradient_clip_val": s.gradient_clip_val,
+        "accumulate_grad_batches": s.accumulate_grad_batches,
+    }
+    if t.limit_train_batches is not None:
+        kwargs["limit_train_batches"] = t.limit_train_batches
+    if t.limit_val_batches is not None:
+        kwargs["limit_val_batches"] = t.limit_val_batches
+    return pl.Trainer(**kwargs)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def plan_stages(stage: str, run: RunDir | None = None, resume: bool = False) -> list[str]:
+    """The stages to run for ``--stage`` (``all`` = the chain; on resume, the unfinished part)."""
+    if stage == "all":
+        stages = list(CHAIN)
+        if resume and run is not None:
+            stages = [s for s in stages if not run.is_done(s)]
+        return stages
+    if stage not in STAGES:
+        raise UserError(f"unknown stage {stage!r}; expected all or one of {', '.join(STAGES)}")
+    return [stage]
+
+
+def stage_result(run: RunDir, stage: str, seconds: float | None = None) -> dict[str, Any]:
+    """Summary of a stage read from its checkpoints (works whatever process trained it)."""
+    from ich3d.training.checkpoints import load_checkpoint
+
+    best = load_checkpoint(run.best_ckpt(stage)) if run.best_ckpt(stage).is_file() else None
+    last = load_checkpoint(run.last_ckpt(stage)) if run.last_ckpt(stage).is_file() else None
+    info = (best or {}).get("ich3d", {})
+    result: dict[str, Any] = {
+        "stage": stage,
+        "best_val_auc": info.get("val_auc"),
+        "best_epoch": info.get("epoch"),
+        "best_global_step": (best or {}).get("global_step"),
+        "global_step": (last or {}).get("global_step"),
+        "epochs": ((last or {}).get("epoch", -1) + 1) if last else 0,
+        "best_ckpt": "best.ckpt" if best else None,
+    }
+    if seconds is not None:
+        result["seconds"] = round(seconds, 1)
+    return result
+
+
+def run_stage(config: Config, run: RunDir, stage: str, *, resume: bool = False) -> dict[str, Any]:
+    """Train one stage in ``run``; return (and write, on rank 0) its ``result.json``.
+
+    Args:
+        config: the experiment config.
+        run: the run directory.
+        stage: one of :data:`~ich3d.config.STAGES`.
+        resume: continue from ``<stage>/last.ckpt`` when it exists.
+
+    Raises:
+        UserError: missing previous checkpoint, or existing checkpoints without ``resume``.
+        KeyboardInterrupt: the fit was interrupted (checkpoints so far are kept).
+    """
+    import pytorch_lightning as pl
+
+    from ich3d.tracking.loggers import build_loggers, finish_loggers, log_config
+
+    quiet_lightning()
+    stage_dir = run.stage_dir(stage)
+    last = run.last_ckpt(stage)
+    ckpt_path = str(last) if resume and last.is_file() else None
+    if ckpt_path is None and (last.is_file() or run.best_ckpt(stage).is_file()):
+        raise UserError(
+            f"{stage_dir} already holds checkpoints; continue it with --resume {run.path} "
+            f"--stage {stage}, or use a new run id"
+        )
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    module = build_module(config, stage)
+    if ckpt_path is None and stage in PREVIOUS:
+        _init_from_previous(module, run, stage)
+    datamodule = build_datamodule(config, stage)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    loggers = build_loggers(config, run.path, stage)
+    log_config(loggers, config)
+    trainer = build_trainer(config, stage, run, loggers)
+    log.info(
+        "stage %s: %s%s", stage, "resuming from " + ckpt_path if ckpt_path else "training", ""
+    )
+    start = time.perf_counter()
+    status = "failed"
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+        status = "aborted" if trainer.interrupted else "success"
+    finally:
+        finish_loggers(loggers, status)
+    if trainer.interrupted:
+        raise KeyboardInterrupt(f"stage {stage} interrupted; continue with --resume {run.path}")
+    if not run.best_ckpt(stage).is_file():
+        raise UserError(f"stage {stage} wrote no best.ckpt (was validation skipped?)")
+    result = stage_result(run, stage, time.perf_counter() - start)
+    if trainer.is_global_zero:
+        run.write_result(stage, result)
+    log.info("stage %s done: best val AUC %s", stage, result["best_val_auc"])
+    return result
+
+
+def train(
+    config: Config,
+    stage: str = "all",
+    *,
+    run_id: str | None = None,
+    resume_dir: str | Path | None = None,
+    on_run_dir: Any = None,
+) -> tuple[RunDir, dict[str, dict[str, Any]]]:
+    """Validate, create/open the run directory and run the stages of ``--stage``.
+
+    Everything that can be checked (config, data paths, model options, the previous
+    stage's checkpoint) is checked before a run directory is created.
+
+    Args:
+        config: the experiment config (for a resume, the run's config plus overrides).
+        stage: ``all`` or one of :data:`~ich3d.config.STAGES`.
+        run_id: run id (default: a new one); an existing run id is reused, which lets
+            ``--stage sequence --run-id X`` continue run X after its slice stage.
+        resume_dir: continue this run directory (interrupted stage from ``last.ckpt``,
+            then the later stages of ``all``).
+        on_run_dir: called with the :class:`RunDir` once it exists (the CLI prints it).
+
+    Returns:
+        ``(run, {stage: result})`` for the stages run now.
+    """
+    from ich3d.training.run_dir import (
+        attach_log_file,
+        create_run_dir,
+        detach_log_file,
+        open_run_dir,
+        write_config,
+    )
+
+    resume = resume_dir is not None
+    run = open_run_dir(resume_dir) if resume else None
+    if run is None and run_id is not None:
+        existing = RunDir(Path(config.run.root) / config.experiment / run_id)
+        run = existing if existing.config_path.is_file() else None
+    stages = plan_stages(stage, run, resume)
+    check_data_paths(config)
+    check_model(config)
+    if stages:
+        first = stages[0]
+        starts_fresh = not (resume and run is not None and run.last_ckpt(first).is_file())
+        if first in PREVIOUS and starts_fresh and (run is None or not run.best_ckpt(PREVIOUS[first]).is_file()):
+            raise UserError(
+                f"stage {first!r} starts from {PREVIOUS[first]}/best.ckpt of an existing run: "
+                f"pass --run-id of that run or --resume RUN_DIR (or train --stage all)"
+            )
+        if not resume and run is not None:
+            for s in stages:
+                if run.last_ckpt(s).is_file() or run.best_ckpt(s).is_file():
+                    raise UserError(
+                        f"{run.stage_dir(s)} already holds checkpoints; continue it with "
+                        f"--resume {run.path} --stage {s}, or use a new run id"
+                    )
+    if resume:
+        assert run is not None
+        write_config(run, config)
+    else:
+        run = create_run_dir(config, run_id)
+    handler = attach_log_file(run)
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        if on_run_dir is not None:
+            on_run_dir(run)
+        if not stages:
+            log.info("every stage of %s is done; nothing to resume", run.path)
+        for s in stages:
+            results[s] = run_stage(config, run, s, resume=resume)
+    finally:
+        detach_log_file(handler)
+    return run, results
