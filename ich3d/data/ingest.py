@@ -232,7 +232,7 @@ class LabelTable:
         incomplete: image ids with some but not all six subtypes.
         malformed: raw IDs that do not parse (or whose Label is not 0/1).
         rows: data rows in the file.
-        duplicate_rows: exact duplicate rows dropped.
+        duplicate_rows: rows repeating the value already read for their ID, dropped.
         conflicts: (image, subtype) pairs with conflicting values.
     """
 
@@ -251,66 +251,68 @@ class LabelTable:
 def read_labels(path: Path) -> LabelTable:
     """Read an RSNA labels CSV (``ID,Label``; ``ID`` = ``ID_<image>_<subtype>``).
 
+    A plain ``csv`` loop (no pandas): it has no fixed cost on small sets and
+    reads RSNA's 4.5M rows in a few seconds.
+
     Raises:
         UserError: missing file or wrong header.
     """
-    import pandas as pd
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"labels CSV {path} does not exist")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"labels CSV {path} cannot be read: {exc}") from None
-    if list(df.columns[:2]) != ["ID", "Label"]:
-        raise UserError(
-            f"labels CSV {path} has columns {list(df.columns)}; expected 'ID,Label' "
-            "(RSNA stage_2_train.csv format)"
-        )
-    df = df[["ID", "Label"]]
-    rows = len(df)
-    dup = df.duplicated(keep="first")
-    n_dup = int(dup.sum())
-    df = df[~dup]
-
-    ids = df["ID"].str.strip()
-    parts = ids.str.rsplit("_", n=1, expand=True)
-    if parts.shape[1] < 2:
-        parts = pd.DataFrame({0: ids, 1: pd.Series([None] * len(ids), index=ids.index)})
-    image = parts[0]
-    subtype = parts[1]
-    value = pd.to_numeric(df["Label"].str.strip(), errors="coerce")
-    ok = subtype.isin(SUBTYPES) & image.str.len().gt(0) & value.isin([0, 1])
-    malformed = tuple(sorted(set(ids[~ok].tolist())))
-    good = pd.DataFrame(
-        {
-            "image": image[ok].values,
-            "subtype": subtype[ok].values,
-            "value": value[ok].astype(int).values,
-        }
-    )
-    conflicts = good.groupby(["image", "subtype"])["value"].nunique()
-    n_conflicts = int((conflicts > 1).sum())
-    if n_conflicts:
-        shown = ", ".join(f"{i}/{s}" for i, s in conflicts[conflicts > 1].index[:5])
+    index = {s: i for i, s in enumerate(SUBTYPES)}
+    values: dict[str, list[int]] = {}
+    conflicted: set[tuple[str, str]] = set()
+    malformed: set[str] = set()
+    rows = duplicates = 0
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["ID", "Label"]:
+            raise UserError(
+                f"labels CSV {path} has columns {header}; expected 'ID,Label' "
+                "(RSNA stage_2_train.csv format)"
+            )
+        for row in reader:
+            if not row:
+                continue
+            rows += 1
+            raw_id = row[0].strip()
+            image, _, subtype = raw_id.rpartition("_")
+            k = index.get(subtype)
+            label = row[1].strip() if len(row) > 1 else ""
+            if k is None or not image or label not in ("0", "1", "0.0", "1.0"):
+                malformed.add(raw_id)
+                continue
+            v = int(label[0])
+            slot = values.get(image)
+            if slot is None:
+                slot = values[image] = [-1] * len(SUBTYPES)
+            old = slot[k]
+            if old == -1:
+                slot[k] = v
+            elif old == v:
+                duplicates += 1
+            else:
+                conflicted.add((image, subtype))
+                slot[k] = max(old, v)
+    # a malformed ID that shares the exact text of a good row's ID cannot happen; but an
+    # exact duplicate malformed row is still one malformed item
+    if conflicted:
+        shown = ", ".join(f"{i}/{s}" for i, s in sorted(conflicted)[:5])
         log.warning(
             "labels: %d (image, subtype) pairs have conflicting values; taking the max (%s%s)",
-            n_conflicts,
+            len(conflicted),
             shown,
-            ", ..." if n_conflicts > 5 else "",
+            ", ..." if len(conflicted) > 5 else "",
         )
-    wide = good.pivot_table(index="image", columns="subtype", values="value", aggfunc="max")
-    wide = wide.reindex(columns=list(SUBTYPES))
-    complete = wide.notna().all(axis=1)
-    labels = {
-        img: tuple(int(v) for v in vals)
-        for img, vals in zip(wide.index[complete], wide[complete].to_numpy(), strict=True)
-    }
-    incomplete = frozenset(wide.index[~complete].tolist())
     if malformed:
         log.warning("labels: %d IDs do not parse as ID_<image>_<subtype> with 0/1", len(malformed))
-    return LabelTable(labels, incomplete, malformed, rows, n_dup, n_conflicts)
+    labels = {img: tuple(v) for img, v in values.items() if -1 not in v}
+    incomplete = frozenset(img for img, v in values.items() if -1 in v)
+    return LabelTable(
+        labels, incomplete, tuple(sorted(malformed)), rows, duplicates, len(conflicted)
+    )
 
 
 # --------------------------------------------------------------------------- listing
