@@ -197,5 +197,5 @@ def test_wandb_offline_log(tmp_path, frames, monkeypatch):
     # no per-volume row: no volume key appears in any W&B file
     blob = b"".join(p.read_bytes() for p in files)
     assert b"t0001" not in blob and b"v0001" not in blob
-    assert b"eval/finetune/auc" in blob and b"eval/methods" in blob and b"evaluate" in blob
+    assert b"finetune/auc" in blob and b"eval/methods" in blob and b"evaluate" in blob
     assert log_to_wandb(rep, config_from_dict({"tracking": {"mode": "disabled"}}), run_dir) is None
