@@ -476,3 +476,160 @@ def test_resume_after_sigkill_gives_identical_outputs(many_series, tmp_path):
     s = run_ingest(img, labels, out, progress=False)
     assert s.volumes_reused == done and s.volumes_written == 8 - done
     assert_same_cache(out, fresh)
+
+
+# --------------------------------------------------------------------------- synthetic RSNA data
+
+_ALL_DEFECTS = dict(
+    twelve_bit=0.25,
+    multi_window=0.2,
+    fov_minus2000=0.3,
+    descending=0.4,
+    corrupt=0.04,
+    blank=0.04,
+    duplicate_rows=0.05,
+    missing_label=0.04,
+    orphan_label=0.04,
+    not_dicom=0.4,
+)
+
+
+@pytest.fixture(scope="module")
+def synth_defects(tmp_path_factory):
+    """A small synthetic RSNA set where every defect occurs, and its ingest."""
+    from ich3d.data import synth
+
+    root = tmp_path_factory.mktemp("synth_defects")
+    synth.generate(
+        root,
+        patients=5,
+        size=64,
+        slices=(7, 10),
+        seed=11,
+        defects=synth.DefectRates(**_ALL_DEFECTS),
+        progress=False,
+    )
+    truth = synth.load_truth(root)
+    missing = [k for k, v in truth["defects"].items() if not v]
+    assert not missing, f"seed plants no {missing}; pick another seed"
+    out = root / "cache"
+    summary = run_ingest(root / synth.IMAGES_DIR, root / synth.LABELS_CSV, out, progress=False)
+    return root, truth, out, summary
+
+
+@pytest.fixture(scope="module")
+def synth_clean(tmp_path_factory):
+    """Defect-free synthetic series, some stored descending."""
+    from ich3d.data import synth
+
+    root = tmp_path_factory.mktemp("synth_clean")
+    synth.generate(
+        root,
+        patients=3,
+        size=64,
+        slices=(6, 8),
+        seed=5,
+        defects=synth.NO_DEFECTS.with_rates(descending=0.5),
+        progress=False,
+    )
+    truth = synth.load_truth(root)
+    out = root / "cache"
+    run_ingest(root / synth.IMAGES_DIR, root / synth.LABELS_CSV, out, progress=False)
+    return root, truth, out
+
+
+def test_synth_volumes_equal_simpleitk_reading(synth_clean, tmp_path):
+    """HU and order equal SimpleITK's (its rescale, GDCM's position sort), pooled, exactly."""
+    import SimpleITK as sitk
+
+    from ich3d.data import synth
+
+    root, truth, out = synth_clean
+    slices, volumes, skipped = _tables(out)
+    assert len(skipped) == 0
+    directions = set()
+    for entry in truth["series"]:
+        key = series_key(entry["series_uid"])
+        ours = np.load(out / "volumes" / f"{key}.npy")
+        # GDCM mangles the ID_... series UIDs: give it one series per folder
+        folder = tmp_path / key
+        folder.mkdir()
+        for image_id in entry["image_ids"]:
+            shutil.copy(root / synth.IMAGES_DIR / f"{image_id}.dcm", folder)
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder))
+        assert len(names) == entry["n_slices"]
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(names)
+        ref = sitk.GetArrayFromImage(reader.Execute())  # (slices, rows, columns), HU
+        np.testing.assert_array_equal(ours, reference_pool(np.rint(ref)))
+        order = slices[slices.key == key].sort_values("slice_index").image_id.tolist()
+        assert order == [Path(n).name[:-4] for n in names]
+        assert order == entry["image_ids"]  # the generator's ascending order too
+        directions.add(entry["descending"])
+        z = [p[2] for p in entry["positions"]]
+        assert (np.diff(z) < 0).all() if entry["descending"] else (np.diff(z) > 0).all()
+    assert directions == {True, False}, "need ascending and descending series"
+    row = volumes.set_index("key").loc[series_key(truth["series"][0]["series_uid"])]
+    assert row.slice_spacing == pytest.approx(truth["series"][0]["slice_spacing"], abs=1e-5)
+    assert row.pixel_spacing == pytest.approx(truth["series"][0]["pixel_spacing"], abs=1e-6)
+
+
+def test_synth_defects_volumes_equal_truth(synth_defects):
+    """Every kept slice holds the true HU (12-bit corrected, -2000 clipped), in the true order."""
+    from ich3d.data import synth
+
+    root, truth, out, _ = synth_defects
+    slices, volumes, _ = _tables(out)
+    checked = set()
+    for entry in truth["series"]:
+        key = series_key(entry["series_uid"])
+        if key not in set(volumes.key):
+            continue
+        rows = slices[slices.key == key].sort_values("slice_index")
+        index = {i: k for k, i in enumerate(entry["image_ids"])}
+        kept = [index[i] for i in rows.image_id]
+        assert kept == sorted(kept)  # true order
+        true_hu = synth.series_hu(entry)[kept]
+        vol = np.load(out / "volumes" / f"{key}.npy")
+        np.testing.assert_array_equal(vol, reference_pool(true_hu))
+        labels = np.asarray(entry["labels"])[kept]
+        np.testing.assert_array_equal(rows[list(ing.LABEL_COLUMNS)].to_numpy(), labels)
+        vrow = volumes.set_index("key").loc[key]
+        np.testing.assert_array_equal(vrow[list(ing.LABEL_COLUMNS)].to_numpy(int), labels.max(0))
+        for name in ("twelve_bit", "fov_minus2000", "descending"):
+            if entry[name]:
+                checked.add(name)
+        if entry["fov_minus2000"]:
+            assert vol.min() == -1024 and (true_hu == -2000).any()
+    assert checked == {"twelve_bit", "fov_minus2000", "descending"}
+
+
+def test_synth_defects_accounted_with_reasons(synth_defects):
+    from ich3d.data import synth
+
+    root, truth, out, summary = synth_defects
+    slices, _, skipped = _tables(out)
+    reasons = dict(zip(skipped.item, skipped.reason, strict=True))
+    d = truth["defects"]
+    for image_id in d["corrupt"]:
+        assert reasons[f"{image_id}.dcm"] == REASON_UNREADABLE_PIXELS
+    for image_id in d["missing_label"]:
+        assert reasons[f"{image_id}.dcm"] == ing.REASON_NO_LABEL
+    for image_id in d["orphan_label"]:
+        assert reasons[image_id] == ing.REASON_ORPHAN_LABEL
+    for path in d["not_dicom"]:
+        assert reasons[path.removeprefix(synth.IMAGES_DIR + "/")] == REASON_NOT_DICOM
+    kept_multi = set(d["multi_window"]) & set(slices.image_id)
+    assert kept_multi, "multi-valued window slices are read"
+    blank_kept = set(d["blank"]) & set(slices.image_id)
+    assert blank_kept and summary.blank_slices == len(blank_kept)
+    assert summary.label_rows == truth["counts"]["label_rows"]
+    assert summary.label_rows_duplicate == 6 * len(d["duplicate_rows"])
+    assert summary.label_conflicts == 0
+    assert summary.files_seen == truth["counts"]["dicom_files"] + truth["counts"]["stray_files"]
+    assert (
+        summary.slices_kept
+        + sum(n for r, n in summary.skipped.items() if r not in (ing.REASON_ORPHAN_LABEL,))
+        == summary.files_seen
+    )
+    _assert_accounted(root / synth.IMAGES_DIR, root / synth.LABELS_CSV, out)
