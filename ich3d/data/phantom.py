@@ -473,7 +473,7 @@ def _sample_one(rng: np.random.Generator, head: Head, subtype: str, zc: float, d
         )
     if subtype == "subarachnoid":
         hz = max(float(rng.uniform(12, 35)), minz)
-        cistern = bool(rng.random() < 0.35)
+        cistern = bool(rng.random() < 0.5) and zc < 0.0
         if cistern:  # perimesencephalic / basal cisterns sit low
             zc = float(np.clip(zc, -45, -10))
         return Bleed(
@@ -513,8 +513,8 @@ def _sample_one(rng: np.random.Generator, head: Head, subtype: str, zc: float, d
         return Bleed(
             subtype,
             float(rng.uniform(50, 75)),
-            -30.0,
-            40.0,
+            -5.0,
+            25.0,
             {"sides": sides, "fill": float(rng.uniform(0.25, 1.0))},
         )
     raise ValueError(f"unknown bleed subtype {subtype!r}")
@@ -536,9 +536,12 @@ def sample_bleeds(rng: np.random.Generator, head: Head, geometry: Geometry) -> l
     for i in range(n):
         subtype = names[int(rng.choice(len(names), p=p / p.sum()))]
         if i > 0:
+            # near the middle of the first bleed so the painted ranges overlap
             first = bleeds[0]
-            zc = float(rng.uniform(first.z_lo, first.z_hi))
-            zc = float(np.clip(zc, -45, 60))
+            mid, half = (first.z_lo + first.z_hi) / 2.0, (first.z_hi - first.z_lo) / 2.0
+            zc = float(np.clip(mid + rng.uniform(-0.35, 0.35) * half, -45, 60))
+            if subtype == "intraventricular" and not -5.0 <= zc <= 25.0:
+                subtype = "intraparenchymal"  # the ventricles are elsewhere
         bleeds.append(_sample_one(rng, head, subtype, zc, dz))
     return bleeds
 
@@ -581,7 +584,8 @@ def _bleed_mask(
         if p["cistern"]:
             return a, e, f["cistern"][a:e] & wz
         win = _angle_window(f["phi"], p["phi"], p["half_angle"]) > 0
-        return a, e, f["sulci"][a:e] & win & wz
+        # blood in the sulci and in the convexity subarachnoid space (extra-axial CSF)
+        return a, e, (f["sulci"][a:e] | f["csf_layer"][a:e]) & win & wz
     if b.subtype == "intraventricular":
         m = None
         a0, e0 = fr.n, 0
@@ -616,8 +620,8 @@ _NOISE_BANK_SIZE = 1 << 22
 _noise_bank: np.ndarray | None = None
 
 
-def _noise(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
-    """Standard normal noise, one window of a fixed bank per slice.
+def _add_noise(rng: np.random.Generator, vol: np.ndarray, sigma: float) -> None:
+    """Add Gaussian noise of ``sigma`` HU to ``vol`` in place, one bank window per slice.
 
     Drawing fresh normals costs more than the whole phantom; slices instead
     take windows at random offsets (drawn from ``rng``) of a 4M-sample bank
@@ -628,14 +632,17 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
     if _noise_bank is None:
         bank = np.random.default_rng(20191001).standard_normal(_NOISE_BANK_SIZE, dtype=np.float32)
         _noise_bank = np.concatenate([bank, bank])  # windows may wrap around
-    per = shape[1] * shape[2]
+    n, h, w = vol.shape
+    per = h * w
+    sig = np.float32(sigma)
     if per > _NOISE_BANK_SIZE:
-        return rng.standard_normal(shape, dtype=np.float32)
-    offsets = rng.integers(0, _NOISE_BANK_SIZE, size=shape[0])
-    out = np.empty(shape, dtype=np.float32)
+        vol += rng.standard_normal(vol.shape, dtype=np.float32) * sig
+        return
+    offsets = rng.integers(0, _NOISE_BANK_SIZE, size=n)
+    buf = np.empty((h, w), dtype=np.float32)
     for k, o in enumerate(offsets):
-        out[k] = _noise_bank[o : o + per].reshape(shape[1:])
-    return out
+        np.multiply(_noise_bank[o : o + per].reshape(h, w), sig, out=buf)
+        vol[k] += buf
 
 
 @dataclass
@@ -647,12 +654,15 @@ class Phantom:
         bleed: uint8 per voxel, 0 or ``1 + index`` in :data:`BLEED_SUBTYPES`.
         labels: uint8 (n_slices, 6) in the order of ``SUBTYPES`` (``any`` last).
         bleeds: the bleeds that were painted (dropped ones removed).
+        bleed_slices: bool (n_bleeds_requested, n_slices), slices on which each
+            requested bleed was painted (before overlap clean-up).
     """
 
     hu: np.ndarray
     bleed: np.ndarray
     labels: np.ndarray
     bleeds: list[Bleed]
+    bleed_slices: np.ndarray
 
 
 def min_bleed_pixels(pixel_spacing: float) -> int:
@@ -671,9 +681,11 @@ def _render_chunk(
     k1: int,
     noise_rng: np.random.Generator,
     min_px: int,
-    painted: set[int],
+    painted: np.ndarray,
     box: tuple[int, int, int, int],
-) -> tuple[np.ndarray, np.ndarray]:
+    out_hu: np.ndarray,
+    out_code: np.ndarray,
+) -> None:
     """Render slices [k0, k1): the head inside ``box`` (rows r0:r1, cols c0:c1), air outside."""
     fr = _Frame(geometry, head, k0, k1, box)
     shape = fr.shape
@@ -700,7 +712,10 @@ def _render_chunk(
     arg = n_sulci * phi + ph
     cz, sz = np.cos(fz * fr.Z), np.sin(fz * fr.Z)
     pattern = np.cos(arg) * cz - np.sin(arg) * sz
-    sulci = brain & (d < t + head.csf + head.cortex + 1.0) & (pattern > 0.82)
+    # irregular widths and depths: thresholds vary slowly with the azimuth
+    width = 0.80 + 0.10 * np.cos(5.0 * phi + ph)  # (1,H,W)
+    depth = head.csf + head.cortex + 1.0 + 2.5 * np.sin(7.0 * phi + 2.0 * ph)
+    sulci = brain & (d < t + depth) & (pattern > width)
     np.copyto(hu, np.float32(head.hu_csf), where=sulci)
 
     # deep grey nuclei (thalami / basal ganglia)
@@ -786,6 +801,7 @@ def _render_chunk(
             "brain": brain,
             "vent": vent,
             "sulci": sulci,
+            "csf_layer": cavity & ~brain,
             "cistern": cistern,
             "phi": phi,
         }
@@ -793,10 +809,11 @@ def _render_chunk(
             a, e, m = _bleed_mask(b, fr, head, fields)
             if m is None:
                 continue
+            m &= base[a:e] < 150.0  # never over bone or calcifications
             counts = m.sum(axis=(1, 2))
-            m &= (counts >= min_px)[:, None, None]
-            if (counts >= min_px).any():
-                painted.add(ib)
+            keep = counts >= min_px
+            m &= keep[:, None, None]
+            painted[ib, fr.k0 + a : fr.k0 + e] |= keep
             np.copyto(code[a:e], np.uint8(b.code), where=m)
             val = np.float32(b.density) + 0.6 * tex[a:e]
             np.copyto(hu[a:e], val, where=m)
@@ -811,13 +828,12 @@ def _render_chunk(
                 code[sl] = 0
 
     r0, r1, c0, c1 = box
-    full = np.full((fr.n, geometry.size, geometry.size), _AIR, dtype=np.float32)
-    full[:, r0:r1, c0:c1] = hu
-    full_code = np.zeros(full.shape, dtype=np.uint8)
-    full_code[:, r0:r1, c0:c1] = code
-    full += _noise(noise_rng, full.shape) * np.float32(head.noise)
-    np.maximum(full, np.float32(-1024.0), out=full)
-    return full, full_code
+    out_hu.fill(_AIR)
+    out_hu[:, r0:r1, c0:c1] = hu
+    out_code.fill(0)
+    out_code[:, r0:r1, c0:c1] = code
+    _add_noise(noise_rng, out_hu, head.noise)
+    np.maximum(out_hu, np.float32(-1024.0), out=out_hu)
 
 
 def _head_box(geometry: Geometry, head: Head) -> tuple[int, int, int, int]:
@@ -857,19 +873,19 @@ def render(
     step = max(1, _CHUNK_VOXELS // (size * size))
     rng = np.random.default_rng(noise_seed)
     min_px = min_bleed_pixels(geometry.pixel_spacing)
-    painted: set[int] = set()
+    painted = np.zeros((len(bleeds), n), dtype=bool)
     box = _head_box(geometry, head)
     for k0 in range(0, n, step):
         k1 = min(n, k0 + step)
-        hu[k0:k1], code[k0:k1] = _render_chunk(
-            geometry, head, bleeds, k0, k1, rng, min_px, painted, box
+        _render_chunk(
+            geometry, head, bleeds, k0, k1, rng, min_px, painted, box, hu[k0:k1], code[k0:k1]
         )
     labels = np.zeros((n, len(SUBTYPES)), dtype=np.uint8)
     for i in range(len(BLEED_SUBTYPES)):
         labels[:, i] = (code == i + 1).any(axis=(1, 2))
     labels[:, -1] = labels[:, :-1].max(axis=1)
-    kept = [b for i, b in enumerate(bleeds) if i in painted]
-    return Phantom(hu=hu, bleed=code, labels=labels, bleeds=kept)
+    kept = [b for i, b in enumerate(bleeds) if painted[i].any()]
+    return Phantom(hu=hu, bleed=code, labels=labels, bleeds=kept, bleed_slices=painted)
 
 
 def _contiguous(flags: np.ndarray) -> bool:
@@ -898,11 +914,23 @@ def render_series(
         return render(geometry, head, [], noise_seed)
     for _ in range(tries):
         bleeds = sample_bleeds(rng, head, geometry)
-        while bleeds:
-            ph = render(geometry, head, bleeds, noise_seed)
+        ph = render(geometry, head, bleeds, noise_seed)
+        if _contiguous(ph.labels[:, -1]):
+            return ph
+        # keep the bleeds whose slices join into one range, render once more
+        flags = ph.bleed_slices
+        order = np.argsort(-flags.sum(axis=1), kind="stable")
+        union = np.zeros(geometry.n_slices, dtype=bool)
+        chosen: list[int] = []
+        for i in order:
+            if flags[i].any() and _contiguous(union | flags[i]):
+                union |= flags[i]
+                chosen.append(int(i))
+        if chosen and len(chosen) < len(bleeds):
+            sub = [bleeds[i] for i in sorted(chosen)]
+            ph = render(geometry, head, sub, noise_seed)
             if _contiguous(ph.labels[:, -1]):
                 return ph
-            bleeds = bleeds[:-1]
     dz = geometry.slice_spacing * NATURAL_HALF_HEIGHT / head.z_half
     big = Bleed(
         "intraparenchymal",
