@@ -33,6 +33,7 @@ Pixel rule (:func:`pooled_hu`), in this order:
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,9 @@ _TAGS = [
     _T_SLOPE,
     _T_PIXEL_DATA,
 ]
+
+
+_SHARED: dict[tuple[float, ...], tuple[float, ...]] = {}
 
 
 class SkipSlice(Exception):
@@ -253,7 +257,7 @@ def read_header(path: str | os.PathLike[str], file_size: int | None = None) -> S
     try:
         ds = pydicom.dcmread(path, defer_size=256, specific_tags=_TAGS)
         meta = getattr(ds, "file_meta", None)
-        syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+        syntax = (_text(meta, 0x00020010) or "") if meta is not None else ""
     except InvalidDicomError as exc:
         raise SkipSlice(REASON_NOT_DICOM, str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - any parser failure is an unreadable file
@@ -306,14 +310,18 @@ def read_header(path: str | os.PathLike[str], file_size: int | None = None) -> S
         spacing = _floats(ds, _T_SPACING)
         slope = _floats(ds, _T_SLOPE)
         intercept = _floats(ds, _T_INTERCEPT)
+        # shared objects for what a series has in common: a pickled chunk of headers
+        # from a worker then carries them once, and 750k records stay small in RAM
+        orient = tuple(orientation)
+        orient = _SHARED.setdefault(orient, orient)
         return SliceHeader(
             path=path,
             image_id=image_id_of(path),
-            patient_id=patient_id,
-            study_uid=_text(ds, _T_STUDY) or "",
-            series_uid=series_uid,
+            patient_id=sys.intern(patient_id),
+            study_uid=sys.intern(_text(ds, _T_STUDY) or ""),
+            series_uid=sys.intern(series_uid),
             position=(position[0], position[1], position[2]),
-            orientation=tuple(orientation),  # type: ignore[arg-type]
+            orientation=orient,  # type: ignore[arg-type]
             rows=rows,
             columns=columns,
             pixel_spacing=spacing[0] if spacing else float("nan"),
