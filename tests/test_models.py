@@ -35,6 +35,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # noqa: ANN202
+    """Tiny CPU convolutions run faster on one thread on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tiny_cnn(in_channels: int = 1, feature_dim: int = 32) -> PatelSliceCNN:
     return PatelSliceCNN(
         in_channels=in_channels, width=WIDTH, feature_dim=feature_dim, input_size=SIZE
@@ -229,7 +238,7 @@ def test_encode_uses_only_valid_slices_and_zero_pads() -> None:
     lengths = torch.tensor([2, 5])
     feats = model.encode(vols, lengths)
     assert feats.shape == (2, 5, 8)
-    assert sum(enc.calls) == 7 and enc.calls == [3, 3, 1]
+    assert sum(enc.calls) == 7 and enc.calls == [3, 2, 2]
     assert torch.equal(feats[0, 2:], torch.zeros(3, 8))
     expected = vols[1, 4].mean() * enc.scale
     torch.testing.assert_close(feats[1, 4], expected)
@@ -323,3 +332,202 @@ def test_registry_register_and_duplicate() -> None:
     assert reg.build("a", k=3).k == 3
     with pytest.raises(ValueError, match="already registered"):
         reg.register("a")(nn.Identity)
+
+
+# --------------------------------------------------------------------------- torchvision encoders
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to download weights fails the test."""
+
+    def _refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ich3d tried to download weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _refuse)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _refuse)
+
+
+@pytest.fixture
+def hub_dir(tmp_path, no_network):  # noqa: ANN001, ANN201
+    """An empty torch hub directory for the duration of the test."""
+    old = torch.hub.get_dir()
+    path = tmp_path / "hub"
+    torch.hub.set_dir(str(path))
+    yield path
+    torch.hub.set_dir(old)
+
+
+def _old_densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename ``denselayer1.norm1.weight`` -> ``denselayer1.norm.1.weight`` and drop the BN
+    counters, as in torchvision's file."""
+    import re
+
+    pattern = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.")
+    return {
+        pattern.sub(r"\1.\2.", k): v
+        for k, v in state.items()
+        if not k.endswith("num_batches_tracked")
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "out_features", "expected_params"),
+    [
+        # torchvision totals (61,100,840 / 138,357,544 / 20,013,928) minus the layers cut off,
+        # with the first conv taking 1 channel instead of 3 (-2 x its kernel count)
+        (
+            "alexnet",
+            {},
+            4096,
+            61_100_840 - (4096 * 4096 + 4096) - (4096 * 1000 + 1000) - 2 * 64 * 121,
+        ),
+        ("alexnet", {"layer": "fc7"}, 4096, 61_100_840 - (4096 * 1000 + 1000) - 2 * 64 * 121),
+        # VGG-16 builds its 138 M parameters before the cut: several seconds on CPU
+        pytest.param(
+            "vgg16", {"layer": "pool"}, 512, 14_714_688 - 2 * 64 * 9, marks=pytest.mark.slow
+        ),
+        (
+            "densenet201",
+            {"feature_dim": 32},
+            32,
+            20_013_928 - 1_921_000 - 2 * 64 * 49 + 1920 * 32 + 32,
+        ),
+    ],
+)
+def test_torchvision_encoders_build_without_weights(
+    no_network: None, name: str, kwargs: dict, out_features: int, expected_params: int
+) -> None:
+    enc = build_encoder(name, in_channels=1, **kwargs).eval()
+    assert enc.out_features == out_features
+    assert enc.pretrained_from is None and enc.normalize is False
+    assert count_parameters(enc)["total"] == expected_params
+    if name == "densenet201":
+        assert enc.proj.in_features == 1920  # the pooled DenseNet feature, then the projection
+    size = 32 if name == "densenet201" else SIZE  # DenseNet-201 is slow on CPU: smallest input
+    x = torch.rand(2, 1, size, size)
+    with torch.no_grad():
+        y = enc(x)
+    assert y.shape == (2, out_features) and torch.isfinite(y).all()
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x[1:]), y[1:], atol=1e-5, rtol=1e-4)  # eval: per-sample
+
+
+@pytest.mark.slow
+def test_vgg16_fc7_at_224(no_network: None) -> None:
+    enc = build_encoder("vgg16").eval()  # 134 M parameters
+    assert enc.out_features == 4096
+    assert count_parameters(enc)["total"] == 138_357_544 - (4096 * 1000 + 1000)
+    with torch.no_grad():
+        assert enc(torch.rand(1, 3, 224, 224)).shape == (1, 4096)
+
+
+def test_adapt_first_conv_preserves_a_grey_image_response() -> None:
+    from ich3d.models.torchvision_encoders import adapt_first_conv
+
+    conv = nn.Conv2d(3, 4, kernel_size=3, padding=1)
+    grey = torch.rand(2, 1, 8, 8)
+    for c in (1, 2, 5):
+        new = adapt_first_conv(conv, c, pretrained=True)
+        assert new.in_channels == c and new.out_channels == 4
+        torch.testing.assert_close(new(grey.repeat(1, c, 1, 1)), conv(grey.repeat(1, 3, 1, 1)))
+    torch.testing.assert_close(
+        adapt_first_conv(conv, 1, pretrained=True).weight, conv.weight.sum(1, keepdim=True)
+    )
+    assert adapt_first_conv(conv, 3, pretrained=True) is conv
+
+
+def test_pretrained_refused_without_local_file(hub_dir) -> None:  # noqa: ANN001
+    expected = hub_dir / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    with pytest.raises(UserError, match="never downloads") as err:
+        build_encoder("alexnet", pretrained=True)
+    assert str(expected) in str(err.value)
+    with pytest.raises(UserError, match="not found"):
+        build_encoder("densenet201", weights_path=hub_dir / "nope.pth")
+    bad = hub_dir.parent / "bad.pth"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(UserError, match="cannot read"):
+        build_encoder("densenet201", weights_path=bad)
+    wrong = hub_dir.parent / "wrong.pth"
+    torch.save({"foo": torch.zeros(3)}, wrong)
+    with pytest.raises(UserError, match="lacks"):
+        build_encoder("alexnet", weights_path=wrong)
+    torch.save({"features.0.weight": torch.zeros(3)}, wrong)
+    with pytest.raises(UserError, match="lacks"):
+        build_encoder("alexnet", weights_path=wrong)
+    with pytest.raises(UserError, match="layer must be one of"):
+        build_encoder("vgg16", layer="fc8")
+
+
+def test_pretrained_weights_load_from_local_files(hub_dir) -> None:  # noqa: ANN001
+    import torchvision
+
+    from ich3d.models.torchvision_encoders import IMAGENET_MEAN, IMAGENET_STD
+
+    ref = torchvision.models.densenet201(weights=None).eval()
+    with torch.no_grad():  # make BN statistics non-trivial, so a skipped key would show
+        for m in ref.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    path = hub_dir / "checkpoints" / "densenet201-c1103571.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(_old_densenet_keys(ref.state_dict()), path)  # the hub file uses the old key names
+
+    enc = build_encoder("densenet201", pretrained=True).eval()
+    assert enc.pretrained_from == path and enc.normalize is True
+    torch.testing.assert_close(enc.features.conv0.weight, ref.features.conv0.weight, atol=0, rtol=0)
+    last_bn = ref.features.denseblock4.denselayer32.norm2
+    torch.testing.assert_close(
+        enc.features.denseblock4.denselayer32.norm2.running_var, last_bn.running_var, atol=0, rtol=0
+    )
+    x = torch.rand(2, 3, 32, 32)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = torch.relu(ref.features((x - mean) / std)).mean(dim=(2, 3))
+        torch.testing.assert_close(enc(x), expected, atol=1e-5, rtol=1e-4)
+
+    # the same file by path, one grey channel, no normalisation: equals the RGB network on
+    # the grey image repeated in three channels
+    grey_enc = build_encoder(
+        "densenet201", weights_path=str(path), in_channels=1, normalize=False
+    ).eval()
+    assert grey_enc.pretrained_from == path and grey_enc.normalize is False
+    grey = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        expected = torch.relu(ref.features(grey.repeat(1, 3, 1, 1))).mean(dim=(2, 3))
+        torch.testing.assert_close(grey_enc(grey), expected, atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- small CNN
+def test_small_cnn_shapes_and_parameter_count() -> None:
+    enc = build_encoder("small_cnn", in_channels=1, input_size=SIZE)
+    assert enc.out_features == 300
+    maps = (10, 20, 30, 40)
+    convs = sum(
+        9 * cin * cout + 2 * cout for cin, cout in zip((1, *maps[:-1]), maps, strict=True)
+    )  # + BN
+    grid = SIZE // 16
+    dense = 40 * grid * grid * 300 + 2 * 300 + 300 * 300 + 2 * 300
+    assert count_parameters(enc)["total"] == convs + dense == 301_490
+    enc.eval()
+    y = enc(torch.rand(3, 1, SIZE, SIZE))
+    assert y.shape == (3, 300) and (y >= 0).all()  # ends in ReLU (+ dropout)
+    # a larger slice than nominal runs and gives the same feature size
+    assert enc(torch.rand(1, 1, 2 * SIZE, 2 * SIZE)).shape == (1, 300)
+
+
+def test_frozen_batchnorm_encoder_keeps_statistics_in_volume_model() -> None:
+    enc = build_encoder("small_cnn", in_channels=1, input_size=SIZE)
+    model = VolumeClassifier(
+        enc, build_head("bigru", in_features=300, hidden=HIDDEN), slice_chunk=4
+    )
+    vols = torch.rand(2, 5, 1, SIZE, SIZE)
+    lengths = torch.tensor([5, 4])
+    model.train()
+    model(vols, lengths)  # unfrozen, train: 9 slices in chunks 3,3,3, statistics move
+    moved = enc.features[1].running_mean.clone()
+    assert not torch.equal(moved, torch.zeros(10))
+    model.freeze_encoder().train()
+    model(vols, lengths).sum().backward()
+    assert torch.equal(enc.features[1].running_mean, moved)
+    assert all(p.grad is None for p in enc.parameters())

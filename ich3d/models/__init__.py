@@ -7,7 +7,10 @@ Build by name (the names come from the config)::
     model = build_volume_model({"name": "patel_cnn", "in_channels": 3}, {"name": "bilstm"})
     logits = model(volumes, lengths)  # (B, T, C, H, W), (B,) -> (B,)
 
-``ENCODERS.names()`` / ``HEADS.names()`` list what is available.
+``ENCODERS.names()`` / ``HEADS.names()`` list what is available: encoders
+``patel_cnn``, ``small_cnn``, ``alexnet``, ``vgg16``, ``densenet201`` (the last
+three in :mod:`ich3d.models.torchvision_encoders`, imported on first registry
+use); heads ``bilstm``, ``bigru``, ``lstm``, ``gru``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ich3d.models.registry import (
 )
 from ich3d.models.sequence import BiGRUHead, BiLSTMHead, GRUHead, LSTMHead, RecurrentHead
 from ich3d.models.slice_cnn import PatelSliceCNN, SliceClassifier
+from ich3d.models.small_cnn import DawudSmallCNN
 from ich3d.models.volume import VolumeClassifier, build_slice_classifier, build_volume_model
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "count_parameters",
     "PatelSliceCNN",
     "SliceClassifier",
+    "DawudSmallCNN",
     "RecurrentHead",
     "BiLSTMHead",
     "BiGRUHead",

@@ -49,8 +49,10 @@ class VolumeClassifier(nn.Module):
         encoder: A slice encoder (``out_features`` attribute, ``(N, C, H, W) -> (N, F)``).
         head: A sequence head (``(B, T, F), (B,) -> (B,)``) whose input size is ``F``.
         slice_chunk: Encode at most this many slices per encoder call (bounds
-            memory for long volumes and large batches); None encodes all real
-            slices of the batch in one call. Default None.
+            memory for long volumes and large batches); the real slices are cut
+            into equal-as-possible chunks. None encodes all real slices of the
+            batch in one call. Note that a batch-norm encoder in train mode
+            normalises each chunk with that chunk's statistics. Default None.
 
     Attributes:
         encoder, head: The two parts; ``encoder.state_dict()`` is interchangeable
@@ -129,9 +131,14 @@ class VolumeClassifier(nn.Module):
         return out
 
     def _encode_slices(self, slices: Tensor) -> Tensor:
-        chunk = self.slice_chunk or max(1, slices.shape[0])
-        parts = [self.encoder(slices[i : i + chunk]) for i in range(0, slices.shape[0], chunk)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        total = slices.shape[0]
+        if self.slice_chunk is None or total <= self.slice_chunk:
+            return self.encoder(slices)
+        # equal-as-possible chunks (7 slices, chunk 3 -> 3, 2, 2): no 1-slice remainder,
+        # which a batch-norm encoder in train mode could not normalise
+        n_chunks = -(-total // self.slice_chunk)
+        sizes = [total // n_chunks + (1 if i < total % n_chunks else 0) for i in range(n_chunks)]
+        return torch.cat([self.encoder(part) for part in torch.split(slices, sizes)], dim=0)
 
     def forward(self, volumes: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``(B, T, C, H, W), (B,) -> (B,)`` volume logits."""

@@ -1,0 +1,439 @@
+"""ImageNet CNNs from torchvision as slice encoders: AlexNet, VGG-16, DenseNet-201.
+
+These are the transfer-learning systems of METHOD.md section 2 (AlexNet and
+AlexNet-SVM of Dawud et al. 2019, VGG-16 of Soni 2025, DenseNet-201 of Kumar et
+al. 2022), cut at a feature layer so that each is an encoder
+``(N, C, H, W) -> (N, out_features)`` for the slice classifier, the sequence
+heads and the SVM baseline.
+
+Weights (never downloaded)
+    The network is built with ``weights=None``. ImageNet weights are loaded only
+    from a local file:
+
+    * ``weights_path="/path/to/file.pth"``: a torchvision-format state dict (or
+      a checkpoint holding one under ``"state_dict"``) of the same architecture;
+    * ``pretrained=True``: the file torchvision itself would cache,
+      ``torch.hub.get_dir()/checkpoints/<name>`` (``alexnet-owt-7be5be79.pth``,
+      ``vgg16-397923af.pth``, ``densenet201-c1103571.pth``). If it is not there a
+      ``UserError`` says where to put it; ich3d never opens a network connection.
+
+    Files are read with ``torch.load(weights_only=True)``. Keys the encoder
+    does not use (the 1000-class output layer) are ignored; a missing or
+    mis-shaped key it does use is a ``UserError``.
+
+Input scaling
+    ich3d feeds windowed HU scaled to ``[0, 1]``. With pretrained weights the
+    encoder applies the ImageNet normalisation ``(x - mean) / std`` itself
+    (``normalize=None`` means "only when pretrained weights were loaded"), so
+    callers never normalise. For ``in_channels != 3`` every channel uses the
+    average of the ImageNet means (0.449) and standard deviations (0.226).
+
+Input channels
+    ``in_channels != 3`` replaces the first convolution. With pretrained
+    weights its kernel is the average of the RGB kernels, repeated over the
+    ``in_channels`` inputs and scaled by ``3 / in_channels``, so a grey image
+    in ``c`` identical channels gives the same activation as its RGB copy did
+    (for ``c = 1`` this is the sum of the RGB kernels). Without pretrained
+    weights the new convolution is initialised as torchvision initialises that
+    architecture.
+
+Feature layers (``layer``)
+    * AlexNet: ``"fc6"`` (default, 4096, after ReLU: the AlexNet-SVM feature) or
+      ``"fc7"`` (4096, after ReLU: what the fine-tuned AlexNet's new last layer reads).
+      torchvision's dropout before fc6/fc7 is kept (active in train mode only).
+    * VGG-16: ``"fc7"`` (default, 4096), ``"fc6"`` (4096) or ``"pool"`` (512,
+      global average of the last conv block; 14.7 M instead of 134 M parameters).
+    * DenseNet-201: ``"pool"`` (1920, global average after the final BN + ReLU).
+
+    ``feature_dim`` adds a ``Linear(out, feature_dim)`` projection (e.g. to feed a
+    512-unit LSTM with a smaller input); ``out_features`` then equals it.
+
+Input size: AlexNet and VGG-16 end in an adaptive average pool, DenseNet-201 in
+a global pool, so any input of at least 32 px (AlexNet: 63 px) works; the
+tests use 64 px. ImageNet weights were trained at 224 px.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision.models as tvm
+from torch import Tensor, nn
+
+from ich3d.errors import UserError
+from ich3d.models.registry import ENCODERS
+
+__all__ = [
+    "TorchvisionEncoder",
+    "AlexNetEncoder",
+    "VGG16Encoder",
+    "DenseNet201Encoder",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "hub_weights_path",
+    "load_torchvision_state_dict",
+    "adapt_first_conv",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ImageNet channel statistics of torchvision's weights (inputs in [0, 1]).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: torchvision weight enums, for the standard file name and URL (metadata only: nothing is fetched).
+_WEIGHTS = {
+    "alexnet": tvm.AlexNet_Weights.IMAGENET1K_V1,
+    "vgg16": tvm.VGG16_Weights.IMAGENET1K_V1,
+    "densenet201": tvm.DenseNet201_Weights.IMAGENET1K_V1,
+}
+
+# Old DenseNet checkpoints (including torchvision's own file) name layers "norm.1"
+# where the module is now "norm1"; torchvision renames them the same way.
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def hub_weights_path(arch: str) -> Path:
+    """Where torchvision caches the ImageNet weights of ``arch``: ``<hub dir>/checkpoints/<file>``."""
+    filename = Path(_WEIGHTS[arch].url).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def _resolve_weights(arch: str, pretrained: bool, weights_path: str | Path | None) -> Path | None:
+    """The weights file to load, or None for random initialisation."""
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise UserError(f"weights file for {arch} not found: {path}")
+        return path
+    if not pretrained:
+        return None
+    path = hub_weights_path(arch)
+    if not path.is_file():
+        raise UserError(
+            f"pretrained ImageNet weights for {arch} not found at {path}; ich3d never downloads: "
+            f"copy torchvision's file {path.name} (from {_WEIGHTS[arch].url}) to {path.parent}/, "
+            f"set TORCH_HOME, or give the file with weights_path"
+        )
+    return path
+
+
+def load_torchvision_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a torchvision-format state dict with ``torch.load(weights_only=True)``.
+
+    Accepts a bare state dict or a checkpoint with a ``"state_dict"`` entry;
+    strips a ``"module."`` prefix (DataParallel / DDP) and renames old
+    DenseNet keys (``norm.1`` -> ``norm1``).
+
+    Raises:
+        UserError: the file cannot be read or holds no tensors.
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip or weights_only refusal
+        raise UserError(f"cannot read weights file {path}: {err}") from err
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not any(isinstance(v, Tensor) for v in obj.values()):
+        raise UserError(f"weights file {path} does not hold a state dict of tensors")
+    state: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(value, Tensor):
+            continue
+        key = key[len("module.") :] if key.startswith("module.") else key
+        match = _DENSENET_OLD_KEY.match(key)
+        if match:
+            key = match.group(1) + match.group(2)
+        state[key] = value
+    return state
+
+
+def _load_into(
+    model: nn.Module, state: dict[str, Tensor], needed: tuple[str, ...], path: Path
+) -> None:
+    """Load ``state`` into ``model``: every key under the ``needed`` prefixes must be present."""
+    own = model.state_dict()
+    required = [k for k in own if k.startswith(needed)]
+    # BN counters are absent from old checkpoints (torchvision's own files) and unused in eval
+    missing = [k for k in required if k not in state and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise UserError(
+            f"weights file {path} lacks {len(missing)} tensor(s) the encoder needs, e.g. "
+            f"{', '.join(missing[:3])}; expected a torchvision {type(model).__name__} state dict"
+        )
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})"
+        for k in required
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if wrong:
+        raise UserError(f"weights file {path} has mis-shaped tensors: {'; '.join(wrong[:3])}")
+    model.load_state_dict({k: state[k] for k in required if k in state}, strict=False)
+
+
+def adapt_first_conv(
+    conv: nn.Conv2d,
+    in_channels: int,
+    pretrained: bool,
+    init: Callable[[nn.Conv2d], None] | None = None,
+) -> nn.Conv2d:
+    """A copy of ``conv`` taking ``in_channels`` inputs (see module docstring).
+
+    Args:
+        conv: The first convolution (3 input channels).
+        in_channels: New number of input channels.
+        pretrained: Derive the kernel from the RGB kernel (average, repeat, scale
+            by ``3 / in_channels``); otherwise initialise afresh.
+        init: Initialiser for the fresh convolution (default: PyTorch's own).
+    """
+    if in_channels == conv.in_channels:
+        return conv
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        kernel_size=conv.kernel_size,  # type: ignore[arg-type]
+        stride=conv.stride,  # type: ignore[arg-type]
+        padding=conv.padding,  # type: ignore[arg-type]
+        dilation=conv.dilation,  # type: ignore[arg-type]
+        groups=conv.groups,
+        bias=conv.bias is not None,
+    )
+    with torch.no_grad():
+        if pretrained:
+            mean = conv.weight.mean(dim=1, keepdim=True)
+            new.weight.copy_(mean.repeat(1, in_channels, 1, 1) * (conv.in_channels / in_channels))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)  # type: ignore[union-attr]
+        elif init is not None:
+            init(new)
+    return new
+
+
+def _kaiming_fan_out(conv: nn.Conv2d) -> None:  # torchvision VGG
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+def _kaiming_fan_in(conv: nn.Conv2d) -> None:  # torchvision DenseNet
+    nn.init.kaiming_normal_(conv.weight)
+
+
+class TorchvisionEncoder(nn.Module):
+    """Common part: normalisation, backbone ``features``, ``pool``, ``fc`` and projection.
+
+    Subclasses build the torchvision model and choose the layers; use the
+    registered names ``"alexnet"``, ``"vgg16"``, ``"densenet201"``.
+
+    Attributes:
+        out_features: Feature size.
+        pretrained_from: The weights file loaded, or None.
+        normalize: Whether the ImageNet normalisation is applied in ``forward``.
+    """
+
+    arch: str = ""
+
+    def __init__(
+        self,
+        features: nn.Module,
+        pool: nn.Module,
+        fc: nn.Module,
+        out_features: int,
+        in_channels: int,
+        normalize: bool,
+        feature_dim: int | None,
+        pretrained_from: Path | None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.features = features
+        self.pool = pool
+        self.fc = fc
+        self.pretrained_from = pretrained_from
+        self.normalize = normalize
+        if in_channels == 3:
+            mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        else:
+            mean = torch.full((in_channels,), sum(IMAGENET_MEAN) / 3)
+            std = torch.full((in_channels,), sum(IMAGENET_STD) / 3)
+        # not persistent: state dicts do not depend on the normalisation choice
+        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
+        if feature_dim is not None:
+            if feature_dim < 1:
+                raise ValueError(f"feature_dim must be >= 1, got {feature_dim}")
+            self.proj: nn.Module = nn.Linear(out_features, feature_dim)
+            out_features = feature_dim
+        else:
+            self.proj = nn.Identity()
+        self.out_features = out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, in_channels, H, W)`` in ``[0, 1]`` -> ``(N, out_features)``."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        return self.proj(self.fc(self.pool(self.features(x))))
+
+
+def _prepare(
+    arch: str,
+    build: Callable[[], nn.Module],
+    needed: tuple[str, ...],
+    pretrained: bool,
+    weights_path: str | Path | None,
+    normalize: bool | None,
+) -> tuple[nn.Module, Path | None, bool]:
+    """Build the torchvision network and load weights if asked.
+
+    The weights file is found and read before the network is built, so a
+    missing or unreadable file fails fast.
+
+    Returns:
+        ``(network, weights file or None, normalize)``.
+    """
+    path = _resolve_weights(arch, pretrained, weights_path)
+    state = load_torchvision_state_dict(path) if path is not None else None
+    net = build()
+    if state is not None and path is not None:
+        _load_into(net, state, needed, path)
+        logger.info("loaded %s weights from %s", arch, path)
+    return net, path, (path is not None) if normalize is None else normalize
+
+
+def _check_layer(arch: str, layer: str, allowed: tuple[str, ...]) -> None:
+    if layer not in allowed:
+        raise UserError(f"{arch} layer must be one of {', '.join(allowed)}, got {layer!r}")
+
+
+@ENCODERS.register("alexnet")
+class AlexNetEncoder(TorchvisionEncoder):
+    """AlexNet (Dawud et al. 2019) cut at fc6 or fc7.
+
+    Args:
+        in_channels: Input channels. Default 3.
+        layer: ``"fc6"`` (AlexNet-SVM feature) or ``"fc7"``; both 4096. Default ``"fc6"``.
+        pretrained: Load ImageNet weights from the torch hub cache (never downloads). Default False.
+        weights_path: Load weights from this torchvision-format file instead. Default None.
+        feature_dim: Optional projection size. Default None (no projection).
+        normalize: Apply ImageNet normalisation; None: iff weights were loaded. Default None.
+    """
+
+    arch = "alexnet"
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        layer: str = "fc6",
+        pretrained: bool = False,
+        weights_path: str | Path | None = None,
+        feature_dim: int | None = None,
+        normalize: bool | None = None,
+    ) -> None:
+        _check_layer(self.arch, layer, ("fc6", "fc7"))
+        n_fc = 3 if layer == "fc6" else 6  # Dropout, Linear, ReLU (, Dropout, Linear, ReLU)
+        needed = ("features.",) + tuple(f"classifier.{i}." for i in range(n_fc))
+        net, path, norm = _prepare(
+            self.arch,
+            lambda: tvm.alexnet(weights=None),
+            needed,
+            pretrained,
+            weights_path,
+            normalize,
+        )
+        net.features[0] = adapt_first_conv(net.features[0], in_channels, path is not None)
+        pool = nn.Sequential(net.avgpool, nn.Flatten(1))
+        super().__init__(
+            net.features, pool, net.classifier[:n_fc], 4096, in_channels, norm, feature_dim, path
+        )
+
+
+@ENCODERS.register("vgg16")
+class VGG16Encoder(TorchvisionEncoder):
+    """VGG-16 (Soni 2025) cut at fc7, fc6 or the global-average-pooled last conv block.
+
+    Args:
+        in_channels: Input channels. Default 3.
+        layer: ``"fc7"`` (4096), ``"fc6"`` (4096) or ``"pool"`` (512). Default ``"fc7"``.
+        pretrained: Load ImageNet weights from the torch hub cache (never downloads). Default False.
+        weights_path: Load weights from this torchvision-format file instead. Default None.
+        feature_dim: Optional projection size. Default None.
+        normalize: Apply ImageNet normalisation; None: iff weights were loaded. Default None.
+    """
+
+    arch = "vgg16"
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        layer: str = "fc7",
+        pretrained: bool = False,
+        weights_path: str | Path | None = None,
+        feature_dim: int | None = None,
+        normalize: bool | None = None,
+    ) -> None:
+        _check_layer(self.arch, layer, ("fc7", "fc6", "pool"))
+        n_fc = {"fc7": 5, "fc6": 2, "pool": 0}[layer]  # Linear, ReLU (, Dropout, Linear, ReLU)
+        needed = ("features.",) + tuple(f"classifier.{i}." for i in range(n_fc))
+        net, path, norm = _prepare(
+            self.arch, lambda: tvm.vgg16(weights=None), needed, pretrained, weights_path, normalize
+        )
+        net.features[0] = adapt_first_conv(
+            net.features[0], in_channels, path is not None, _kaiming_fan_out
+        )
+        if layer == "pool":
+            pool: nn.Module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+            fc: nn.Module = nn.Identity()
+            out = 512
+        else:
+            pool = nn.Sequential(net.avgpool, nn.Flatten(1))
+            fc = net.classifier[:n_fc]
+            out = 4096
+        super().__init__(net.features, pool, fc, out, in_channels, norm, feature_dim, path)
+
+
+@ENCODERS.register("densenet201")
+class DenseNet201Encoder(TorchvisionEncoder):
+    """DenseNet-201 (Kumar et al. 2022): global average of the final features, 1920.
+
+    Args:
+        in_channels: Input channels. Default 3.
+        pretrained: Load ImageNet weights from the torch hub cache (never downloads). Default False.
+        weights_path: Load weights from this torchvision-format file instead. Default None.
+        feature_dim: Optional projection size. Default None.
+        normalize: Apply ImageNet normalisation; None: iff weights were loaded. Default None.
+    """
+
+    arch = "densenet201"
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        pretrained: bool = False,
+        weights_path: str | Path | None = None,
+        feature_dim: int | None = None,
+        normalize: bool | None = None,
+    ) -> None:
+        net, path, norm = _prepare(
+            self.arch,
+            lambda: tvm.densenet201(weights=None),
+            ("features.",),
+            pretrained,
+            weights_path,
+            normalize,
+        )
+        net.features.conv0 = adapt_first_conv(
+            net.features.conv0, in_channels, path is not None, _kaiming_fan_in
+        )
+        pool = nn.Sequential(nn.ReLU(inplace=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        super().__init__(
+            net.features, pool, nn.Identity(), 1920, in_channels, norm, feature_dim, path
+        )
