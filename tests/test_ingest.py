@@ -633,3 +633,14 @@ def test_synth_defects_accounted_with_reasons(synth_defects):
         == summary.files_seen
     )
     _assert_accounted(root / synth.IMAGES_DIR, root / synth.LABELS_CSV, out)
+
+
+def test_cache_inside_images_folder_is_not_ingested(many_series):
+    img, labels = many_series
+    out = img / "cache"
+    first = run_ingest(img, labels, out, progress=False)
+    assert first.files_seen == 49
+    again = run_ingest(img, labels, out, progress=False)  # the cache's files are not inputs
+    assert again.cached
+    rebuilt = run_ingest(img, labels, out, overwrite=True, progress=False)
+    assert not rebuilt.cached and rebuilt.volumes_written == 8
