@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -287,6 +288,53 @@ def test_no_defect_at_rate_zero(clean: Path) -> None:
             hu = _hu(ds)
             assert hu.min() >= -1024 and hu.std() > 0
             assert not isinstance(ds.WindowCenter, pydicom.multival.MultiValue)
+
+
+@pytest.mark.parametrize("storage", ["int16_m1024", "uint12_m1024", "int16_m1000", "int16_0"])
+def test_storage_variants_read_right(
+    storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ich3d.data import synth
+
+    names = list(synth._STORAGES)
+    monkeypatch.setattr(synth, "_STORAGE_P", tuple(float(n == storage) for n in names))
+    out = tmp_path / storage
+    generate(
+        out, patients=1, studies=(1, 1), size=40, slices=(4, 4), defects=NO_DEFECTS, progress=False
+    )
+    (s,) = load_truth(out)["series"]
+    assert s["storage"]["name"] == storage
+    hu = series_hu(s)
+    for k, iid in enumerate(s["image_ids"]):
+        path = out / "stage_2_train" / f"{iid}.dcm"
+        ds = _read(path)
+        np.testing.assert_array_equal(_hu(ds), hu[k])
+        np.testing.assert_array_equal(_corrected_hu(ds), hu[k])  # the correction stays off
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[0]
+        np.testing.assert_array_equal(arr.astype(np.int32), hu[k])
+    expect = synth._STORAGES[storage]
+    assert (ds.BitsStored, ds.PixelRepresentation, float(ds.RescaleIntercept)) == (
+        expect.bits_stored,
+        expect.pixel_representation,
+        expect.intercept,
+    )
+
+
+def test_a_patients_studies_share_the_anatomy(tmp_path: Path) -> None:
+    generate(
+        tmp_path / "p", patients=3, studies=(3, 3), size=32, slices=(6, 6), seed=4, progress=False
+    )
+    truth = load_truth(tmp_path / "p")
+    by_patient: dict[str, list[dict]] = {}
+    for s in truth["series"]:
+        by_patient.setdefault(s["patient_id"], []).append(s)
+    assert len(by_patient) == 3 and all(len(v) == 3 for v in by_patient.values())
+    for v in by_patient.values():
+        assert v[0]["anatomy"] == v[1]["anatomy"] == v[2]["anatomy"]
+        assert v[0]["calcifications"] == v[1]["calcifications"] == v[2]["calcifications"]
+        assert len({s["pixel_spacing"] for s in v}) == 3  # but scanned differently
+    assert len({json.dumps(v[0]["anatomy"]) for v in by_patient.values()}) == 3
+    assert len({s["study_uid"] for s in truth["series"]}) == 9
 
 
 @pytest.mark.parametrize("tilt", [0.0, -12.5, 18.0])

@@ -227,74 +227,119 @@ class Head:
     calcifications: tuple[Calcification, ...] = ()
 
 
-def sample_head(rng: np.random.Generator, geometry: Geometry) -> Head:
-    """Draw a head that fits in the geometry's field of view and spans its slices."""
-    scalp = float(rng.uniform(3.5, 6.0))
+def sample_head(
+    rng: np.random.Generator,
+    geometry: Geometry,
+    anatomy_rng: np.random.Generator | None = None,
+) -> Head:
+    """Draw a head that fits in the geometry's field of view and spans its slices.
+
+    Args:
+        rng: draws the positioning in the scanner (centre, yaw, vertical
+            stretch) and the scanner noise.
+        geometry: the series geometry.
+        anatomy_rng: draws the anatomy (skull size and thickness, tissue HU,
+            ventricle size, texture, sulci, calcifications); pass a generator
+            seeded per patient so that a patient's studies show the same head.
+            Defaults to ``rng``.
+    """
+    arng = rng if anatomy_rng is None else anatomy_rng
+    # anatomy
+    scalp = float(arng.uniform(3.5, 6.0))
+    b_anat = float(arng.uniform(84.0, 97.0))
+    ratio = float(arng.uniform(0.74, 0.84))
+    anat = {
+        "skull": float(arng.uniform(5.0, 8.0)),
+        "csf": float(arng.uniform(1.0, 2.5)),
+        "cortex": float(arng.uniform(3.0, 4.5)),
+        "hu_bone": float(arng.uniform(1150, 1600)),
+        "hu_diploe": float(arng.uniform(600, 950)),
+        "hu_grey": float(arng.uniform(34, 41)),
+        "hu_white": float(arng.uniform(24, 30)),
+        "hu_csf": float(arng.uniform(4, 10)),
+        "ventricle": float(arng.uniform(4.0, 9.0)),
+    }
+    waves = tuple(
+        (
+            float(arng.uniform(-0.12, 0.12)),
+            float(arng.uniform(-0.12, 0.12)),
+            float(arng.uniform(-0.08, 0.08)),
+            float(arng.uniform(0, 2 * math.pi)),
+            float(arng.uniform(0.6, 1.6)),
+        )
+        for _ in range(3)
+    )
+    sulci = (
+        int(arng.integers(26, 44)),
+        float(arng.uniform(0, 2 * math.pi)),
+        float(arng.uniform(0.05, 0.15)),
+    )
+    calcs: list[Calcification] = []
+    if arng.random() < 0.6:  # pineal gland
+        calcs.append(
+            Calcification(
+                "pineal",
+                (
+                    float(arng.uniform(-1, 1)),
+                    float(arng.uniform(14, 20)),
+                    float(arng.uniform(-8, 2)),
+                ),
+                float(arng.uniform(1.5, 3.5)),
+                float(arng.uniform(110, 300)),
+            )
+        )
+    if arng.random() < 0.5:  # choroid plexus glomus, usually both sides
+        zc = float(arng.uniform(4, 14))
+        both = arng.random() < 0.8
+        one = float(arng.choice([-1.0, 1.0]))
+        for side in (-1.0, 1.0) if both else (one,):
+            calcs.append(
+                Calcification(
+                    "choroid_plexus",
+                    (side * float(arng.uniform(13, 18)), float(arng.uniform(20, 28)), zc),
+                    float(arng.uniform(1.8, 3.5)),
+                    float(arng.uniform(100, 250)),
+                )
+            )
+    if arng.random() < 0.15:  # falx
+        calcs.append(
+            Calcification(
+                "falx",
+                (0.0, float(arng.uniform(-40, 20)), float(arng.uniform(30, 60))),
+                float(arng.uniform(1.5, 2.5)),
+                float(arng.uniform(120, 300)),
+            )
+        )
+    if arng.random() < 0.1:  # basal ganglia
+        side = float(arng.choice([-1.0, 1.0]))
+        calcs.append(
+            Calcification(
+                "basal_ganglia",
+                (
+                    side * float(arng.uniform(18, 24)),
+                    float(arng.uniform(-6, 4)),
+                    float(arng.uniform(-4, 8)),
+                ),
+                float(arng.uniform(1.5, 3.0)),
+                float(arng.uniform(100, 200)),
+            )
+        )
+
+    # positioning in this scanner
     z_first = geometry.z0
     z_last = geometry.z0 + (geometry.n_slices - 1) * geometry.table_feed
     # the stretched skull ends a little inside the first/last slice so that the
     # extreme slices cut the skull cap and base
     z_half = max((z_last - z_first) / 2.0, 1.0) * float(rng.uniform(0.96, 1.06))
     hz = (z_first + z_last) / 2.0 + float(rng.uniform(-0.04, 0.04)) * z_half
-    room = 0.47 * geometry.fov - scalp - 4.0  # the head stays inside the FOV circle
-    b = min(float(rng.uniform(84.0, 97.0)), room)
-    a = min(float(rng.uniform(0.74, 0.84)) * b, room)
+    # the head (scalp included) stays inside the inscribed FOV circle, also when
+    # a tilted plane stretches its section by 1 / cos(tilt)
+    cos_t = math.cos(math.radians(geometry.tilt_deg))
+    room = 0.46 * geometry.fov * cos_t - scalp - 5.0
+    b = min(b_anat, room)
+    a = min(ratio * b_anat, room)
     hy = geometry.center_y + float(rng.uniform(-4.0, 4.0))
     hx = float(rng.uniform(-4.0, 4.0))
-    waves = tuple(
-        (
-            float(rng.uniform(-0.12, 0.12)),
-            float(rng.uniform(-0.12, 0.12)),
-            float(rng.uniform(-0.08, 0.08)),
-            float(rng.uniform(0, 2 * math.pi)),
-            float(rng.uniform(0.6, 1.6)),
-        )
-        for _ in range(3)
-    )
-    calcs: list[Calcification] = []
-    if rng.random() < 0.6:  # pineal gland
-        calcs.append(
-            Calcification(
-                "pineal",
-                (float(rng.uniform(-1, 1)), float(rng.uniform(14, 20)), float(rng.uniform(-8, 2))),
-                float(rng.uniform(1.5, 3.5)),
-                float(rng.uniform(110, 300)),
-            )
-        )
-    if rng.random() < 0.5:  # choroid plexus glomus, usually both sides
-        zc = float(rng.uniform(4, 14))
-        for side in (-1.0, 1.0) if rng.random() < 0.8 else (float(rng.choice([-1.0, 1.0])),):
-            calcs.append(
-                Calcification(
-                    "choroid_plexus",
-                    (side * float(rng.uniform(13, 18)), float(rng.uniform(20, 28)), zc),
-                    float(rng.uniform(1.8, 3.5)),
-                    float(rng.uniform(100, 250)),
-                )
-            )
-    if rng.random() < 0.15:  # falx
-        calcs.append(
-            Calcification(
-                "falx",
-                (0.0, float(rng.uniform(-40, 20)), float(rng.uniform(30, 60))),
-                float(rng.uniform(1.5, 2.5)),
-                float(rng.uniform(120, 300)),
-            )
-        )
-    if rng.random() < 0.1:  # basal ganglia
-        side = float(rng.choice([-1.0, 1.0]))
-        calcs.append(
-            Calcification(
-                "basal_ganglia",
-                (
-                    side * float(rng.uniform(18, 24)),
-                    float(rng.uniform(-6, 4)),
-                    float(rng.uniform(-4, 8)),
-                ),
-                float(rng.uniform(1.5, 3.0)),
-                float(rng.uniform(100, 200)),
-            )
-        )
     return Head(
         hx=hx,
         hy=hy,
@@ -303,24 +348,12 @@ def sample_head(rng: np.random.Generator, geometry: Geometry) -> Head:
         yaw=math.radians(float(rng.uniform(-8.0, 8.0))),
         a=a,
         b=b,
-        skull=float(rng.uniform(5.0, 8.0)),
         scalp=scalp,
-        csf=float(rng.uniform(1.0, 2.5)),
-        cortex=float(rng.uniform(3.0, 4.5)),
-        hu_bone=float(rng.uniform(1150, 1600)),
-        hu_diploe=float(rng.uniform(600, 950)),
-        hu_grey=float(rng.uniform(34, 41)),
-        hu_white=float(rng.uniform(24, 30)),
-        hu_csf=float(rng.uniform(4, 10)),
         noise=float(rng.uniform(4.0, 9.0)),
-        ventricle=float(rng.uniform(4.0, 9.0)),
         waves=waves,
-        sulci=(
-            int(rng.integers(26, 44)),
-            float(rng.uniform(0, 2 * math.pi)),
-            float(rng.uniform(0.05, 0.15)),
-        ),
+        sulci=sulci,
         calcifications=tuple(calcs),
+        **anat,
     )
 
 

@@ -10,8 +10,10 @@ The pixels come from the head phantom of :mod:`ich3d.data.phantom`; labels are
 read back from the painted bleeds. Everything random derives from
 ``numpy.random.SeedSequence(seed, spawn_key=...)`` per patient and per series,
 so the same seed gives byte-identical files, one patient's content does not
-depend on the others', and progress bars or defect rates do not change the
-images (defect draws have their own streams).
+depend on the others', and neither progress bars nor defect rates change the
+phantoms (defect draws have their own streams; a defect changes only how its
+files store the phantom). A patient's studies show the same head anatomy
+(skull, ventricles, calcifications), scanned with different geometries.
 
 Files follow the tag set of the RSNA files (SOPInstanceUID, Modality,
 PatientID, StudyInstanceUID, SeriesInstanceUID, StudyID, ImagePositionPatient,
@@ -83,6 +85,7 @@ _PLAN_KEY = 2
 _NOISE_KEY = 3
 _DEFECT_KEY = 4
 _DATASET_KEY = 5
+_ANATOMY_KEY = 6
 
 
 # --------------------------------------------------------------------------- options
@@ -284,7 +287,7 @@ def _plan_series(
     rng = _rng(seed, _PLAN_KEY, patient, study)
     n = int(rng.integers(slices[0], slices[1] + 1))
     geometry = ph.sample_geometry(rng, size, n)
-    head = ph.sample_head(rng, geometry)
+    head = ph.sample_head(rng, geometry, anatomy_rng=_rng(seed, _ANATOMY_KEY, patient))
     storage = _STORAGES[list(_STORAGES)[int(rng.choice(len(_STORAGES), p=_STORAGE_P))]]
     window = _WINDOWS[int(rng.integers(len(_WINDOWS)))]
     intercept_12 = float(rng.choice([0.0, 1.0]))
@@ -784,6 +787,12 @@ def _make_series(
         "labels": labels.astype(int).tolist(),
         "bleeds": bleeds,
         "calcifications": [c.kind for c in plan.head.calcifications],
+        "anatomy": {  # per patient: the same in all of a patient's studies
+            "skull_mm": round(plan.head.skull, 3),
+            "ventricle_mm": round(plan.head.ventricle, 3),
+            "grey_hu": round(plan.head.hu_grey, 2),
+            "white_hu": round(plan.head.hu_white, 2),
+        },
         "files": {
             "absent": [image_ids[k] for k in np.nonzero(orphan)[0]],
             "corrupt": [image_ids[k] for k in np.nonzero(corrupt)[0]],
@@ -822,6 +831,7 @@ def load_truth(out: Path) -> dict[str, Any]:
     along the slice normal), ``positions`` (same order), ``labels`` (same
     order, 6 ints in ``subtypes`` order; the rows of the CSV when present),
     ``bleeds`` (subtype, density, first/last slice), ``calcifications``,
+    ``anatomy`` (per-patient head parameters),
     ``files`` (per-image defects of this series) and ``regenerate`` (what
     :func:`series_hu` needs).
     """
