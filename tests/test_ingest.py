@@ -473,6 +473,8 @@ def test_resume_after_sigkill_gives_identical_outputs(many_series, tmp_path):
     assert 2 <= done < 8 and not (out / "ingest.json").exists()
     (out / "volumes" / ".deadbeef.npy.tmp-1").write_bytes(b"half a file")  # a killed write
 
+    with pytest.raises(UserError, match="unfinished ingest"):
+        run_ingest(img, labels, out, min_slices=5, progress=False)
     s = run_ingest(img, labels, out, progress=False)
     assert s.volumes_reused == done and s.volumes_written == 8 - done
     assert_same_cache(out, fresh)

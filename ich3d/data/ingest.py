@@ -642,6 +642,7 @@ def run_ingest(
         same = record.get("parameters") == params and record.get("input") == fingerprint
         if same and not overwrite and _volumes_present(out):
             summary = _summary_from_record(out, record, reused=record["counts"]["volumes"])
+            (out / _PARTIAL).unlink(missing_ok=True)  # killed between ingest.json and cleanup
             log.info("ingest: %s is complete for these inputs and parameters; nothing to do", out)
             return summary
         if not same and not overwrite:
