@@ -401,3 +401,49 @@ def test_splits_json_is_written_once(fake) -> None:
     with pytest.raises(UserError, match="seed"):
         SliceDataModule(fake.root, split_seed=123).prepare_data()
     assert json.loads(before)["seed"] == 0
+
+
+# ----------------------------------------------------------------------------- with the real ingest
+
+
+def test_prepare_data_runs_ingest_on_synthetic_dicom(tmp_path) -> None:
+    synth = pytest.importorskip("ich3d.data.synth")
+    raw = tmp_path / "raw"
+    synth.generate(raw, patients=6, size=64, slices=(8, 12), seed=2, progress=False)
+    kw = dict(
+        images_dir=raw / "stage_2_train",
+        labels_csv=raw / "stage_2_train.csv",
+        split_fractions=(0.5, 0.25, 0.25),
+        batch_size=4,
+    )
+    cache = tmp_path / "cache"
+    dm = SliceDataModule(cache, **kw)
+    dm.prepare_data()
+    for name in ("ingest.json", "splits.json", STATS_CSV):
+        assert (cache / name).is_file(), name
+    stamp = {n: (cache / n).stat().st_mtime_ns for n in ("splits.json", STATS_CSV)}
+    dm.prepare_data()  # idempotent: nothing rewritten
+    assert stamp == {n: (cache / n).stat().st_mtime_ns for n in ("splits.json", STATS_CSV)}
+    dm.setup("fit")
+    # the rule keeps every labelled bleed slice of the phantom and drops the skull caps
+    predict = dm.slice_table("predict")
+    slices = dm.cache.slices
+    positives = slices[slices["any"] == 1]
+    kept = set(zip(predict["key"], predict["slice_index"], strict=True))
+    assert len(positives) > 0 and all(
+        (k, i) in kept for k, i in zip(positives["key"], positives["slice_index"], strict=True)
+    )
+    # skull caps: most series lose their first or last slice (a few series start or end in
+    # the brain, e.g. with gantry tilt or a defect slice dropped by the ingest)
+    ends = slices.groupby("key")["slice_index"].agg(["min", "max"])
+    trimmed = [(k, r["min"]) not in kept or (k, r["max"]) not in kept for k, r in ends.iterrows()]
+    assert sum(trimmed) >= len(trimmed) / 2
+    b = next(iter(dm.train_dataloader()))
+    assert (
+        b["image"].shape == (4, 3, 32, 32)
+        and 0 <= float(b["image"].min()) <= float(b["image"].max()) <= 1
+    )
+    with pytest.raises(UserError):
+        SliceDataModule(
+            cache, **{**kw, "min_slices": 5}
+        ).prepare_data()  # the ingest refuses to mix
