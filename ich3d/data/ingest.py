@@ -114,6 +114,7 @@ from ich3d.errors import UserError
 __all__ = [
     "IngestSummary",
     "run_ingest",
+    "summary_dict",
     "read_labels",
     "LabelTable",
     "INGEST_FORMAT",
@@ -195,7 +196,13 @@ class IngestSummary:
 
     @property
     def skipped_total(self) -> int:
+        """Rows of skipped.csv."""
         return sum(self.skipped.values())
+
+    @property
+    def label_orphans(self) -> int:
+        """Labelled image ids with no file ("label row with no image")."""
+        return self.skipped.get(REASON_ORPHAN_LABEL, 0)
 
     def format(self) -> str:
         """Human-readable multi-line summary (printed by ``ich3d ingest``)."""
