@@ -851,7 +851,7 @@ def _render_chunk(
             val = np.float32(b.density) + 0.6 * tex[a:e]
             np.copyto(hu[a:e], val, where=m)
         # overlaps may leave slivers below the minimal area: restore them
-        for i in range(1, len(BLEED_SUBTYPES) + 1):
+        for i in sorted({b.code for b in bleeds}) if len(bleeds) > 1 else ():
             mi = code == i
             cnt = mi.sum(axis=(1, 2))
             small = (cnt > 0) & (cnt < min_px)
