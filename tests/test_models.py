@@ -109,6 +109,19 @@ def test_patel_cnn_paper_default_count() -> None:
     assert sum(p.numel() for p in cnn.parameters()) == patel_cnn_num_parameters() == 2_884_240
 
 
+def test_patel_cnn_he_init_keeps_slices_apart() -> None:
+    cnn = PatelSliceCNN(in_channels=1, width=16, feature_dim=64).eval()
+    conv = cnn.units[4][2]  # 256 -> 256 filters, fan_in 2304
+    assert torch.equal(conv.bias, torch.zeros(256))
+    assert abs(conv.weight.std().item() - math.sqrt(2 / (9 * 256))) < 0.02 * math.sqrt(2 / 2304)
+    x = torch.rand(8, 1, SIZE, SIZE)
+    with torch.no_grad():
+        he = cnn(x).std(dim=0).mean().item()
+        torch_default = PatelSliceCNN(1, 16, 64, init="torch").eval()(x).std(dim=0).mean().item()
+    # PyTorch's default init collapses the slices onto one feature vector; He init does not
+    assert he > 1e-2 and torch_default < 1e-4
+
+
 def test_patel_cnn_eval_is_deterministic_and_train_uses_dropout() -> None:
     cnn = _tiny_cnn()
     x = torch.rand(4, 1, SIZE, SIZE)

@@ -50,6 +50,9 @@ class PatelSliceCNN(nn.Module):
             :meth:`feature_map_shapes` and recorded for configs; any input side
             of at least 32 px works. Default 256.
         feature_activation: Apply a ReLU to the feature vector. Default False.
+        init: ``"kaiming"`` (He normal weights, zero biases; see
+            :meth:`reset_parameters`) or ``"torch"`` (PyTorch's layer defaults).
+            The paper does not say. Default ``"kaiming"``.
 
     Attributes:
         out_features: ``feature_dim``.
@@ -63,8 +66,11 @@ class PatelSliceCNN(nn.Module):
         dropout: float = 0.5,
         input_size: int = 256,
         feature_activation: bool = False,
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
+        if init not in ("kaiming", "torch"):
+            raise ValueError(f"init must be 'kaiming' or 'torch', got {init!r}")
         if in_channels < 1 or width < 1 or feature_dim < 1:
             raise ValueError(
                 f"in_channels, width and feature_dim must be >= 1, got {in_channels}, {width}, {feature_dim}"
@@ -107,6 +113,22 @@ class PatelSliceCNN(nn.Module):
         if feature_activation:
             layers.append(nn.ReLU(inplace=True))
         self.dense = nn.Sequential(*layers)
+        if init == "kaiming":
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He (Kaiming) normal weights for the ReLU network, zero biases.
+
+        PyTorch's default layer initialisation shrinks the signal about six-fold
+        per layer; through eleven convolutions the features of different slices
+        become almost identical (between-slice std ~1e-6 at 64 px, width 16)
+        and training starts very slowly. He initialisation keeps the activation
+        scale roughly constant (feature std ~1).
+        """
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """Encode slices.
