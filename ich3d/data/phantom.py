@@ -402,7 +402,11 @@ class _Frame:
         radii: tuple[float, float, float],
         yaw: float = 0.0,
     ) -> tuple[int, int, np.ndarray | None]:
-        """Mask of an ellipsoid over the local slices [a, b) it can touch."""
+        """Mask of an ellipsoid over the local slices [a, b) it can touch.
+
+        The 3D test runs only inside the in-plane bounding box of the
+        ellipsoid (small structures cost little); the mask is False elsewhere.
+        """
         cx, cy, cz = center
         rx, ry, rz = radii
         a, b = self.krange(cz - rz, cz + rz)
@@ -413,22 +417,35 @@ class _Frame:
         if yaw:
             c, s = math.cos(yaw), math.sin(yaw)
             dx, dy = dx * c + dy * s, -dx * s + dy * c
-        q = (dx / rx) ** 2 + (dy / ry) ** 2
-        qz = ((self.Z[a:b] - cz) / rz) ** 2
-        return a, b, (q + qz) <= 1.0
+        q = (dx / rx) ** 2 + (dy / ry) ** 2  # (1,H,W)
+        inside = q[0] <= 1.0
+        rows = np.nonzero(inside.any(axis=1))[0]
+        if rows.size == 0:
+            return a, a, None
+        cols = np.nonzero(inside.any(axis=0))[0]
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        qz = ((self.Z[a:b, r0:r1] - cz) / rz) ** 2  # (k,h,1)
+        m = np.zeros((b - a, *self.shape[1:]), dtype=bool)
+        m[:, r0:r1, c0:c1] = (q[:, r0:r1, c0:c1] + qz) <= 1.0
+        return a, b, m
 
 
 def _depth(fr: _Frame, head: Head) -> np.ndarray:
     """Approximate depth (mm) below the outer skull surface; negative outside."""
     a, b, c = head.a, head.b, NATURAL_HALF_HEIGHT
-    q2 = (fr.X / a) ** 2 + (fr.Y / b) ** 2
-    qz = (fr.Z / c) ** 2
+    q2 = (fr.X / a) ** 2 + (fr.Y / b) ** 2  # (1,H,W)
+    qz = (fr.Z / c) ** 2  # (k,H,1)
     g2 = (fr.X / a**2) ** 2 + (fr.Y / b**2) ** 2
     gz = (fr.Z / c**2) ** 2
-    f = np.sqrt(q2 + qz)
-    grad = np.sqrt(g2 + gz)
-    grad += 1e-6
-    return ((1.0 - f) * f) / grad
+    f = np.add(q2, qz)  # full volume from here on, in place
+    np.sqrt(f, out=f)
+    grad = np.add(g2, gz)
+    np.sqrt(grad, out=grad)
+    grad += np.float32(1e-6)
+    d = np.subtract(np.float32(1.0), f)
+    d *= f
+    d /= grad
+    return d
 
 
 # --------------------------------------------------------------------------- bleeds
@@ -742,9 +759,11 @@ def _render_chunk(
     # sulci: CSF clefts through the cortical ribbon
     n_sulci, ph, fz = head.sulci
     phi = np.arctan2(fr.Y / head.b, fr.X / head.a).astype(np.float32)  # (1,H,W)
-    arg = n_sulci * phi + ph
+    # uneven spacing: the phase wanders slowly around the head
+    arg = n_sulci * phi + ph + 2.5 * np.sin(3.0 * phi + 0.5 * ph)
     cz, sz = np.cos(fz * fr.Z), np.sin(fz * fr.Z)
-    pattern = np.cos(arg) * cz - np.sin(arg) * sz
+    pattern = np.cos(arg) * cz
+    pattern -= np.sin(arg) * sz
     # irregular widths and depths: thresholds vary slowly with the azimuth
     width = 0.80 + 0.10 * np.cos(5.0 * phi + ph)  # (1,H,W)
     depth = head.csf + head.cortex + 1.0 + 2.5 * np.sin(7.0 * phi + 2.0 * ph)
@@ -798,11 +817,17 @@ def _render_chunk(
         np.copyto(hu[a:e], np.float32(_AIR), where=m & cavity[a:e])
 
     # smooth parenchymal texture (three plane waves)
-    tex = np.zeros(shape, dtype=np.float32)
-    for kx, ky, kz, ph0, amp in head.waves:
+    # sum_w amp cos(kx x + ky y + ph + kz z) with one kz: two in-plane fields
+    # modulated by cos/sin(kz z), three full-volume operations in all
+    tc = np.zeros(fr.X.shape, dtype=np.float32)
+    ts = np.zeros(fr.X.shape, dtype=np.float32)
+    for kx, ky, _kz, ph0, amp in head.waves:
         arg2 = kx * fr.X + ky * fr.Y + ph0  # (1,H,W)
-        c3, s3 = np.cos(kz * fr.Z), np.sin(kz * fr.Z)
-        tex += amp * (np.cos(arg2) * c3 - np.sin(arg2) * s3)
+        tc += amp * np.cos(arg2)
+        ts += amp * np.sin(arg2)
+    kz = head.waves[0][2]
+    tex = tc * np.cos(kz * fr.Z)
+    tex -= ts * np.sin(kz * fr.Z)
     soft = brain & ~vent & ~sulci & ~cistern
     np.add(hu, tex, out=hu, where=soft)
 
