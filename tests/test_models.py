@@ -147,6 +147,10 @@ def test_slice_classifier_logits_are_linear_on_features() -> None:
     assert logits.shape == (3,)
     expected = clf.encoder(x) @ clf.classifier.weight[0] + clf.classifier.bias[0]
     torch.testing.assert_close(logits, expected)
+    multi = build_slice_classifier(clf.encoder, num_outputs=6).eval()
+    out = multi(x)
+    assert out.shape == (3, 6)
+    torch.testing.assert_close(out, multi.classifier(clf.encoder(x)))
 
 
 # --------------------------------------------------------------------------- heads

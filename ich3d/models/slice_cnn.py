@@ -200,25 +200,31 @@ class SliceClassifier(nn.Module):
         encoder: Any registered slice encoder (has ``out_features``).
         dropout: Dropout before the classification layer. Default 0 (the
             Patel CNN already ends in dropout + dense).
+        num_outputs: Logits per slice: 1 (hemorrhage, the method) or e.g. 6
+            for the RSNA subtypes + any with a multi-label loss. Default 1.
 
     Attributes:
         encoder: The encoder; its ``state_dict`` initialises the volume model in stage 2.
-        classifier: ``Linear(encoder.out_features, 1)``.
+        classifier: ``Linear(encoder.out_features, num_outputs)``.
     """
 
-    def __init__(self, encoder: nn.Module, dropout: float = 0.0) -> None:
+    def __init__(self, encoder: nn.Module, dropout: float = 0.0, num_outputs: int = 1) -> None:
         super().__init__()
         out_features = getattr(encoder, "out_features", None)
         if not isinstance(out_features, int):
             raise TypeError(f"encoder {type(encoder).__name__} has no integer `out_features`")
+        if num_outputs < 1:
+            raise ValueError(f"num_outputs must be >= 1, got {num_outputs}")
         self.encoder = encoder
+        self.num_outputs = num_outputs
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Linear(out_features, 1)
+        self.classifier = nn.Linear(out_features, num_outputs)
 
     def features(self, x: Tensor) -> Tensor:
         """``(N, C, H, W) -> (N, F)`` encoder features."""
         return self.encoder(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, C, H, W) -> (N,)`` slice logits."""
-        return self.classifier(self.dropout(self.encoder(x))).squeeze(-1)
+        """``(N, C, H, W) -> (N,)`` slice logits (``(N, num_outputs)`` if ``num_outputs > 1``)."""
+        logits = self.classifier(self.dropout(self.encoder(x)))
+        return logits.squeeze(-1) if self.num_outputs == 1 else logits

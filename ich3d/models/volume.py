@@ -163,18 +163,19 @@ def _split_spec(spec: str | Mapping[str, Any], what: str) -> tuple[str, dict[str
 
 
 def build_slice_classifier(
-    encoder: str | Mapping[str, Any] | nn.Module, dropout: float = 0.0
+    encoder: str | Mapping[str, Any] | nn.Module, dropout: float = 0.0, num_outputs: int = 1
 ) -> SliceClassifier:
-    """Build the stage-1 model: encoder + ``Linear -> 1``.
+    """Build the stage-1 model: encoder + ``Linear -> num_outputs``.
 
     Args:
         encoder: Registered name, ``{"name": ..., **kwargs}``, or a built module.
         dropout: Dropout before the classification layer. Default 0.
+        num_outputs: Logits per slice. Default 1.
     """
     if not isinstance(encoder, nn.Module):
         name, kwargs = _split_spec(encoder, "encoder")
         encoder = build_encoder(name, **kwargs)
-    return SliceClassifier(encoder, dropout=dropout)
+    return SliceClassifier(encoder, dropout=dropout, num_outputs=num_outputs)
 
 
 def build_volume_model(
