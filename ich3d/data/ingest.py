@@ -635,6 +635,8 @@ def run_ingest(
     if int(workers) < 1:
         raise UserError(f"workers must be >= 1, got {workers}")
     workers = int(workers)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"cache folder {out} exists and is not a folder")
 
     listing = _list_files(images, exclude=out)
     if not listing:
@@ -660,6 +662,8 @@ def run_ingest(
             )
         if not same or overwrite:
             _clear_cache(out)
+        else:  # same inputs, volumes lost: finish it again; not complete meanwhile
+            (out / "ingest.json").unlink()
     elif partial is not None:
         same = partial.get("parameters") == params and partial.get("input") == fingerprint
         if not same and not overwrite:
