@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-__all__ = ["add_parser", "run"]
+if TYPE_CHECKING:
+    from ich3d.data.synth import DefectRates
+
+__all__ = ["add_parser", "run", "parse_defects"]
 
 _DEFECT_HELP = """\
 defects (rates in [0, 1]; --defect NAME=RATE, repeatable):
@@ -90,7 +94,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_defects(items: list[str], no_defects: bool):
+def parse_defects(items: list[str], no_defects: bool) -> DefectRates:
     """``NAME=RATE`` strings -> :class:`~ich3d.data.synth.DefectRates` (UserError if bad)."""
     from ich3d.data.synth import DEFAULT_DEFECTS, NO_DEFECTS
     from ich3d.errors import UserError

@@ -606,7 +606,7 @@ def generate(
     }
     (out / TRUTH_JSON).write_text(json.dumps(truth, indent=1, sort_keys=False) + "\n")
     summary = SynthSummary(**{**summary.__dict__, "seconds": time.perf_counter() - t0})
-    log.info("synth: %d series, %d images in %.1f s", len(keys), n_images, summary.seconds)
+    log.debug("synth: %d series, %d images in %.1f s", len(keys), n_images, summary.seconds)
     return summary
 
 
