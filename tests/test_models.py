@@ -262,6 +262,12 @@ def test_encode_uses_only_valid_slices_and_zero_pads() -> None:
     torch.testing.assert_close(feats[0, 1], vols[0, 1].mean() * enc.scale)
     logits = model(vols, lengths)
     assert logits.shape == (2,) and torch.isfinite(logits).all()
+    # unpadded batch (the no-copy path) gives the same features as the masked path
+    enc.calls.clear()
+    full = model.encode(vols[1:], torch.tensor([5]))
+    assert enc.calls == [3, 2]
+    torch.testing.assert_close(full[0], feats[1], atol=0, rtol=0)
+    torch.testing.assert_close(model.encode(vols[1:]), full, atol=0, rtol=0)
 
 
 def test_volume_logit_alone_equals_logit_in_padded_batch() -> None:

@@ -120,10 +120,14 @@ class VolumeClassifier(nn.Module):
         batch, max_len = volumes.shape[:2]
         if lengths is None:
             lengths = torch.full((batch,), max_len, dtype=torch.long, device=volumes.device)
-        check_lengths(lengths, batch, max_len)
-        mask = valid_slice_mask(lengths.to(volumes.device), max_len)
+        lengths_cpu = check_lengths(lengths, batch, max_len)
+        no_grad = self._encoder_frozen and not volumes.requires_grad
+        if batch and int(lengths_cpu.min()) == max_len:  # no padding (e.g. one volume): a view
+            with torch.no_grad() if no_grad else contextlib.nullcontext():
+                feats = self._encode_slices(volumes.flatten(0, 1))
+            return feats.view(batch, max_len, feats.shape[-1])
+        mask = valid_slice_mask(lengths_cpu.to(volumes.device), max_len)
         slices = volumes[mask]  # (sum(lengths), C, H, W), volume by volume
-        no_grad = self._encoder_frozen and not slices.requires_grad
         with torch.no_grad() if no_grad else contextlib.nullcontext():
             feats = self._encode_slices(slices)
         out = feats.new_zeros((batch, max_len, feats.shape[-1]))
