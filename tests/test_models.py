@@ -341,6 +341,39 @@ def test_registry_unknown_names_and_options_are_user_errors() -> None:
         build_volume_model({"width": 4}, "bilstm")
 
 
+@pytest.mark.parametrize(
+    ("kind", "name", "kwargs", "message"),
+    [
+        ("encoder", "patel_cnn", {"width": "16"}, "option width must be int, got str '16'"),
+        ("encoder", "patel_cnn", {"width": True}, "option width must be int, got bool"),
+        ("encoder", "patel_cnn", {"dropout": 1}, r"dropout must be in \[0, 1\)"),
+        ("encoder", "patel_cnn", {"feature_activation": 1}, "must be bool"),
+        ("encoder", "alexnet", {"weights_path": 3}, "weights_path must be str or Path or None"),
+        ("encoder", "vgg16", {"layer": "fc8"}, "layer must be one of fc7, fc6, pool"),
+        ("encoder", "small_cnn", {"maps": [10, "x"]}, "maps must be a list"),
+        ("head", "bilstm", {"pooling": "avg"}, "pooling must be one of 'last', 'mean', 'max'"),
+        ("head", "bigru", {"num_layers": 0}, "num_layers must be >= 1"),
+        ("head", "gru", {"hidden": 1.5}, "hidden must be int"),
+    ],
+)
+def test_registry_bad_option_values_are_user_errors(
+    kind: str, name: str, kwargs: dict, message: str
+) -> None:
+    build = build_encoder if kind == "encoder" else build_head
+    with pytest.raises(UserError, match=message):
+        build(name, **kwargs)
+
+
+def test_registry_accepts_yaml_typed_values() -> None:
+    # YAML gives ints for floats, lists for tuples and null for None
+    enc = build_encoder("small_cnn", in_channels=1, maps=[4, 6], conv_dropout=0, input_size=32)
+    assert enc.features[0].out_channels == 4
+    head = build_head("bilstm", in_features=8, hidden=4, dropout=0)
+    assert head.rnn.hidden_size == 4
+    with pytest.raises(UserError, match="encoder gives 300 features but the head expects 8"):
+        VolumeClassifier(enc, head)
+
+
 def test_registry_register_and_duplicate() -> None:
     from ich3d.models.registry import Registry
 

@@ -20,8 +20,11 @@ Contracts
 
 from __future__ import annotations
 
+import collections.abc
 import importlib
 import inspect
+import types
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -148,6 +151,58 @@ def _check_kwargs(
             f"{kind} {name!r} got unknown option(s) {', '.join(unknown)}; "
             f"allowed: {', '.join(allowed)}"
         )
+    try:
+        hints = typing.get_type_hints(builder.__init__ if inspect.isclass(builder) else builder)
+    except Exception:  # unresolvable annotations: let the call decide
+        return
+    for key, value in kwargs.items():
+        hint = hints.get(key)
+        if hint is not None and not _matches(value, hint):
+            raise UserError(
+                f"{kind} {name!r} option {key} must be {_describe(hint)}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the annotation ``hint`` (unknown kinds of hint: True)."""
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, (tuple, list)):
+            return False
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return len(args) != 1 or all(_matches(v, args[0]) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    """A short human name for an annotation: ``int``, ``int or None``, ``one of 'a', 'b'``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(arg) for arg in typing.get_args(hint)))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    if origin in (tuple, list, collections.abc.Sequence):
+        return "a list"
+    return getattr(hint, "__name__", str(hint))
 
 
 #: Slice encoders: ``(N, C, H, W) -> (N, F)``.

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ich3d.errors import UserError
 from ich3d.models.registry import HEADS
 
 __all__ = [
@@ -123,11 +124,11 @@ class RecurrentHead(nn.Module):
     ) -> None:
         super().__init__()
         if cell not in ("lstm", "gru"):
-            raise ValueError(f"cell must be 'lstm' or 'gru', got {cell!r}")
+            raise UserError(f"cell must be 'lstm' or 'gru', got {cell!r}")
         if pooling not in _POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(_POOLINGS)}, got {pooling!r}")
+            raise UserError(f"pooling must be one of {', '.join(_POOLINGS)}, got {pooling!r}")
         if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+            raise UserError(f"num_layers must be >= 1, got {num_layers}")
         rnn_cls = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = rnn_cls(
             input_size=in_features,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ich3d.errors import UserError
 from ich3d.models.registry import ENCODERS
 
 __all__ = ["PatelSliceCNN", "SliceClassifier", "patel_cnn_num_parameters"]
@@ -70,13 +71,13 @@ class PatelSliceCNN(nn.Module):
     ) -> None:
         super().__init__()
         if init not in ("kaiming", "torch"):
-            raise ValueError(f"init must be 'kaiming' or 'torch', got {init!r}")
+            raise UserError(f"init must be 'kaiming' or 'torch', got {init!r}")
         if in_channels < 1 or width < 1 or feature_dim < 1:
-            raise ValueError(
+            raise UserError(
                 f"in_channels, width and feature_dim must be >= 1, got {in_channels}, {width}, {feature_dim}"
             )
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise UserError(f"dropout must be in [0, 1), got {dropout}")
         self.in_channels = in_channels
         self.width = width
         self.feature_dim = feature_dim
@@ -214,7 +215,7 @@ class SliceClassifier(nn.Module):
         if not isinstance(out_features, int):
             raise TypeError(f"encoder {type(encoder).__name__} has no integer `out_features`")
         if num_outputs < 1:
-            raise ValueError(f"num_outputs must be >= 1, got {num_outputs}")
+            raise UserError(f"num_outputs must be >= 1, got {num_outputs}")
         self.encoder = encoder
         self.num_outputs = num_outputs
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ich3d.errors import UserError
 from ich3d.models.registry import ENCODERS
 
 __all__ = ["DawudSmallCNN"]
@@ -54,10 +55,10 @@ class DawudSmallCNN(nn.Module):
         super().__init__()
         maps = tuple(int(m) for m in maps)
         if len(maps) < 1 or min(maps) < 1:
-            raise ValueError(f"maps must be positive integers, got {maps}")
+            raise UserError(f"maps must be positive integers, got {maps}")
         grid = input_size // 2 ** len(maps)
         if grid < 1:
-            raise ValueError(
+            raise UserError(
                 f"input_size {input_size} is too small for {len(maps)} poolings (need >= {2 ** len(maps)})"
             )
         blocks: list[nn.Module] = []

@@ -268,7 +268,7 @@ class TorchvisionEncoder(nn.Module):
         self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
         if feature_dim is not None:
             if feature_dim < 1:
-                raise ValueError(f"feature_dim must be >= 1, got {feature_dim}")
+                raise UserError(f"feature_dim must be >= 1, got {feature_dim}")
             self.proj: nn.Module = nn.Linear(out_features, feature_dim)
             out_features = feature_dim
         else:

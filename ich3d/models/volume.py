@@ -62,13 +62,11 @@ class VolumeClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, head: nn.Module, slice_chunk: int | None = None) -> None:
         super().__init__()
         if slice_chunk is not None and slice_chunk < 1:
-            raise ValueError(f"slice_chunk must be >= 1 or None, got {slice_chunk}")
+            raise UserError(f"slice_chunk must be >= 1 or None, got {slice_chunk}")
         out_features = getattr(encoder, "out_features", None)
         head_in = getattr(head, "in_features", None)
         if isinstance(out_features, int) and isinstance(head_in, int) and out_features != head_in:
-            raise ValueError(
-                f"encoder gives {out_features} features but the head expects {head_in}"
-            )
+            raise UserError(f"encoder gives {out_features} features but the head expects {head_in}")
         self.encoder = encoder
         self.head = head
         self.slice_chunk = slice_chunk
