@@ -28,6 +28,13 @@ edges), the middle ones the ventricles. This stretch is the one place where
 the phantom is not physically consistent (a 60-slice series gets a tall
 head); nothing downstream can tell.
 
+Tissue values (HU): air -1000, scalp skin/muscle 40-45 with a fat layer -90,
+skull tables 1000-1500 with diploe 700-950, CSF 5-10, grey matter 33-40, white
+matter 24-30 (plus a smooth +-3 HU texture), calcifications (pineal, choroid
+plexus, falx, basal ganglia; in negative and positive series alike) 100-300,
+acute blood 50-90 (IPH with a 15-21 HU edema rim); Gaussian noise of 5-10 HU
+everywhere, then a floor at -1024.
+
 Everything is pure numpy; randomness comes only from the ``numpy.random.Generator``
 objects passed in.
 """
@@ -252,11 +259,11 @@ def sample_head(
         "skull": float(arng.uniform(5.0, 8.0)),
         "csf": float(arng.uniform(1.0, 2.5)),
         "cortex": float(arng.uniform(3.0, 4.5)),
-        "hu_bone": float(arng.uniform(1150, 1600)),
-        "hu_diploe": float(arng.uniform(600, 950)),
-        "hu_grey": float(arng.uniform(34, 41)),
+        "hu_bone": float(arng.uniform(1000, 1500)),
+        "hu_diploe": float(arng.uniform(700, 950)),
+        "hu_grey": float(arng.uniform(33, 40)),
         "hu_white": float(arng.uniform(24, 30)),
-        "hu_csf": float(arng.uniform(4, 10)),
+        "hu_csf": float(arng.uniform(5, 10)),
         "ventricle": float(arng.uniform(4.0, 9.0)),
     }
     waves = tuple(
@@ -349,7 +356,7 @@ def sample_head(
         a=a,
         b=b,
         scalp=scalp,
-        noise=float(rng.uniform(4.0, 9.0)),
+        noise=float(rng.uniform(5.0, 10.0)),
         waves=waves,
         sulci=sulci,
         calcifications=tuple(calcs),
