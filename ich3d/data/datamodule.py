@@ -103,6 +103,9 @@ class ICHDataModule(pl.LightningDataModule):
         image_size: in-plane ``(H, W)`` (or one int) every slice is cropped/padded
             to with air; default None: the most common size of the cache (as
             stored, i.e. after the 2x2 filter). Needed when a cache mixes sizes.
+        prepare_data_per_node: Lightning's flag. Default False: only global rank 0
+            runs ``prepare_data`` (the ingest), right for a cache on a file system
+            shared by the nodes; True when every node has its own local cache.
     """
 
     def __init__(
@@ -127,8 +130,10 @@ class ICHDataModule(pl.LightningDataModule):
         augment: bool = True,
         label: str = "any",
         image_size: int | Sequence[int] | None = None,
+        prepare_data_per_node: bool = False,
     ) -> None:
         super().__init__()
+        self.prepare_data_per_node = bool(prepare_data_per_node)
         self.cache_dir = Path(cache_dir)
         self.images_dir = Path(images_dir) if images_dir is not None else None
         self.labels_csv = Path(labels_csv) if labels_csv is not None else None
@@ -232,17 +237,24 @@ class ICHDataModule(pl.LightningDataModule):
                     self.size,
                 )
         if cache.labeled:
-            if self.splits_file is not None:
-                self.splits = read_splits_file(self.splits_file, vols)
-            else:
-                self.splits = load_or_create_splits(
-                    self.cache_dir,
-                    vols,
-                    fractions=self.split_fractions,
-                    seed=self.split_seed,
-                    overwrite=self.overwrite_splits,
-                    write=False,
-                )
+            try:
+                if self.splits_file is not None:
+                    self.splits = read_splits_file(self.splits_file, vols)
+                else:
+                    self.splits = load_or_create_splits(
+                        self.cache_dir,
+                        vols,
+                        fractions=self.split_fractions,
+                        seed=self.split_seed,
+                        overwrite=self.overwrite_splits,
+                        write=False,
+                    )
+            except UserError as e:
+                if stage != "predict":
+                    raise
+                # prediction covers every volume; another cache's splits do not matter
+                log.warning("splits not available (%s); only the predict split is set up", e)
+                self.splits = None
         else:
             self.splits = None
             if stage not in (None, "predict"):

@@ -96,13 +96,23 @@ def apply_windows(
         ``len(windows)`` at ``channel_axis``.
     """
     spec = resolve_windows(windows)
+    lo = [c - w / 2.0 for c, w in spec]
+    width = [w for _, w in spec]
     if isinstance(hu, torch.Tensor):
-        x = hu.float()
-        chans = [((x - (c - w / 2.0)) / w).clamp_(0.0, 1.0) for c, w in spec]
-        return torch.stack(chans, dim=channel_axis)
-    x = np.asarray(hu, dtype=np.float32)
-    chans_np = [np.clip((x - np.float32(c - w / 2.0)) / np.float32(w), 0.0, 1.0) for c, w in spec]
-    return np.stack(chans_np, axis=channel_axis).astype(np.float32, copy=False)
+        x = hu.float().unsqueeze(channel_axis)
+        shape = [1] * x.ndim
+        shape[channel_axis] = len(spec)
+        lo_t = torch.tensor(lo, dtype=torch.float32, device=x.device).view(shape)
+        w_t = torch.tensor(width, dtype=torch.float32, device=x.device).view(shape)
+        return ((x - lo_t) / w_t).clamp_(0.0, 1.0)
+    x_np = np.expand_dims(np.asarray(hu, dtype=np.float32), channel_axis)
+    shape = [1] * x_np.ndim
+    shape[channel_axis] = len(spec)
+    lo_np = np.asarray(lo, dtype=np.float32).reshape(shape)
+    w_np = np.asarray(width, dtype=np.float32).reshape(shape)
+    out = (x_np - lo_np) / w_np
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
 
 
 def air_values(windows: Sequence[WindowSpec]) -> np.ndarray:
