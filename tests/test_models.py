@@ -223,6 +223,19 @@ def test_bilstm_last_pooling_is_last_forward_and_first_backward_state() -> None:
     torch.testing.assert_close(head.volume_features(feats, torch.tensor([6]))[0], expected)
 
 
+def test_head_runs_in_float32_under_bf16_autocast() -> None:
+    head = BiLSTMHead(in_features=8, hidden=HIDDEN).eval()
+    feats = torch.randn(2, 5, 8)
+    lengths = torch.tensor([5, 3])
+    reference = head(feats, lengths)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        mixed = head(feats.to(torch.bfloat16), lengths)
+    assert mixed.dtype == torch.float32
+    # only the bf16 rounding of the input features differs
+    torch.testing.assert_close(mixed, head(feats.to(torch.bfloat16).float(), lengths))
+    torch.testing.assert_close(mixed, reference, atol=0.05, rtol=0.05)
+
+
 def test_head_rejects_bad_lengths() -> None:
     head = BiLSTMHead(in_features=8, hidden=HIDDEN)
     with pytest.raises(ValueError, match="lengths"):

@@ -152,6 +152,11 @@ class RecurrentHead(nn.Module):
     def volume_features(self, feats: Tensor, lengths: Tensor) -> Tensor:
         """The pooled volume vector ``(B, directions * hidden)`` before the output layer.
 
+        The recurrent part always runs in the parameters' precision (float32),
+        with autocast disabled: bf16/fp16 recurrences over a whole volume lose
+        precision, cuDNN RNNs reject bf16 on some versions, and the head costs
+        little next to the CNN.
+
         Args:
             feats: ``(B, T, in_features)`` slice features, zero- (or anything-) padded.
             lengths: ``(B,)`` number of real slices of each volume, in ``[1, T]``.
@@ -160,6 +165,10 @@ class RecurrentHead(nn.Module):
             raise ValueError(
                 f"expected features (B, T, {self.in_features}), got {tuple(feats.shape)}"
             )
+        with torch.autocast(device_type=feats.device.type, enabled=False):
+            return self._volume_features(feats.to(self.fc.weight.dtype), lengths)
+
+    def _volume_features(self, feats: Tensor, lengths: Tensor) -> Tensor:
         batch, max_len = feats.shape[0], feats.shape[1]
         lengths_cpu = check_lengths(lengths, batch, max_len)
         packed = pack_padded_sequence(feats, lengths_cpu, batch_first=True, enforce_sorted=False)
@@ -179,8 +188,10 @@ class RecurrentHead(nn.Module):
         return padded.masked_fill(~mask, float("-inf")).amax(dim=1)
 
     def forward(self, feats: Tensor, lengths: Tensor) -> Tensor:
-        """``(B, T, F), (B,) -> (B,)`` volume logits."""
-        return self.fc(self.out_dropout(self.volume_features(feats, lengths))).squeeze(-1)
+        """``(B, T, F), (B,) -> (B,)`` volume logits (float32, also under autocast)."""
+        pooled = self.volume_features(feats, lengths)
+        with torch.autocast(device_type=pooled.device.type, enabled=False):
+            return self.fc(self.out_dropout(pooled)).squeeze(-1)
 
 
 @HEADS.register("bilstm")
