@@ -232,6 +232,8 @@ class Head:
     waves: tuple[tuple[float, float, float, float, float], ...]  # kx, ky, kz, phase, amp
     sulci: tuple[int, float, float]  # count, phase, vertical frequency
     calcifications: tuple[Calcification, ...] = ()
+    hu_dura: float = 50.0  # falx (HU)
+    hu_sinus: float = 60.0  # dural venous sinuses (HU)
 
 
 def sample_head(
@@ -265,6 +267,8 @@ def sample_head(
         "hu_white": float(arng.uniform(24, 30)),
         "hu_csf": float(arng.uniform(5, 10)),
         "ventricle": float(arng.uniform(4.0, 9.0)),
+        "hu_dura": float(arng.uniform(42, 58)),
+        "hu_sinus": float(arng.uniform(48, 68)),
     }
     waves = tuple(
         (
@@ -837,6 +841,26 @@ def _render_chunk(
     tex -= ts * np.sin(kz * fr.Z)
     soft = brain & ~vent & ~sulci & ~cistern
     np.add(hu, tex, out=hu, where=soft)
+
+    # confounders every head has: a thin bright rim where about one pixel
+    # blends the inner table into the CSF (partial volume), the falx, and the
+    # hyperdense dural venous sinuses (superior sagittal, transverse)
+    rim_w = np.float32(0.8 * fr.ps)
+    rim = cavity & (d < t + rim_w)
+    frac = (t + rim_w - d) / rim_w  # 1 at the bone .. 0 one pixel in
+    frac *= np.float32(0.6 * (head.hu_bone - head.hu_csf))
+    frac += np.float32(head.hu_csf)
+    np.copyto(hu, frac, where=rim)
+    del frac
+    half = max(0.8, 0.5 * fr.ps)
+    midline = np.abs(fr.X) < half  # (1,H,W)
+    reach = 25.0 + 45.0 * np.clip(fr.Z / NATURAL_HALF_HEIGHT, 0.0, 1.0)  # (k,H,1)
+    falx = brain & midline & (d < t + reach) & (fr.Z > -25.0)
+    np.copyto(hu, np.float32(head.hu_dura), where=falx)
+    near = cavity & ~rim & (d < t + 5.0)
+    sss = near & (np.abs(fr.X) < 5.0) & (fr.Z > -30.0)
+    transverse = near & (fr.Y > 0.55 * head.b) & (fr.Z > -52.0) & (fr.Z < -32.0)
+    np.copyto(hu, np.float32(head.hu_sinus), where=sss | transverse)
 
     # IPH edema (tissue, not blood)
     for b in bleeds:
