@@ -32,8 +32,13 @@ Tissue values (HU): air -1000, scalp skin/muscle 40-45 with a fat layer -90,
 skull tables 1000-1500 with diploe 700-950, CSF 5-10, grey matter 33-40, white
 matter 24-30 (plus a smooth +-3 HU texture), calcifications (pineal, choroid
 plexus, falx, basal ganglia; in negative and positive series alike) 100-300,
-acute blood 50-90 (IPH with a 15-21 HU edema rim); Gaussian noise of 5-10 HU
-everywhere, then a floor at -1024.
+acute blood 50-90 (IPH with a 15-21 HU edema rim); confounders in every head:
+falx 42-58, dural venous sinuses 48-68, a one-pixel partial-volume rim between
+inner table and CSF, bright skull caps on the extreme slices, petrous ridges
+and clivus low down; Gaussian noise of 5-10 HU everywhere, then a floor at
+-1024. A count of 60-95 HU pixels per slice separates positive from negative
+slices with an AUC of about 0.87 (0.81 per volume), so the task needs more
+than a threshold.
 
 Everything is pure numpy; randomness comes only from the ``numpy.random.Generator``
 objects passed in.
