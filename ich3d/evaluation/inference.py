@@ -1,0 +1,425 @@
+"""Run trained models over the volumes of an ingest cache (shared by ``predict`` and ``evaluate``).
+
+Two passes:
+
+* :func:`predict_volumes`: a volume model (``VolumeClassifier``) over depth-pooled
+  volumes -> one probability per volume and the seconds its forward pass took;
+* :func:`predict_slices`: the stage-1 slice model (``SliceClassifier``) over every
+  cached slice of each volume (``depth_pool=1``) -> per volume, the slice
+  probabilities and the 512-element slice features (for the SVM baseline).
+
+Both run under ``torch.inference_mode()`` with the model in eval mode, on the
+device of :func:`resolve_device` (``auto`` = CUDA when available), with bf16
+autocast on CUDA and fp32 on CPU, and show a progress bar. Volumes come from the
+project's ``VolumeDataModule`` (:func:`build_eval_datamodule`), so ``predict``
+and ``evaluate`` see exactly the same input tensors for the same volume and give
+the same probabilities.
+
+Timing: the seconds of a batch cover the transfer to the device, the forward
+pass and the copy of the outputs back to the host (which waits for the device),
+divided by the number of volumes in the batch; reading and windowing the volume
+(the DataLoader) is excluded and reported separately as ``load_seconds``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ich3d.errors import UserError
+
+__all__ = [
+    "resolve_device",
+    "autocast_context",
+    "hardware_info",
+    "cpu_model_name",
+    "VolumeScores",
+    "SliceOutputs",
+    "predict_volumes",
+    "predict_slices",
+    "training_image_size",
+    "build_eval_datamodule",
+]
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- device
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for ``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda[:i]``.
+
+    Raises:
+        UserError: an unknown device string, or ``cuda`` without a usable GPU.
+    """
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+        return torch.device(name)
+    raise UserError(f"--device {device!r}: expected auto, cpu or cuda[:index]")
+
+
+def autocast_context(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, nothing (fp32) elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def cpu_model_name() -> str:
+    """The CPU model from ``/proc/cpuinfo`` (Linux) or :func:`platform.processor`."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def hardware_info(device: torch.device) -> dict[str, Any]:
+    """Where inference ran: device, CPU model / GPU name, threads, torch version.
+
+    Returns:
+        ``{"device", "name", "cpu", "threads", "torch", "cuda", "precision",
+        "summary"}``; ``summary`` is one human-readable line.
+    """
+    import os
+
+    cpu = cpu_model_name()
+    info: dict[str, Any] = {
+        "device": device.type,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+    }
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["summary"] = f"GPU {info['name']} (CUDA {torch.version.cuda}), bf16 autocast, torch {torch.__version__}"
+    else:
+        info["name"] = cpu
+        info["summary"] = (
+            f"CPU {cpu} ({info['threads']} torch threads of {info['cpu_count']} cores), "
+            f"fp32, torch {torch.__version__}"
+        )
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _progress(iterable: Any, total: int | None, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="vol", disable=not enabled, leave=False)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class VolumeScores:
+    """Volume probabilities of one model, in loader order.
+
+    Attributes:
+        keys: volume keys.
+        labels: volume labels as the loader gave them (float; -1 = unlabeled).
+        probs: probabilities, float64 ``(n,)``.
+        seconds: forward seconds per volume (see the module docstring), ``(n,)``.
+        load_seconds: seconds spent waiting for the loader, in total.
+    """
+
+    keys: list[str]
+    labels: np.ndarray
+    probs: np.ndarray
+    seconds: np.ndarray
+    load_seconds: float = 0.0
+
+    def by_key(self) -> dict[str, float]:
+        """``key -> probability``."""
+        return dict(zip(self.keys, self.probs.tolist(), strict=True))
+
+
+@dataclass
+class SliceOutputs:
+    """Stage-1 outputs per volume, in loader order.
+
+    Attributes:
+        keys: volume keys.
+        labels: volume labels (float; -1 = unlabeled).
+        probs: per volume, slice probabilities float64 ``(N_i,)`` in slice order.
+        features: per volume, slice features float32 ``(N_i, F)`` (empty when not kept).
+        seconds: forward seconds per volume, ``(n,)``.
+        load_seconds: seconds spent waiting for the loader, in total.
+    """
+
+    keys: list[str]
+    labels: np.ndarray
+    probs: list[np.ndarray]
+    features: list[np.ndarray] = field(default_factory=list)
+    seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    load_seconds: float = 0.0
+
+    def subset(self, keys: list[str]) -> SliceOutputs:
+        """The outputs of ``keys``, in that order (``KeyError`` for an unknown key)."""
+        pos = {k: i for i, k in enumerate(self.keys)}
+        idx = [pos[k] for k in keys]
+        return SliceOutputs(
+            keys=list(keys),
+            labels=self.labels[idx],
+            probs=[self.probs[i] for i in idx],
+            features=[self.features[i] for i in idx] if self.features else [],
+            seconds=self.seconds[idx],
+            load_seconds=self.load_seconds,
+        )
+
+
+def _timed_batches(loader: Any) -> Iterator[tuple[dict, float]]:
+    """Yield ``(batch, seconds waited for it)``."""
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- passes
+
+
+def predict_volumes(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device | str = "auto",
+    *,
+    progress: bool = True,
+    desc: str = "volumes",
+    warmup: bool = True,
+) -> VolumeScores:
+    """Volume probabilities (``sigmoid`` of the logits) of ``model`` over ``loader``.
+
+    Args:
+        model: a ``VolumeClassifier`` (``(B, T, C, H, W), (B,) -> (B,)`` logits).
+        loader: batches ``{"volume", "length", "label", "key"}`` (a ``VolumeDataModule``
+            evaluation loader).
+        device: ``auto`` (default), ``cpu``, ``cuda`` or a torch device.
+        progress: show a progress bar (default True).
+        desc: progress bar label.
+        warmup: run the first volume once untimed before timing (default True).
+
+    Returns:
+        The :class:`VolumeScores`, in loader order.
+    """
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    keys: list[str] = []
+    labels: list[np.ndarray] = []
+    probs: list[np.ndarray] = []
+    secs: list[np.ndarray] = []
+    load = 0.0
+    total = _len(loader)
+    with torch.inference_mode():
+        for batch, waited in _progress(_timed_batches(loader), total, desc, progress):
+            load += waited
+            n = len(batch["key"])
+            if warmup and not keys:  # first call: allocator, cuDNN/oneDNN setup, lazy inits
+                with autocast_context(dev):
+                    model(batch["volume"][:1].to(dev), batch["length"][:1].to(dev))
+            _sync(dev)
+            t0 = time.perf_counter()
+            x = batch["volume"].to(dev, non_blocking=True)
+            lengths = batch["length"].to(dev)
+            with autocast_context(dev):
+                logits = model(x, lengths)
+            p = torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64).reshape(-1)
+            dt = time.perf_counter() - t0
+            if p.shape[0] != n:
+                raise RuntimeError(f"the model returned {p.shape[0]} outputs for {n} volumes")
+            keys.extend(str(k) for k in batch["key"])
+            labels.append(batch["label"].numpy().astype(np.float64).reshape(-1))
+            probs.append(p)
+            secs.append(np.full(n, dt / n))
+    if not keys:
+        raise UserError("no volume to predict (the loader is empty)")
+    return VolumeScores(keys, np.concatenate(labels), np.concatenate(probs), np.concatenate(secs), load)
+
+
+def predict_slices(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device | str = "auto",
+    *,
+    features: bool = True,
+    chunk: int = 64,
+    progress: bool = True,
+    desc: str = "slices",
+    warmup: bool = True,
+) -> SliceOutputs:
+    """Stage-1 slice probabilities (and features) of every slice of every volume.
+
+    One encoder pass per slice gives both the feature (``model.encoder``) and the
+    probability (``sigmoid(model.classifier(feature))``, what ``model(x)`` computes).
+
+    Args:
+        model: a ``SliceClassifier`` (``encoder``, ``dropout``, ``classifier``).
+        loader: volume batches with every slice (``VolumeDataModule`` with ``depth_pool=1``).
+        device: ``auto`` (default), ``cpu``, ``cuda`` or a torch device.
+        features: keep the slice features (default True; the SVM baseline needs them).
+        chunk: slices per encoder call (bounds memory); default 64.
+        progress: show a progress bar (default True).
+        desc: progress bar label.
+        warmup: run the first slices once untimed before timing (default True).
+
+    Returns:
+        The :class:`SliceOutputs`, in loader order.
+    """
+    if chunk < 1:
+        raise UserError(f"chunk must be >= 1, got {chunk}")
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    head = nn.Sequential(getattr(model, "dropout", nn.Identity()), model.classifier)
+    keys: list[str] = []
+    labels: list[np.ndarray] = []
+    probs: list[np.ndarray] = []
+    feats: list[np.ndarray] = []
+    secs: list[np.ndarray] = []
+    load = 0.0
+    total = _len(loader)
+    with torch.inference_mode():
+        for batch, waited in _progress(_timed_batches(loader), total, desc, progress):
+            load += waited
+            vols, lengths = batch["volume"], batch["length"]
+            n = vols.shape[0]
+            if warmup and not keys:
+                with autocast_context(dev):
+                    head(model.encoder(vols[0, : min(int(lengths[0]), chunk)].to(dev)))
+            _sync(dev)
+            t0 = time.perf_counter()
+            mask = torch.arange(vols.shape[1])[None, :] < lengths[:, None]
+            slices = vols[mask]  # (sum(lengths), C, H, W), volume by volume
+            f_parts, p_parts = [], []
+            for part in torch.split(slices, chunk):
+                x = part.to(dev, non_blocking=True)
+                with autocast_context(dev):
+                    f = model.encoder(x)
+                    logit = head(f).squeeze(-1)
+                p_parts.append(torch.sigmoid(logit.float()).cpu())
+                if features:
+                    f_parts.append(f.float().cpu())
+            dt = time.perf_counter() - t0
+            p_all = torch.cat(p_parts).numpy().astype(np.float64)
+            f_all = torch.cat(f_parts).numpy() if features else None
+            bounds = np.cumsum([0, *lengths.tolist()])
+            for b in range(n):
+                probs.append(p_all[bounds[b] : bounds[b + 1]])
+                if f_all is not None:
+                    feats.append(f_all[bounds[b] : bounds[b + 1]])
+            keys.extend(str(k) for k in batch["key"])
+            labels.append(batch["label"].numpy().astype(np.float64).reshape(-1))
+            secs.append(np.full(n, dt / n))
+    if not keys:
+        raise UserError("no volume to predict (the loader is empty)")
+    return SliceOutputs(keys, np.concatenate(labels), probs, feats, np.concatenate(secs), load)
+
+
+def _len(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def training_image_size(config: Any) -> tuple[int, int] | None:
+    """The in-plane size the run's models saw: the most common size of its training cache.
+
+    A ``VolumeDataModule`` on another cache (``predict``) crops/pads every slice to
+    this size, so a model sees the geometry it was trained on. None when the
+    training cache cannot be read (the other cache's own most common size is used).
+    """
+    cache_dir = getattr(config.data, "cache_dir", None)
+    if cache_dir is None:
+        return None
+    path = Path(cache_dir) / "volumes.csv"
+    if not path.is_file():
+        log.warning("training cache %s not found; using the input's own slice size", cache_dir)
+        return None
+    import pandas as pd
+
+    vols = pd.read_csv(path, usecols=["height", "width"])
+    if len(vols) == 0:
+        return None
+    sizes = vols.groupby(["height", "width"]).size().sort_values(ascending=False, kind="stable")
+    return tuple(int(v) for v in sizes.index[0])  # type: ignore[return-value]
+
+
+def build_eval_datamodule(
+    config: Any,
+    cache_dir: str | Path | None = None,
+    *,
+    depth_pool: int | None = None,
+    batch_size: int | None = None,
+    image_size: tuple[int, int] | None = None,
+    stage: str = "predict",
+) -> Any:
+    """A set-up ``VolumeDataModule`` for inference: no augmentation, fixed order.
+
+    Args:
+        config: the run's config.
+        cache_dir: another ingest cache (``predict``); default the run's ``data.cache_dir``
+            (never re-ingested here).
+        depth_pool: slices pooled into one; default ``data.depth_pool`` (the volume
+            models'); 1 for the slice baselines.
+        batch_size: volumes per batch; default ``evaluation.batch_size``.
+        image_size: in-plane size; default the run's training size when another
+            cache is given (:func:`training_image_size`), else the cache's own.
+        stage: ``setup`` stage: ``predict`` accepts unlabeled caches, ``test``
+            requires labels.
+    """
+    from ich3d.training.stages import build_volume_datamodule
+
+    bs = int(batch_size or config.evaluation.batch_size)
+    pool = int(depth_pool or config.data.depth_pool)
+    if image_size is None and cache_dir is not None:
+        image_size = training_image_size(config)
+    if cache_dir is None and config.data.cache_dir is None:
+        raise UserError("the run's config has no data.cache_dir to evaluate on")
+    # an explicit cache_dir: build_volume_datamodule then never runs an ingest
+    dm = build_volume_datamodule(
+        config,
+        cache_dir=config.data.cache_dir if cache_dir is None else cache_dir,
+        depth_pool=pool,
+        batch_size=bs,
+        pad_batches=bs > 1,
+        augment=False,
+        image_size=image_size,
+    )
+    dm.setup(stage)
+    return dm

@@ -1,0 +1,99 @@
+"""A tiny run directory for the evaluate / predict tests, built without training.
+
+Synthetic RSNA-format DICOM (64 x 64 slices, 8-12 slices per series, one series
+per patient) is ingested with labels into a cache; a run directory gets the
+config and, per stage, a ``best.ckpt`` in the trainer's checkpoint format holding
+a freshly (seeded) initialised tiny model (width-2 Patel CNN, 16 features, an
+8-unit BiLSTM). ``load_volume_model`` / ``load_slice_model`` read them like
+trained checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["TinyRun", "make_tiny_run", "tiny_raw_config", "plain"]
+
+
+@dataclass
+class TinyRun:
+    root: Path
+    images: Path  # folder of DICOM files
+    labels_csv: Path
+    cache: Path  # labeled ingest cache of the run
+    run_dir: Path
+
+
+def plain(obj: Any) -> Any:
+    """Lightning ``AttributeDict`` and tuples -> plain dicts/lists (``weights_only`` loadable)."""
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def tiny_raw_config(cache: Path, root: Path, **evaluation: Any) -> dict[str, Any]:
+    return {
+        "experiment": "tiny",
+        "seed": 0,
+        "data": {"cache_dir": str(cache), "split_fractions": [0.4, 0.3, 0.3]},
+        "model": {
+            "encoder": "patel_cnn",
+            "encoder_args": {"width": 2, "feature_dim": 16, "dropout": 0.5},
+            "head": "bilstm",
+            "head_args": {"hidden": 8},
+        },
+        "evaluation": {"svm_cs": [0.01, 1.0], **evaluation},
+        "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+        "tracking": {"mode": "disabled"},
+        "run": {"root": str(root / "runs")},
+    }
+
+
+def make_tiny_run(
+    root: Path,
+    *,
+    stages: Sequence[str] = ("slice", "sequence", "finetune"),
+    patients: int = 14,
+    evaluation: Mapping[str, Any] | None = None,
+) -> TinyRun:
+    """Synthetic DICOM, its labeled cache and a run directory with ``best.ckpt`` per stage."""
+    from ich3d.config import config_from_dict, dump_config
+    from ich3d.data.ingest import run_ingest
+    from ich3d.data.synth import NO_DEFECTS, generate
+    from ich3d.training.run_dir import RunDir
+    from ich3d.training.stages import build_module
+
+    root = Path(root)
+    synth = root / "synth"
+    generate(synth, patients=patients, size=64, slices=(8, 12), studies=(1, 1), seed=0, defects=NO_DEFECTS, progress=False)
+    images, labels = synth / "stage_2_train", synth / "stage_2_train.csv"
+    cache = root / "cache"
+    run_ingest(images, labels, cache, progress=False)
+    config = config_from_dict(tiny_raw_config(cache, root, **dict(evaluation or {})))
+    # not create_run_dir: it exports ICH3D_RUN_ID, which would leak into other tests
+    run = RunDir(root / "runs" / "tiny" / "r1")
+    run.path.mkdir(parents=True)
+    dump_config(config, run.config_path)
+    for i, stage in enumerate(stages):
+        torch.manual_seed(100 + i)
+        module = build_module(config, stage)
+        path = run.best_ckpt(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "state_dict": module.state_dict(),
+                "hyper_parameters": plain(module.hparams),
+                "ich3d": {"val_auc": 0.5, "epoch": 0},
+                "global_step": 0,
+                "epoch": 0,
+            },
+            path,
+        )
+    return TinyRun(root=root, images=images, labels_csv=labels, cache=cache, run_dir=run.path)

@@ -1,0 +1,158 @@
+"""``ich3d evaluate`` on a tiny run directory, and the inference passes it is built on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _eval_helpers import make_tiny_run
+
+from ich3d.errors import UserError
+from ich3d.evaluation.delong import delong_roc
+
+
+def _finite_json(d):
+    """metrics.json writes non-finite numbers (z of a perfect separation) as null."""
+    if isinstance(d, dict):
+        return {k: _finite_json(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_finite_json(v) for v in d]
+    if isinstance(d, float) and not np.isfinite(d):
+        return None
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("eval"), stages=("slice", "sequence", "finetune"))
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny):
+    from ich3d.evaluation.evaluate import evaluate_run
+
+    return evaluate_run(tiny.run_dir, progress=False, device="cpu")
+
+
+def _split_keys(tiny, split: str) -> list[str]:
+    """The split's volume keys as the DataModule (the trainer's data) defines them."""
+    from ich3d.evaluation.inference import build_eval_datamodule
+    from ich3d.training.run_dir import open_run_dir
+
+    dm = build_eval_datamodule(open_run_dir(tiny.run_dir).load_config(), stage="test")
+    keys = list(dm.split_table(split)["key"])
+    assert keys == sorted(keys) and len(keys) >= 4
+    return keys
+
+
+def test_evaluate_writes_every_file_with_expected_columns(tiny, evaluated):
+    out = tiny.run_dir / "evaluation"
+    assert evaluated.out_dir == out
+    methods = ["max", "p95", "svm", "sequence", "finetune"]
+    test = pd.read_csv(out / "predictions.csv", dtype={"key": str})
+    val = pd.read_csv(out / "val_predictions.csv", dtype={"key": str})
+    assert list(test.columns) == ["key", "label", *methods]
+    assert list(val.columns) == ["key", "label", *methods]
+    assert list(test["key"]) == _split_keys(tiny, "test")
+    assert list(val["key"]) == _split_keys(tiny, "val")
+    vols = pd.read_csv(tiny.cache / "volumes.csv", dtype={"key": str}).set_index("key")
+    np.testing.assert_array_equal(test["label"], vols.loc[test["key"], "any"])
+    assert test[["sequence", "finetune", "max", "p95"]].apply(lambda c: c.between(0, 1).all()).all()
+
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["methods"] == methods
+    assert set(m["missing"]) == {"direct"}
+    assert set(m["timing"]) == set(methods) and all(v > 0 for v in m["timing"].values())
+    assert m["hardware"]["device"] == "cpu" and m["hardware"]["torch"] == torch.__version__
+    assert m["svm"]["length"] == max(vols.loc[_split_keys(tiny, "train"), "n_slices"])
+    assert m["svm"]["n_cropped_test"] == int((vols.loc[test["key"], "n_slices"] > m["svm"]["length"]).sum())
+    assert set(m["operating_points"]) == set(methods)
+    ref = delong_roc(test["label"], test[methods].to_numpy(), names=methods)
+    assert m["delong"] == _finite_json(ref.to_dict())
+
+    md = (out / "report.md").read_text()
+    assert "![ROC curves of all methods](roc.png)" in md and (out / "roc.png").is_file()
+    assert "`direct`: no direct/best.ckpt" in md
+    assert "## Slice level (stage-1 CNN)" in md and "## Inference time" in md
+
+
+def test_baseline_columns_follow_from_slice_probabilities(tiny, evaluated):
+    out = evaluated.out_dir
+    test = pd.read_csv(out / "predictions.csv", dtype={"key": str}).set_index("key")
+    sl = pd.read_csv(out / "slice_predictions.csv", dtype={"key": str})
+    assert list(sl.columns) == ["key", "slice_index", "label", "probability"]
+    vols = pd.read_csv(tiny.cache / "volumes.csv", dtype={"key": str}).set_index("key")
+    for key, g in sl.groupby("key"):
+        p = g.sort_values("slice_index")["probability"].to_numpy()
+        assert len(p) == vols.loc[key, "n_slices"]  # every cached slice
+        assert test.loc[key, "max"] == p.max()
+        assert test.loc[key, "p95"] == pytest.approx(np.percentile(p, 95), abs=1e-15)
+    m = evaluated.report.metrics
+    ref = delong_roc(sl["label"], sl["probability"], strict=False)
+    assert m["slice_level"]["all"]["auc"] == ref.models[0].auc
+    assert m["slice_level"]["all"]["n_slices"] == len(sl)
+    assert m["slice_level"]["cavity"]["n_slices"] < len(sl)
+
+
+def test_volume_scores_equal_a_plain_forward(tiny, evaluated):
+    """The finetune column is sigmoid(model(volume)) of the depth-pooled, windowed volume."""
+    from ich3d.data.cache import IngestCache
+    from ich3d.data.datasets import VolumeDataset
+    from ich3d.training.checkpoints import load_volume_model
+
+    model, config = load_volume_model(tiny.run_dir, "finetune")
+    test = pd.read_csv(evaluated.out_dir / "predictions.csv", dtype={"key": str})
+    ds = VolumeDataset(IngestCache(tiny.cache), test, config.data.windows, depth_pool=config.data.depth_pool)
+    with torch.no_grad():
+        for i in range(len(ds)):
+            item = ds[i]
+            assert item["volume"].shape[0] == -(-len(np.load(tiny.cache / "volumes" / f"{item['key']}.npy")) // 2)
+            p = torch.sigmoid(model(item["volume"][None], item["length"][None])).item()
+            assert test["finetune"][i] == pytest.approx(p, abs=1e-6)
+
+
+def test_padded_batches_and_slice_pass_match_single_calls(tiny):
+    from ich3d.evaluation.inference import build_eval_datamodule, predict_slices, predict_volumes
+    from ich3d.training.checkpoints import load_slice_model, load_volume_model
+
+    model, config = load_volume_model(tiny.run_dir, "sequence")
+    one = build_eval_datamodule(config, batch_size=1, stage="test")
+    three = build_eval_datamodule(config, batch_size=3, stage="test")
+    a = predict_volumes(model, one.eval_dataloader("train"), "cpu", progress=False)
+    b = predict_volumes(model, three.eval_dataloader("train"), "cpu", progress=False)
+    assert a.keys == b.keys
+    np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-6)
+    assert a.probs.std() > 0  # the check is not vacuous
+
+    smodel = load_slice_model(tiny.run_dir)
+    dm1 = build_eval_datamodule(config, depth_pool=1, batch_size=2, stage="test")
+    outs = predict_slices(smodel, dm1.eval_dataloader("val"), "cpu", chunk=5, progress=False)
+    ds = dm1.eval_dataloader("val").dataset
+    with torch.no_grad():
+        for i, key in enumerate(outs.keys):
+            x = ds[i]["volume"]
+            assert ds[i]["key"] == key and len(outs.probs[i]) == x.shape[0]
+            np.testing.assert_allclose(outs.probs[i], torch.sigmoid(smodel(x)).numpy(), atol=1e-6)
+            np.testing.assert_allclose(outs.features[i], smodel.encoder(x).numpy(), atol=1e-5)
+            assert outs.features[i].shape == (x.shape[0], 16)
+
+
+def test_stage_subset_cli_and_errors(tiny, tmp_path, capsys):
+    from ich3d.cli.main import main
+    from ich3d.evaluation.evaluate import evaluate_run
+
+    assert main(["evaluate", str(tiny.run_dir), "--stages", "sequence", "--out", str(tmp_path / "e"),
+                 "--device", "cpu", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| sequence |" in printed and "report:" in printed
+    assert list(pd.read_csv(tmp_path / "e" / "predictions.csv").columns) == ["key", "label", "sequence"]
+
+    with pytest.raises(UserError, match="none of the requested checkpoints"):
+        evaluate_run(tiny.run_dir, stages=["direct"], out=tmp_path / "d", progress=False)
+    assert main(["evaluate", str(tmp_path / "nope")]) == 2
+    assert "run directory not found" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--device"):
+        evaluate_run(tiny.run_dir, device="tpu", out=tmp_path / "x", progress=False)
