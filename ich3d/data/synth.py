@@ -511,6 +511,8 @@ def generate(
     if seed < 0:
         raise UserError(f"seed={seed}: expected a non-negative integer")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
     img_dir = out / IMAGES_DIR
     targets = [img_dir, out / LABELS_CSV, out / TRUTH_JSON]
     if any(p.exists() for p in targets):
