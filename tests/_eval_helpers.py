@@ -38,7 +38,7 @@ def plain(obj: Any) -> Any:
     return obj
 
 
-def tiny_raw_config(cache: Path, root: Path, **evaluation: Any) -> dict[str, Any]:
+def tiny_raw_config(cache: Path, root: Path, tracking: str = "disabled", **evaluation: Any) -> dict[str, Any]:
     return {
         "experiment": "tiny",
         "seed": 0,
@@ -51,7 +51,7 @@ def tiny_raw_config(cache: Path, root: Path, **evaluation: Any) -> dict[str, Any
         },
         "evaluation": {"svm_cs": [0.01, 1.0], **evaluation},
         "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-        "tracking": {"mode": "disabled"},
+        "tracking": {"mode": tracking},
         "run": {"root": str(root / "runs")},
     }
 
@@ -62,6 +62,7 @@ def make_tiny_run(
     stages: Sequence[str] = ("slice", "sequence", "finetune"),
     patients: int = 14,
     evaluation: Mapping[str, Any] | None = None,
+    tracking: str = "disabled",
 ) -> TinyRun:
     """Synthetic DICOM, its labeled cache and a run directory with ``best.ckpt`` per stage."""
     from ich3d.config import config_from_dict, dump_config
@@ -76,7 +77,7 @@ def make_tiny_run(
     images, labels = synth / "stage_2_train", synth / "stage_2_train.csv"
     cache = root / "cache"
     run_ingest(images, labels, cache, progress=False)
-    config = config_from_dict(tiny_raw_config(cache, root, **dict(evaluation or {})))
+    config = config_from_dict(tiny_raw_config(cache, root, tracking, **dict(evaluation or {})))
     # not create_run_dir: it exports ICH3D_RUN_ID, which would leak into other tests
     run = RunDir(root / "runs" / "tiny" / "r1")
     run.path.mkdir(parents=True)

@@ -156,3 +156,19 @@ def test_stage_subset_cli_and_errors(tiny, tmp_path, capsys):
     assert "run directory not found" in capsys.readouterr().err
     with pytest.raises(UserError, match="--device"):
         evaluate_run(tiny.run_dir, device="tpu", out=tmp_path / "x", progress=False)
+
+
+@pytest.mark.slow
+def test_tracking_offline_logs_an_evaluate_run(tmp_path, monkeypatch):
+    from ich3d.evaluation.evaluate import evaluate_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tiny = make_tiny_run(tmp_path, stages=("sequence",), tracking="offline")
+    res = evaluate_run(tiny.run_dir, progress=False, device="cpu")
+    assert res.wandb_dir is not None
+    runs = list((tiny.run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    blob = b"".join(p.read_bytes() for p in runs[0].rglob("*") if p.is_file())
+    assert b"evaluate" in blob and b"sequence/auc" in blob
+    keys = pd.read_csv(res.out_dir / "predictions.csv", dtype={"key": str})["key"]
+    assert not any(k.encode() in blob for k in keys)  # no per-volume row reaches W&B

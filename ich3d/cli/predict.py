@@ -138,6 +138,7 @@ def predict_run(
         raise UserError(f"{run.path} has no checkpoint (slice/, sequence/, finetune/ or direct/best.ckpt); train first")
 
     # ---- the input as an ingest cache
+    skipped: int | None = None
     if (input / "ingest.json").is_file():
         cache_dir = input
     else:
@@ -150,6 +151,7 @@ def predict_run(
             input, None, cache_dir, workers=workers, min_slices=config.data.min_slices, progress=progress
         )
         log.info("%s", summary.format())
+        skipped = summary.skipped_total
     cache = IngestCache(cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labeled = cache.labeled
@@ -163,6 +165,7 @@ def predict_run(
         "hardware": hardware_info(dev),
         "labeled": labeled,
         "uids": bool(uids),
+        "ingest_skipped": skipped,
     }
     ids = cache.volumes.set_index("key")
 
@@ -235,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     files = result["files"]
+    if result.get("ingest_skipped"):
+        print(f"ingest skipped {result['ingest_skipped']} file(s) or series: see {Path(result['cache']) / 'skipped.csv'}")
     if "volumes" in files:
         print(f"{result['n_volumes']} volumes ({result['stage']} model): {files['volumes']}")
     if "slices" in files:
