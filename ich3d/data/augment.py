@@ -36,6 +36,7 @@ import math
 
 import numpy as np
 import torch
+from monai.data import get_track_meta, set_track_meta
 from monai.transforms import Compose, Flip, Identity, OneOf, RandAffine, Randomizable, RandRotate
 
 __all__ = [
@@ -162,7 +163,12 @@ def augment(transform: OneOf, image: torch.Tensor, seed: int) -> torch.Tensor:
         A plain ``torch.Tensor`` (MONAI's MetaTensor is unwrapped), same shape.
     """
     reseed(transform, seed)
-    out = transform(image)
+    track = get_track_meta()
+    set_track_meta(False)  # plain tensors in and out: MetaTensor bookkeeping costs more than a flip
+    try:
+        out = transform(image)
+    finally:
+        set_track_meta(track)
     if hasattr(out, "as_tensor"):
         out = out.as_tensor()
     return torch.as_tensor(out)

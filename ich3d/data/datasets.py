@@ -273,6 +273,8 @@ class BalancedSampler(DistributedSampler):
 
     @staticmethod
     def _cycle(rng: np.random.Generator, pool: np.ndarray, k: int) -> np.ndarray:
+        if k <= 0:
+            return np.empty(0, dtype=np.int64)
         reps = -(-k // len(pool))
         return np.concatenate([pool[rng.permutation(len(pool))] for _ in range(reps)])[:k]
 
