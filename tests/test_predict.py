@@ -100,3 +100,6 @@ def test_predict_errors(tiny, tmp_path, capsys):
     assert "no files" in capsys.readouterr().err
     assert main(["predict", str(tiny.run_dir), str(tiny.cache), "--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err
+    assert main(["predict", str(tiny.run_dir), str(tiny.images), "--out", str(tiny.images / "o")]) == 2
+    assert "inside INPUT" in capsys.readouterr().err
+    assert not (tiny.images / "o").exists()

@@ -144,6 +144,11 @@ def predict_run(
     else:
         from ich3d.data.ingest import run_ingest
 
+        if out_dir.resolve().is_relative_to(input.resolve()):
+            raise UserError(
+                f"--out {out_dir} is inside INPUT {input}; the outputs would be read as input "
+                "files next time: choose an output folder outside INPUT"
+            )
         cache_dir = out_dir / "cache"
         out_dir.mkdir(parents=True, exist_ok=True)
         log.info("ingesting %s into %s", input, cache_dir)
