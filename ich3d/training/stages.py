@@ -378,6 +378,40 @@ def stage_result(run: RunDir, stage: str, seconds: float | None = None) -> dict[
     return result
 
 
+def _set_aside_metrics(stage_dir: Path, ckpt_path: str | None) -> Path | None:
+    """On resume, move ``metrics.csv`` aside (Lightning's CSV logger would delete it)."""
+    from ich3d.training.run_dir import global_rank_from_env
+
+    metrics = stage_dir / "metrics.csv"
+    if ckpt_path is None or not metrics.is_file() or global_rank_from_env() != 0:
+        return None
+    from ich3d.training.checkpoints import load_checkpoint
+
+    kept = stage_dir / "metrics.before-resume.csv"
+    metrics.replace(kept)
+    step = int(load_checkpoint(ckpt_path).get("global_step", 0))
+    (stage_dir / ".resume-step").write_text(str(step))
+    return kept
+
+
+def _merge_metrics(stage_dir: Path, kept: Path) -> None:
+    """Put the rows logged before the resumed checkpoint back in front of the new ones."""
+    import pandas as pd
+
+    step_file = stage_dir / ".resume-step"
+    step = int(step_file.read_text()) if step_file.is_file() else None
+    old = pd.read_csv(kept)
+    if step is not None and "step" in old.columns:
+        old = old[old["step"] <= step]
+    new_path = stage_dir / "metrics.csv"
+    new = pd.read_csv(new_path) if new_path.is_file() else pd.DataFrame()
+    merged = pd.concat([old, new], ignore_index=True, sort=False)
+    columns = sorted(merged.columns, key=lambda c: (c not in ("epoch", "step"), c))
+    merged[columns].to_csv(new_path, index=False)
+    kept.unlink()
+    step_file.unlink(missing_ok=True)
+
+
 def run_stage(config: Config, run: RunDir, stage: str, *, resume: bool = False) -> dict[str, Any]:
     """Train one stage in ``run``; return (and write, on rank 0) its ``result.json``.
 
@@ -410,6 +444,7 @@ def run_stage(config: Config, run: RunDir, stage: str, *, resume: bool = False) 
         _init_from_previous(module, run, stage)
     datamodule = build_datamodule(config, stage)
     stage_dir.mkdir(parents=True, exist_ok=True)
+    previous_metrics = _set_aside_metrics(stage_dir, ckpt_path)
     loggers = build_loggers(config, run.path, stage)
     log_config(loggers, config)
     trainer = build_trainer(config, stage, run, loggers)
@@ -423,6 +458,8 @@ def run_stage(config: Config, run: RunDir, stage: str, *, resume: bool = False) 
         status = "aborted" if trainer.interrupted else "success"
     finally:
         finish_loggers(loggers, status)
+        if previous_metrics is not None and trainer.is_global_zero:
+            _merge_metrics(stage_dir, previous_metrics)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"stage {stage} interrupted; continue with --resume {run.path}")
     if not run.best_ckpt(stage).is_file():

@@ -1,0 +1,65 @@
+"""Helpers for the training tests: a tiny fake cache and a tiny config that trains in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from _cache_helpers import write_fake_cache
+
+__all__ = ["make_cache", "tiny_raw_config", "write_config", "run_cli"]
+
+
+def make_cache(root: Path, *, patients: int = 12, seed: int = 0) -> Path:
+    """A labeled fake ingest cache (32 x 32 slices, 6-10 slices per volume)."""
+    cache = Path(root) / "cache"
+    write_fake_cache(cache, patients=patients, size=32, slices=(6, 10), seed=seed)
+    return cache
+
+
+def tiny_raw_config(cache: Path, root: Path, **sections: Any) -> dict[str, Any]:
+    """A raw config dict: width-4 CNN, 16-unit BiLSTM, a few samples per stage, no W&B."""
+    raw: dict[str, Any] = {
+        "experiment": "tiny",
+        "seed": 0,
+        "data": {"cache_dir": str(cache), "split_fractions": [0.4, 0.3, 0.3]},
+        "model": {
+            "encoder": "patel_cnn",
+            "encoder_args": {"width": 4, "feature_dim": 32, "dropout": 0.0},
+            "head": "bilstm",
+            "head_args": {"hidden": 16},
+        },
+        "stages": {
+            "slice": {"batch_size": 10, "samples_per_epoch": 40, "max_epochs": 1},
+            "sequence": {"samples_per_epoch": 6, "max_epochs": 1},
+            "finetune": {"samples_per_epoch": 6, "max_epochs": 1},
+            "direct": {"samples_per_epoch": 6, "max_epochs": 1},
+        },
+        "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+        "tracking": {"mode": "disabled"},
+        "run": {"root": str(Path(root) / "runs")},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {})
+        if isinstance(values, dict):
+            for k, v in values.items():
+                if isinstance(v, dict) and isinstance(raw[name].get(k), dict):
+                    raw[name][k] = {**raw[name][k], **v}
+                else:
+                    raw[name][k] = v
+        else:
+            raw[name] = values
+    return raw
+
+
+def write_config(path: Path, raw: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_cli(*argv: str) -> int:
+    from ich3d.cli.main import main
+
+    return main(list(argv))
