@@ -168,7 +168,11 @@ def test_tracking_offline_logs_an_evaluate_run(tmp_path, monkeypatch):
     assert res.wandb_dir is not None
     runs = list((tiny.run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
+    tables = list(runs[0].rglob("methods_*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    auc = res.report.metrics["per_method"]["sequence"]["auc"]
+    assert table["columns"][:2] == ["method", "auc"] and table["data"][0][:2] == ["sequence", auc]
     blob = b"".join(p.read_bytes() for p in runs[0].rglob("*") if p.is_file())
-    assert b"evaluate" in blob and b"sequence/auc" in blob
     keys = pd.read_csv(res.out_dir / "predictions.csv", dtype={"key": str})["key"]
     assert not any(k.encode() in blob for k in keys)  # no per-volume row reaches W&B

@@ -197,5 +197,11 @@ def test_wandb_offline_log(tmp_path, frames, monkeypatch):
     # no per-volume row: no volume key appears in any W&B file
     blob = b"".join(p.read_bytes() for p in files)
     assert b"t0001" not in blob and b"v0001" not in blob
-    assert b"finetune/auc" in blob and b"eval/methods" in blob and b"evaluate" in blob
+    tables = list(wandb_dir.rglob("methods_*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    rows = {r[0]: r for r in table["data"]}
+    assert list(rows) == rep.metrics["methods"]
+    assert rows["finetune"][1] == rep.metrics["per_method"]["finetune"]["auc"]
+    assert len(list(wandb_dir.rglob("roc_table_*.table.json"))) == 1  # the ROC curve points
     assert log_to_wandb(rep, config_from_dict({"tracking": {"mode": "disabled"}}), run_dir) is None

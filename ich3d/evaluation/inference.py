@@ -15,6 +15,10 @@ project's ``VolumeDataModule`` (:func:`build_eval_datamodule`), so ``predict``
 and ``evaluate`` see exactly the same input tensors for the same volume and give
 the same probabilities.
 
+Probabilities are the sigmoid of the logits computed in float64: a float32
+sigmoid rounds probabilities near 0 or 1 (or near-constant outputs of a weak
+model) to equal values, and ties change AUCs and the ``max``/``p95`` baselines.
+
 Timing: the seconds of a batch cover the transfer to the device, the forward
 pass and the copy of the outputs back to the host (which waits for the device),
 divided by the number of volumes in the batch; reading and windowing the volume
@@ -256,7 +260,7 @@ def predict_volumes(
             lengths = batch["length"].to(dev)
             with autocast_context(dev):
                 logits = model(x, lengths)
-            p = torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64).reshape(-1)
+            p = torch.sigmoid(logits.double()).cpu().numpy().reshape(-1)
             dt = time.perf_counter() - t0
             if p.shape[0] != n:
                 raise RuntimeError(f"the model returned {p.shape[0]} outputs for {n} volumes")
@@ -328,7 +332,7 @@ def predict_slices(
                 with autocast_context(dev):
                     f = model.encoder(x)
                     logit = head(f).squeeze(-1)
-                p_parts.append(torch.sigmoid(logit.float()).cpu())
+                p_parts.append(torch.sigmoid(logit.double()).cpu())
                 if features:
                     f_parts.append(f.float().cpu())
             dt = time.perf_counter() - t0
