@@ -112,7 +112,7 @@ def evaluate_run(
     )
     from ich3d.evaluation.report import METHOD_ORDER, build_report, log_to_wandb, slice_level_auc
     from ich3d.training.checkpoints import load_slice_model, load_volume_model
-    from ich3d.training.run_dir import open_run_dir
+    from ich3d.training.run_dir import global_rank_from_env, open_run_dir
 
     run = open_run_dir(run_dir)
     config = run.load_config()
@@ -250,7 +250,9 @@ def evaluate_run(
         extra=extra,
     )
     wandb_dir = None
-    if tracking and config.tracking.mode != "disabled":
+    if tracking and config.tracking.mode != "disabled" and global_rank_from_env() != 0:
+        log.info("not rank 0: the evaluation is not logged to W&B from this process")
+    elif tracking and config.tracking.mode != "disabled":
         try:
             wandb_dir = log_to_wandb(report, config, run.path)
         except Exception as exc:  # the files are written; W&B trouble must not lose them
