@@ -25,6 +25,15 @@ def _finite_json(d):
     return d
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions: one thread is fastest, and 2 OpenMP threads on a shared 2-core box stall."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return make_tiny_run(tmp_path_factory.mktemp("eval"), stages=("slice", "sequence", "finetune"))
@@ -121,8 +130,8 @@ def test_padded_batches_and_slice_pass_match_single_calls(tiny):
     model, config = load_volume_model(tiny.run_dir, "sequence")
     one = build_eval_datamodule(config, batch_size=1, stage="test")
     three = build_eval_datamodule(config, batch_size=3, stage="test")
-    a = predict_volumes(model, one.eval_dataloader("train"), "cpu", progress=False)
-    b = predict_volumes(model, three.eval_dataloader("train"), "cpu", progress=False)
+    a = predict_volumes(model, one.eval_dataloader("val"), "cpu", progress=False)
+    b = predict_volumes(model, three.eval_dataloader("val"), "cpu", progress=False)
     assert a.keys == b.keys
     np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-6)
     assert a.probs.std() > 0  # the check is not vacuous

@@ -7,9 +7,19 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from _eval_helpers import make_tiny_run
 
 from ich3d.cli.main import main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions: one thread is fastest, and 2 OpenMP threads on a shared 2-core box stall."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
