@@ -185,3 +185,25 @@ def test_tracking_offline_logs_an_evaluate_run(tmp_path, monkeypatch):
     blob = b"".join(p.read_bytes() for p in runs[0].rglob("*") if p.is_file())
     keys = pd.read_csv(res.out_dir / "predictions.csv", dtype={"key": str})["key"]
     assert not any(k.encode() in blob for k in keys)  # no per-volume row reaches W&B
+
+
+def test_device_and_hardware_description():
+    from ich3d.evaluation.inference import (
+        autocast_context,
+        cpu_model_name,
+        hardware_info,
+        resolve_device,
+    )
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(UserError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(UserError, match="expected auto, cpu or cuda"):
+        resolve_device("gpu0")
+    info = hardware_info(torch.device("cpu"))
+    assert info["name"] == cpu_model_name() and info["precision"] == "fp32"
+    assert cpu_model_name() in info["summary"] and torch.__version__ in info["summary"]
+    with autocast_context(torch.device("cpu")):  # fp32 on CPU: no autocast
+        assert not torch.is_autocast_enabled("cpu")
