@@ -1,4 +1,4 @@
-"""Shared test settings: CPU only, quiet W&B, a fixed thread count for 2-core CI."""
+"""Shared test settings: CPU only, quiet W&B, one torch thread (oversubscribed cores make OpenMP spin)."""
 
 from __future__ import annotations
 
@@ -11,4 +11,4 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)  # 2 threads on 2 busy cores spin-wait: 4x slower here
