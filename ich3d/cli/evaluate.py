@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Evaluate the methods of a run directory on its test split (evaluation.split): "
             "the stage-1 baselines max, p95 and svm (from slice/best.ckpt) and the volume "
             "models sequence, finetune and direct (from their best.ckpt), whichever exist. "
-            "Reports AUC with 95%% DeLong CIs, paired DeLong tests, operating points chosen "
+            "Reports AUC with 95% DeLong CIs, paired DeLong tests, operating points chosen "
             "on validation (target sensitivity evaluation.target_sensitivity and Youden) "
             "with Wilson CIs on test, inference seconds per volume and the hardware, and "
             "the slice-level stage-1 AUC. Logs to W&B when the run's tracking is on."
