@@ -106,6 +106,11 @@ def global_rank_from_env() -> int:
     for var in ("RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
+    # Lightning's subprocess launcher sets LOCAL_RANK / NODE_RANK for the processes it starts
+    local = os.environ.get("LOCAL_RANK", "0")
+    node = os.environ.get("NODE_RANK", "0")
+    if local.isdigit() and node.isdigit() and (int(local) or int(node)):
+        return max(1, int(node) * 1000 + int(local))  # not zero; exact value unknown here
     return 0
 
 
