@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEMO   ?= runs/demo-data
+DEMO_DATA ?= runs/demo-data
+ifndef DEMO_RUN
+DEMO_RUN := demo-$(shell date -u +%Y%m%d-%H%M%S)
+endif
 
 .PHONY: help install demo test test-all lint bench clean
 
@@ -19,7 +22,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install ich3d with the dev extra
 
 demo: $(STAMP) ## the main job: synthetic RSNA data -> ingest -> 3 training stages -> evaluation (CPU, minutes)
-	$(BIN)/python -m ich3d.demo --workdir $(DEMO)
+	@test -f $(DEMO_DATA)/stage_2_train.csv || \
+		$(BIN)/ich3d synth $(DEMO_DATA) --patients 200 --size 128 --slices 12 20 --seed 0
+	$(BIN)/ich3d ingest --images $(DEMO_DATA)/stage_2_train --labels $(DEMO_DATA)/stage_2_train.csv \
+		--out $(DEMO_DATA)/cache --workers 2
+	$(BIN)/ich3d train configs/demo.yaml --stage all --run-id $(DEMO_RUN)
+	$(BIN)/ich3d evaluate runs/demo/$(DEMO_RUN)
+	@echo "ich3d demo: run directory runs/demo/$(DEMO_RUN) (report: runs/demo/$(DEMO_RUN)/evaluation/report.md)"
 
 test: $(STAMP) ## the test suite without the slow tests (what CI runs)
 	$(BIN)/python -m pytest -m "not slow" -q
