@@ -236,3 +236,59 @@ def test_ddp_two_processes_give_the_single_process_volume_auc(full_run):
     assert single["val/n"] == n_val and double["val/n"] == n_val
     assert double["val/auc"] == single["val/auc"]
     assert 0.0 <= single["val/auc"] <= 1.0
+
+
+def test_stage_by_stage_with_run_id_and_no_overwrite(cache, tmp_path, capsys):
+    cfg = write_config(tmp_path / "tiny.yaml", tiny_raw_config(cache, tmp_path))
+    assert run_cli("train", str(cfg), "--stage", "slice", "--run-id", "s") == 0
+    run = open_run_dir(tmp_path / "runs" / "tiny" / "s")
+    slice_best = run.best_ckpt("slice").read_bytes()
+    # a second slice run into the same run id refuses to overwrite
+    assert run_cli("train", str(cfg), "--stage", "slice", "--run-id", "s") == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert run.best_ckpt("slice").read_bytes() == slice_best
+    # the next stage finds slice/best.ckpt of that run by itself
+    assert run_cli("train", str(cfg), "--stage", "sequence", "--run-id", "s") == 0
+    assert run.is_done("sequence") and not run.stage_dir("finetune").exists()
+    seq_enc = sub_state_dict(load_checkpoint(run.best_ckpt("sequence"))["state_dict"], "model.encoder.")
+    slice_enc = sub_state_dict(load_checkpoint(run.best_ckpt("slice"))["state_dict"], "model.encoder.")
+    assert all(torch.equal(v, seq_enc[k]) for k, v in slice_enc.items())
+
+
+def test_interrupted_stage_resumes_from_last_checkpoint(cache, tmp_path, monkeypatch):
+    import signal
+
+    import pytorch_lightning as pl
+
+    import ich3d.training.stages as stages
+
+    class _Interrupt(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 2:
+                raise KeyboardInterrupt
+
+    real = stages.build_trainer
+
+    def with_interrupt(*args, **kwargs):
+        trainer = real(*args, **kwargs)
+        trainer.callbacks.append(_Interrupt())
+        return trainer
+
+    raw = tiny_raw_config(cache, tmp_path)
+    raw["stages"]["slice"]["max_epochs"] = 2
+    cfg = write_config(tmp_path / "tiny.yaml", raw)
+    handler = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(stages, "build_trainer", with_interrupt)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown exits
+            run_cli("train", str(cfg), "--stage", "slice", "--run-id", "int")
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after the interrupt
+    monkeypatch.setattr(stages, "build_trainer", real)
+    run = open_run_dir(tmp_path / "runs" / "tiny" / "int")
+    assert not run.is_done("slice")
+    assert load_checkpoint(run.last_ckpt("slice"))["global_step"] == 4  # end of epoch 0
+    assert run_cli("train", "--resume", str(run.path), "--stage", "slice") == 0
+    last = load_checkpoint(run.last_ckpt("slice"))
+    assert (last["epoch"], last["global_step"]) == (1, 8)
+    assert run.is_done("slice")
