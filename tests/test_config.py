@@ -155,3 +155,13 @@ def test_shipped_configs_load_and_build(name, monkeypatch):
         assert spec["encoder"]["feature_dim"] == 512
         assert c.trainer.precision in ("auto", "bf16-mixed")
         assert (c.stages.sequence.optimizer, c.stages.sequence.lr) == ("rmsprop", 1e-3)
+
+
+def test_print_run_dir_prints_the_path_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from ich3d.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, {"experiment": "exp", "data": {"cache_dir": "c"}, "run": {"root": "out"}})
+    assert main(["train", str(path), "--run-id", "r1", "--print-run-dir"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "out" / "exp" / "r1")
+    assert not (tmp_path / "out").exists()

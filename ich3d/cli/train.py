@@ -59,6 +59,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="continue RUN_DIR: the interrupted stage from last.ckpt, then the later stages of --stage all",
     )
+    p.add_argument(
+        "--print-run-dir",
+        action="store_true",
+        help="print the run directory this command would use (needs --run-id to be "
+        "stable) and exit without training; slurm/submit.sh uses it",
+    )
     p.set_defaults(func=run)
 
 
@@ -85,6 +91,15 @@ def run(args: argparse.Namespace) -> int:
         if config_path is None:
             raise UserError("give a config file (or --resume RUN_DIR)")
         config = load_config(config_path, overrides)
+
+    if args.print_run_dir:
+        from pathlib import Path
+
+        from ich3d.training.run_dir import resolve_run_id
+
+        run_id = Path(args.resume).name if args.resume else resolve_run_id(args.run_id)
+        print(Path(args.resume).resolve() if args.resume else Path(config.run.root) / config.experiment / run_id)
+        return 0
 
     from ich3d.training.stages import train  # heavy imports after the config is valid
 
