@@ -652,16 +652,9 @@ def log_to_wandb(
 
     run_path = Path(run_path)
     run_id = run_path.name
-    settings = wandb.Settings(
-        console="off",
-        silent=True,
-        x_disable_stats=True,
-        x_disable_meta=True,
-        x_disable_machine_info=True,
-        disable_git=True,
-        disable_code=True,
-        save_code=False,
-    )
+    from ich3d.tracking.loggers import wandb_settings
+
+    settings = wandb_settings()
     experiment = getattr(config, "experiment", "experiment")
     run = wandb.init(
         project=tracking.project,

@@ -31,6 +31,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger
 from ich3d.config import Config
 
 __all__ = [
+    "wandb_settings",
     "build_loggers",
     "scrub_config",
     "scrub_value",
@@ -85,6 +86,23 @@ def scrub_config(config: Config | Mapping[str, Any]) -> dict[str, Any]:
     return walk(raw, "")
 
 
+
+def wandb_settings():  # -> wandb.Settings
+    """W&B settings for every ich3d run: no console capture, no system metadata,
+    machine info, git state or code (host names, paths and file names stay local)."""
+    import wandb
+
+    return wandb.Settings(
+        console="off",
+        silent=True,
+        x_disable_stats=True,
+        x_disable_meta=True,
+        x_disable_machine_info=True,
+        disable_git=True,
+        disable_code=True,
+        save_code=False,
+    )
+
 def build_loggers(config: Config, run_path: os.PathLike | str, stage: str) -> list[Logger]:
     """Loggers of one stage: ``[CSVLogger]`` plus a ``WandbLogger`` unless disabled.
 
@@ -105,20 +123,10 @@ def build_loggers(config: Config, run_path: os.PathLike | str, stage: str) -> li
     os.environ.setdefault("WANDB_CONSOLE", "off")
     if tracking.mode == "offline":
         os.environ["WANDB_MODE"] = "offline"
-    import wandb
     from pytorch_lightning.loggers import WandbLogger
 
     run_id = os.path.basename(run_path.rstrip(os.sep))
-    settings = wandb.Settings(
-        console="off",
-        silent=True,
-        x_disable_stats=True,
-        x_disable_meta=True,
-        x_disable_machine_info=True,
-        disable_git=True,
-        disable_code=True,
-        save_code=False,
-    )
+    settings = wandb_settings()
     loggers.append(
         WandbLogger(
             name=f"{config.experiment}/{run_id}/{stage}",
