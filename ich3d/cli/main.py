@@ -14,15 +14,8 @@ import sys
 
 __all__ = ["main", "build_parser"]
 
-#: sub-command name -> module under ich3d.cli
-COMMANDS: dict[str, str] = {
-    "synth": "synth",
-    "ingest": "ingest",
-    "train": "train",
-    "predict": "predict",
-    "evaluate": "evaluate",
-    "roc": "roc",
-}
+#: sub-commands, in pipeline order; each is the module ich3d.cli.<name>
+COMMANDS: tuple[str, ...] = ("synth", "ingest", "train", "predict", "evaluate", "roc")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,14 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in COMMANDS.items():
-        try:
-            mod = importlib.import_module(f"ich3d.cli.{module}")
-        except ModuleNotFoundError as exc:  # a command not built yet
-            if exc.name != f"ich3d.cli.{module}":
-                raise
-            continue
-        mod.add_parser(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"ich3d.cli.{name}").add_parser(sub)
     return parser
 
 
