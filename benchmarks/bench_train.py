@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ich3d.data.ingest import run_ingest
     from ich3d.data.synth import NO_DEFECTS, generate
-    from ich3d.training.stages import build_datamodule, build_module, quiet_lightning
+    from ich3d.training.runner import build_datamodule, build_module, quiet_lightning
 
     quiet_lightning()
     warnings.filterwarnings("ignore")

@@ -23,8 +23,8 @@ Schema (section: keys)::
                 splits_file, min_slices, ingest_workers, depth_pool, label,
                 num_workers, pin_memory, persistent_workers
     model:      encoder, encoder_args, head, head_args, slice_chunk
-    stages:     slice | sequence | finetune | direct, each with
-                optimizer, lr, weight_decay, momentum, batch_size, samples_per_epoch,
+    stages:     one section per declared stage (``ich3d train --list-stages``: slice,
+                sequence, finetune, direct built in), each with optimizer, lr, weight_decay, momentum, batch_size, samples_per_epoch,
                 max_epochs, early_stopping_patience, augment, precision,
                 gradient_clip_val, accumulate_grad_batches
     trainer:    accelerator, devices, strategy, num_nodes, precision, deterministic,
@@ -50,9 +50,9 @@ from typing import Any, Literal
 import yaml
 
 from ich3d.errors import UserError
+from ich3d.stages.base import StageConfig
 
 __all__ = [
-    "STAGES",
     "DataConfig",
     "ModelConfig",
     "StageConfig",
@@ -69,9 +69,6 @@ __all__ = [
     "dump_config",
     "resolve_precision",
 ]
-
-#: The training stages, in the order ``--stage all`` runs the first three.
-STAGES: tuple[str, ...] = ("slice", "sequence", "finetune", "direct")
 
 _PATH = {"path": True}
 
@@ -139,68 +136,59 @@ class ModelConfig:
     slice_chunk: int | None = None
 
 
-@dataclass(frozen=True)
-class StageConfig:
-    """Optimisation settings of one training stage.
+class StagesConfig(Mapping[str, StageConfig]):
+    """The ``stages`` section: one :class:`~ich3d.stages.StageConfig` per declared stage.
 
-    Args:
-        optimizer: ``adam``, ``adamw``, ``rmsprop`` or ``sgd``.
-        lr: learning rate.
-        weight_decay: L2 penalty (0 = none).
-        momentum: momentum for ``rmsprop``/``sgd``.
-        batch_size: samples per step per process (slices for ``slice``, volumes otherwise).
-        samples_per_epoch: samples drawn (balanced) per training epoch; ``null`` = one
-            pass over the training split.
-        max_epochs: epochs of ``samples_per_epoch`` samples.
-        early_stopping_patience: stop after this many validations without a better
-            validation AUC; ``null`` = no early stopping.
-        augment: random rotation / mirroring / shift on training samples.
-        precision: overrides ``trainer.precision`` for this stage.
-        gradient_clip_val: clip the gradient norm to this value; ``null`` = no clipping.
-        accumulate_grad_batches: optimizer step every this many batches.
+    The keys are the registered stages (:mod:`ich3d.stages`); each stage's settings
+    are its declared defaults overridden key by key by the config. A stage the config
+    does not mention (or one registered after the config was read) has its defaults.
+    ``config.stages.get("slice")`` and ``config.stages.slice`` are the same.
     """
 
-    optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    momentum: float = 0.0
-    batch_size: int = 1
-    samples_per_epoch: int | None = None
-    max_epochs: int = 10
-    early_stopping_patience: int | None = None
-    augment: bool = True
-    precision: str | None = None
-    gradient_clip_val: float | None = None
-    accumulate_grad_batches: int = 1
+    def __init__(self, given: Mapping[str, StageConfig] | None = None) -> None:
+        self._given = dict(given or {})
 
+    def get(self, stage: str) -> StageConfig:  # type: ignore[override]
+        """Return the settings of ``stage``.
 
-@dataclass(frozen=True)
-class StagesConfig:
-    """The four stages; each key overrides that stage's method defaults.
+        Raises:
+            UserError: ``stage`` is not a registered stage.
+        """
+        from ich3d.stages import get_stage
 
-    ``slice``: Adam 1e-4, batch 25 slices. ``sequence``: RMSprop 1e-3, one volume per
-    batch, CNN frozen. ``finetune``: RMSprop 1e-4, everything trainable. ``direct``
-    (ablation): RMSprop 1e-4 from random initialisation.
-    """
+        if stage in self._given:
+            return self._given[stage]
+        return get_stage(stage).defaults
 
-    slice: StageConfig = field(
-        default_factory=lambda: StageConfig(optimizer="adam", lr=1e-4, batch_size=25)
-    )
-    sequence: StageConfig = field(
-        default_factory=lambda: StageConfig(optimizer="rmsprop", lr=1e-3, batch_size=1)
-    )
-    finetune: StageConfig = field(
-        default_factory=lambda: StageConfig(optimizer="rmsprop", lr=1e-4, batch_size=1)
-    )
-    direct: StageConfig = field(
-        default_factory=lambda: StageConfig(optimizer="rmsprop", lr=1e-4, batch_size=1)
-    )
+    def __getattr__(self, name: str) -> StageConfig:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self.get(name)
+        except UserError as exc:
+            raise AttributeError(str(exc)) from None
 
-    def get(self, stage: str) -> StageConfig:
-        """Return the settings of ``stage`` (one of :data:`STAGES`)."""
-        if stage not in STAGES:
-            raise UserError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-        return getattr(self, stage)
+    def __getitem__(self, stage: str) -> StageConfig:
+        return self.get(stage)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        from ich3d.stages import stage_names
+
+        return iter(stage_names())
+
+    def __len__(self) -> int:
+        from ich3d.stages import stage_names
+
+        return len(stage_names())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StagesConfig) and dict(self.items()) == dict(other.items())
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.items()))
+
+    def __repr__(self) -> str:
+        return f"StagesConfig({dict(self.items())!r})"
 
 
 @dataclass(frozen=True)
@@ -305,13 +293,15 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain dicts, lists, strings and numbers (YAML-safe)."""
-        return _plain(dataclasses.asdict(self))
+        return _plain(self)
 
 
 # --------------------------------------------------------------------------- parsing
 
 
 def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -333,7 +323,7 @@ def _type_name(tp: Any) -> str:
         return f"list of {inner}"
     if origin is dict:
         return "mapping"
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or tp is StagesConfig:
         return "mapping"
     return getattr(tp, "__name__", str(tp))
 
@@ -430,6 +420,9 @@ def _build(cls: Any, raw: Any, path: str, base: Any, resolve_from: Path | None) 
         if dataclasses.is_dataclass(tp):
             values[key] = _build(tp, value, where, getattr(base, key), resolve_from)
             continue
+        if tp is StagesConfig:
+            values[key] = _build_stages(value, where, resolve_from)
+            continue
         try:
             converted = _convert(value, tp, where)
         except _Mismatch:
@@ -451,6 +444,23 @@ def _build(cls: Any, raw: Any, path: str, base: Any, resolve_from: Path | None) 
     return out
 
 
+def _build_stages(raw: Any, path: str, resolve_from: Path | None) -> StagesConfig:
+    """The ``stages`` section: each key a registered stage, over that stage's defaults."""
+    from ich3d.stages import get_stage, stage_names
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise UserError(f"config key {path!r} must be a mapping of keys, got {raw!r}")
+    names = stage_names()
+    given = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or key not in names:
+            raise _unknown_key_error(path, str(key), names)
+        given[key] = _build(StageConfig, value, f"{path}.{key}", get_stage(key).defaults, resolve_from)
+    return StagesConfig(given)
+
+
 def _check(config: Config) -> Config:
     """Cross-field checks that types alone cannot express."""
     if not config.experiment or "/" in config.experiment or config.experiment in (".", ".."):
@@ -467,8 +477,7 @@ def _check(config: Config) -> Config:
             raise UserError(f"config key 'data.{name}' must be >= 1, got {getattr(config.data, name)}")
     if config.data.num_workers < 0:
         raise UserError(f"config key 'data.num_workers' must be >= 0, got {config.data.num_workers}")
-    for stage in STAGES:
-        s = config.stages.get(stage)
+    for stage, s in config.stages.items():
         where = f"stages.{stage}"
         if s.lr <= 0:
             raise UserError(f"config key '{where}.lr' must be > 0, got {s.lr}")

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Submit a whole staged experiment as a chain of SLURM jobs:
-#   slice -> sequence -> finetune -> evaluate, each starting only if the previous one succeeded.
+#   the stages of `ich3d train --stage all` (built in: slice -> sequence -> finetune), then evaluate,
+#   each starting only if the previous one succeeded. The chain is read from `ich3d train --list-stages`.
 #
 #   slurm/submit.sh configs/patel2019.yaml [RUN_ID] [key=value ...]
 #
@@ -18,11 +19,13 @@ export CONFIG="${config}" RUN_ID="${run_id}" ICH3D
 submit() { sbatch --parsable ${SBATCH_EXTRA:-} "$@"; }
 
 run_dir=$("${ICH3D}" train "${config}" --run-id "${run_id}" --print-run-dir "$@")
-jid=$(STAGE=slice submit --job-name=ich3d-slice "${here}/stage.sbatch" "$@")
-echo "slice     job ${jid}"
-for stage in sequence finetune; do
-    jid=$(STAGE=${stage} submit --job-name="ich3d-${stage}" --dependency="afterok:${jid}" "${here}/stage.sbatch" "$@")
-    echo "${stage}  job ${jid}"
+mapfile -t chain < <("${ICH3D}" train --list-stages | awk -F'\t' 'NR > 1 && $6 == "yes" {print $1}')
+jid=""
+for stage in "${chain[@]}"; do
+    dep=()
+    if [ -n "${jid}" ]; then dep=(--dependency="afterok:${jid}"); fi
+    jid=$(STAGE=${stage} submit --job-name="ich3d-${stage}" "${dep[@]}" "${here}/stage.sbatch" "$@")
+    printf '%-9s job %s\n' "${stage}" "${jid}"
 done
 jid=$(RUN_DIR="${run_dir}" submit --dependency="afterok:${jid}" "${here}/evaluate.sbatch")
 echo "evaluate  job ${jid}"

@@ -68,8 +68,8 @@ def make_tiny_run(
     from ich3d.config import config_from_dict, dump_config
     from ich3d.data.ingest import run_ingest
     from ich3d.data.synth import NO_DEFECTS, generate
-    from ich3d.training.run_dir import RunDir
-    from ich3d.training.stages import build_module
+    from ich3d.runs.run_dir import RunDir
+    from ich3d.training.runner import build_module
 
     root = Path(root)
     synth = root / "synth"

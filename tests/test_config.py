@@ -142,7 +142,7 @@ def test_missing_or_invalid_file(tmp_path):
 @pytest.mark.parametrize("name", ["demo.yaml", "patel2019.yaml"])
 def test_shipped_configs_load_and_build(name, monkeypatch):
     from ich3d.models.volume import build_volume_model
-    from ich3d.training.stages import model_spec
+    from ich3d.training.runner import model_spec
 
     monkeypatch.chdir(REPO)
     c = load_config(REPO / "configs" / name)

@@ -49,7 +49,7 @@ def evaluated(tiny):
 def _split_keys(tiny, split: str) -> list[str]:
     """The split's volume keys as the DataModule (the trainer's data) defines them."""
     from ich3d.evaluation.inference import build_eval_datamodule
-    from ich3d.training.run_dir import open_run_dir
+    from ich3d.runs.run_dir import open_run_dir
 
     dm = build_eval_datamodule(open_run_dir(tiny.run_dir).load_config(), stage="test")
     keys = list(dm.split_table(split)["key"])
@@ -110,7 +110,7 @@ def test_volume_scores_equal_a_plain_forward(tiny, evaluated):
     """The finetune column is sigmoid(model(volume)) of the depth-pooled, windowed volume."""
     from ich3d.data.cache import IngestCache
     from ich3d.data.datasets import VolumeDataset
-    from ich3d.training.checkpoints import load_volume_model
+    from ich3d.runs.checkpoints import load_volume_model
 
     model, config = load_volume_model(tiny.run_dir, "finetune")
     test = pd.read_csv(evaluated.out_dir / "predictions.csv", dtype={"key": str})
@@ -125,7 +125,7 @@ def test_volume_scores_equal_a_plain_forward(tiny, evaluated):
 
 def test_padded_batches_and_slice_pass_match_single_calls(tiny):
     from ich3d.evaluation.inference import build_eval_datamodule, predict_slices, predict_volumes
-    from ich3d.training.checkpoints import load_slice_model, load_volume_model
+    from ich3d.runs.checkpoints import load_slice_model, load_volume_model
 
     model, config = load_volume_model(tiny.run_dir, "sequence")
     one = build_eval_datamodule(config, batch_size=1, stage="test")

@@ -11,15 +11,15 @@ import torch
 from _train_helpers import make_cache, run_cli, tiny_raw_config, write_config
 
 from ich3d.config import config_from_dict
-from ich3d.training.checkpoints import (
+from ich3d.runs.checkpoints import (
     load_checkpoint,
     load_slice_model,
     load_volume_model,
     sub_state_dict,
 )
 from ich3d.training.modules import VolumeModule, gather_unique
-from ich3d.training.run_dir import open_run_dir
-from ich3d.training.stages import build_module, build_volume_datamodule, model_spec
+from ich3d.runs.run_dir import open_run_dir
+from ich3d.training.runner import build_module, build_volume_datamodule, model_spec
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,7 @@ def test_gather_unique_dedupes_and_sorts():
 def _ddp_validate(ckpt_path, config, devices):
     import pytorch_lightning as pl
 
-    from ich3d.training.stages import quiet_lightning
+    from ich3d.training.runner import quiet_lightning
 
     quiet_lightning()
     module = VolumeModule.load_from_checkpoint(ckpt_path, weights_only=True)
@@ -260,7 +260,7 @@ def test_interrupted_stage_resumes_from_last_checkpoint(cache, tmp_path, monkeyp
 
     import pytorch_lightning as pl
 
-    import ich3d.training.stages as stages
+    import ich3d.training.runner as stages
 
     class _Interrupt(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):

@@ -18,10 +18,10 @@ from pathlib import Path
 
 __all__ = ["add_parser", "run"]
 
-_STAGES = ("slice", "sequence", "finetune", "direct")
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ich3d.stages import stage_names
+
     p = subparsers.add_parser(
         "evaluate",
         help="evaluate a trained run: baselines and volume models, DeLong CIs, operating points, report",
@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--stages",
         nargs="+",
-        choices=_STAGES,
+        choices=stage_names(),
         default=None,
         metavar="STAGE",
         help="stages to evaluate: slice (= max, p95, svm), sequence, finetune, direct (default: all that exist)",

@@ -39,13 +39,16 @@ UID_COLUMNS: tuple[str, ...] = ("series_uid", "study_uid", "patient_id")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ich3d.stages import volume_stages
+
+    volume_names = [s.name for s in volume_stages()]
     p = subparsers.add_parser(
         "predict",
         help="volume and slice probabilities of a trained run on a DICOM folder or an ingest cache",
         description=(
             "Predict with a trained run. INPUT is a folder of DICOM files (ingested without "
             "labels into OUT/cache) or an ingest cache. Writes volumes.csv (key, n_slices, "
-            "probability of the best volume model: finetune > sequence > direct) and slices.csv "
+            f"probability of the best volume model: {' > '.join(volume_names)}) and slices.csv "
             "(key, slice_index, stage-1 slice probability) so a reader can see which slices "
             "drive the call. Volumes are named by hashed keys unless --uids is given."
         ),
@@ -64,9 +67,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available, default), cpu, cuda or cuda:N")
     p.add_argument(
         "--stage",
-        choices=("finetune", "sequence", "direct"),
+        choices=volume_names,
         default=None,
-        help="volume model to use (default: the best available, finetune > sequence > direct)",
+        help=f"volume model to use (default: the best available, {' > '.join(volume_names)})",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -112,13 +115,9 @@ def predict_run(
         predict_volumes,
         resolve_device,
     )
-    from ich3d.training.checkpoints import (
-        VOLUME_STAGE_PREFERENCE,
-        best_volume_stage,
-        load_slice_model,
-        load_volume_model,
-    )
-    from ich3d.training.run_dir import open_run_dir
+    from ich3d.runs.checkpoints import best_volume_stage, load_slice_model, load_volume_model
+    from ich3d.runs.run_dir import open_run_dir
+    from ich3d.stages import volume_stages
 
     run = open_run_dir(run_dir)
     config = run.load_config()
@@ -130,7 +129,7 @@ def predict_run(
     out_dir = Path(out) if out is not None else run.path / "predict" / input.resolve().name
     dev = resolve_device(device)
 
-    has_volume = any(run.best_ckpt(s).is_file() for s in VOLUME_STAGE_PREFERENCE)
+    has_volume = any(run.best_ckpt(s.name).is_file() for s in volume_stages())
     has_slice = run.best_ckpt("slice").is_file()
     if stage is not None and not run.best_ckpt(stage).is_file():
         raise UserError(f"{run.path} has no {stage}/best.ckpt")

@@ -2,8 +2,9 @@
 
 Usage::
 
-    ich3d train CONFIG [--stage slice|sequence|finetune|all|direct] [--run-id ID] [key=value ...]
+    ich3d train CONFIG [--stage all|STAGE] [--run-id ID] [key=value ...]
     ich3d train --resume RUN_DIR [--stage ...] [key=value ...]
+    ich3d train --list-stages
 
 Prints the run directory at the start and the end, and the best validation AUC of
 every finished stage. Config errors (unknown key, wrong type, missing data) print one
@@ -17,8 +18,6 @@ import os
 import sys
 
 __all__ = ["add_parser", "run"]
-
-_STAGE_CHOICES = ("all", "slice", "sequence", "finetune", "direct")
 
 
 class _IntermixedParser(argparse.ArgumentParser):
@@ -37,13 +36,19 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ich3d.stages import all_stages, chain
+
+    names = [s.name for s in all_stages()]
+    chained = [s.name for s in chain()]
+    others = [n for n in names if n not in chained]
     p = subparsers.add_parser(
         "train",
         help="train the stages (slice CNN, frozen-CNN BiLSTM, end-to-end) of an experiment",
         description=(
-            "Train an experiment described by a YAML config. --stage all runs slice, "
-            "sequence and finetune in order in one run directory "
-            "(<run.root>/<experiment>/<run-id>/); direct is the end-to-end ablation. "
+            f"Train an experiment described by a YAML config. --stage all runs {', '.join(chained)} "
+            "in order in one run directory (<run.root>/<experiment>/<run-id>/)"
+            + (f"; also: {', '.join(others)}" if others else "")
+            + " (--list-stages describes them). "
             "Overrides use dotted keys, e.g. stages.slice.lr=3e-4 trainer.devices=2. "
             "Relative paths are resolved against the current directory."
         ),
@@ -51,7 +56,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.__class__ = _IntermixedParser
     p.add_argument("config", nargs="?", help="experiment YAML (optional with --resume)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.add_argument("--stage", choices=_STAGE_CHOICES, default="all", help="stage(s) to run (default all)")
+    p.add_argument("--stage", choices=["all", *names], default="all", help="stage(s) to run (default all)")
+    p.add_argument(
+        "--list-stages",
+        action="store_true",
+        help="print the declared stages (name, kind, starts from, in the 'all' chain, description) "
+        "as tab-separated lines and exit; slurm/submit.sh reads the chain from it",
+    )
     p.add_argument("--run-id", default=None, help="run id (default: UTC timestamp + random suffix)")
     p.add_argument(
         "--resume",
@@ -72,10 +83,24 @@ def _format_auc(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "n/a"
 
 
+def _list_stages() -> int:
+    from ich3d.stages import all_stages
+
+    print("name\tkind\tstarts_from\tloads\tfrozen_encoder\tin_chain\tdescription")
+    for s in all_stages():
+        print(
+            f"{s.name}\t{s.kind}\t{s.starts_from or '-'}\t{s.loads or '-'}\t"
+            f"{'yes' if s.freeze_encoder else 'no'}\t{'yes' if s.in_chain else 'no'}\t{s.description}"
+        )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.list_stages:
+        return _list_stages()
     from ich3d.config import load_config
     from ich3d.errors import UserError
-    from ich3d.training.run_dir import global_rank_from_env, open_run_dir
+    from ich3d.runs.run_dir import global_rank_from_env, open_run_dir
 
     overrides = list(args.overrides)
     config_path = args.config
@@ -95,13 +120,13 @@ def run(args: argparse.Namespace) -> int:
     if args.print_run_dir:
         from pathlib import Path
 
-        from ich3d.training.run_dir import resolve_run_id
+        from ich3d.runs.run_dir import resolve_run_id
 
         run_id = Path(args.resume).name if args.resume else resolve_run_id(args.run_id)
         print(Path(args.resume).resolve() if args.resume else Path(config.run.root) / config.experiment / run_id)
         return 0
 
-    from ich3d.training.stages import train  # heavy imports after the config is valid
+    from ich3d.training.runner import train  # heavy imports after the config is valid
 
     chatty = global_rank_from_env() == 0
 
@@ -114,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if chatty:
         print(f"ich3d: run directory {run_dir.path}")
-        for stage in ("slice", "sequence", "finetune", "direct"):
+        from ich3d.stages import stage_names
+
+        for stage in stage_names():
             result = run_dir.read_result(stage)
             if result is not None:
                 print(

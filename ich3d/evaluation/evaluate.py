@@ -32,12 +32,10 @@ import pandas as pd
 
 from ich3d.errors import UserError
 
-__all__ = ["EVAL_STAGES", "SLICE_METHODS", "EvaluationResult", "available_stages", "evaluate_run"]
+__all__ = ["SLICE_METHODS", "EvaluationResult", "available_stages", "evaluate_run"]
 
 log = logging.getLogger(__name__)
 
-#: Stages ``--stages`` accepts; ``slice`` stands for the max / p95 / svm baselines.
-EVAL_STAGES: tuple[str, ...] = ("slice", "sequence", "finetune", "direct")
 #: The baselines computed from the stage-1 CNN.
 SLICE_METHODS: tuple[str, ...] = ("max", "p95", "svm")
 
@@ -60,8 +58,10 @@ class EvaluationResult:
 
 
 def available_stages(run: Any) -> list[str]:
-    """Stages of :data:`EVAL_STAGES` whose ``best.ckpt`` exists in the run."""
-    return [s for s in EVAL_STAGES if run.best_ckpt(s).is_file()]
+    """Declared stages whose ``best.ckpt`` exists in the run."""
+    from ich3d.stages import stage_names
+
+    return [s for s in stage_names() if run.best_ckpt(s).is_file()]
 
 
 def _frame(table: pd.DataFrame) -> pd.DataFrame:
@@ -91,7 +91,7 @@ def evaluate_run(
     Args:
         run_dir: the run directory (``runs/<experiment>/<run-id>``).
         out: output folder; default ``RUN_DIR/evaluation``.
-        stages: subset of :data:`EVAL_STAGES` to evaluate; default all that exist.
+        stages: declared stages to evaluate; default all that exist.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``.
         progress: progress bars (default True).
         tracking: log to W&B when the run's config has tracking on (default True).
@@ -111,8 +111,8 @@ def evaluate_run(
         resolve_device,
     )
     from ich3d.evaluation.report import METHOD_ORDER, build_report, log_to_wandb, slice_level_auc
-    from ich3d.training.checkpoints import load_slice_model, load_volume_model
-    from ich3d.training.run_dir import global_rank_from_env, open_run_dir
+    from ich3d.runs.checkpoints import load_slice_model, load_volume_model
+    from ich3d.runs.run_dir import global_rank_from_env, open_run_dir
 
     run = open_run_dir(run_dir)
     config = run.load_config()
@@ -120,10 +120,13 @@ def evaluate_run(
     split = ev.split
     if split not in ("train", "val", "test"):
         raise UserError(f"evaluation.split must be train, val or test, got {split!r}")
-    requested = list(EVAL_STAGES) if not stages else list(dict.fromkeys(stages))
-    unknown = [s for s in requested if s not in EVAL_STAGES]
+    from ich3d.stages import stage_names
+
+    eval_stages = stage_names()
+    requested = list(eval_stages) if not stages else list(dict.fromkeys(stages))
+    unknown = [s for s in requested if s not in eval_stages]
     if unknown:
-        raise UserError(f"unknown stage {unknown[0]!r} for --stages; expected some of {', '.join(EVAL_STAGES)}")
+        raise UserError(f"unknown stage {unknown[0]!r} for --stages; expected some of {', '.join(eval_stages)}")
     present = available_stages(run)
     todo = [s for s in requested if s in present]
     missing: dict[str, str] = {}

@@ -407,7 +407,7 @@ def build_eval_datamodule(
         stage: ``setup`` stage: ``predict`` accepts unlabeled caches, ``test``
             requires labels.
     """
-    from ich3d.training.stages import build_volume_datamodule
+    from ich3d.training.runner import build_volume_datamodule
 
     bs = int(batch_size or config.evaluation.batch_size)
     pool = int(depth_pool or config.data.depth_pool)

@@ -228,11 +228,13 @@ class _BinaryModule(pl.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ich3d"] = {
-            "val_auc": float(self.last_val_auc),
-            "epoch": int(self.current_epoch),
-            "global_step": int(self.global_step),
-        }
+        checkpoint.setdefault("ich3d", {}).update(  # callbacks (the pinned inputs) wrote first
+            {
+                "val_auc": float(self.last_val_auc),
+                "epoch": int(self.current_epoch),
+                "global_step": int(self.global_step),
+            }
+        )
 
 
 class SliceModule(_BinaryModule):

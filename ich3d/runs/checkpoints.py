@@ -24,10 +24,10 @@ import torch
 
 from ich3d.config import Config
 from ich3d.errors import UserError
-from ich3d.training.run_dir import RunDir, open_run_dir
+from ich3d.runs.run_dir import RunDir, open_run_dir
+from ich3d.stages import get_stage, volume_stages
 
 __all__ = [
-    "VOLUME_STAGE_PREFERENCE",
     "load_checkpoint",
     "sub_state_dict",
     "load_volume_model",
@@ -36,10 +36,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Volume stages, best first: the model ``predict``/``evaluate`` use by default.
-VOLUME_STAGE_PREFERENCE: tuple[str, ...] = ("finetune", "sequence", "direct")
-
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a Lightning checkpoint on CPU with ``weights_only=True``.
@@ -72,18 +68,21 @@ def _run(run_dir: str | Path | RunDir) -> RunDir:
 
 
 def best_volume_stage(run_dir: str | Path | RunDir) -> str:
-    """The most advanced volume stage with a ``best.ckpt``: finetune > sequence > direct.
+    """The preferred volume stage with a ``best.ckpt`` (built in: finetune > sequence > direct).
+
+    The order is the stages' declared ``preference`` (:func:`ich3d.stages.volume_stages`).
 
     Raises:
         UserError: no volume stage has a checkpoint.
     """
     run = _run(run_dir)
-    for stage in VOLUME_STAGE_PREFERENCE:
+    names = [s.name for s in volume_stages()]
+    for stage in names:
         if run.best_ckpt(stage).is_file():
             return stage
     raise UserError(
         f"{run.path} has no volume model yet (no best.ckpt in "
-        f"{', '.join(VOLUME_STAGE_PREFERENCE)}); train --stage sequence/finetune/direct first"
+        f"{', '.join(names)}); train --stage {'/'.join(names)} first"
     )
 
 
@@ -94,8 +93,8 @@ def load_volume_model(
 
     Args:
         run_dir: a run directory (``runs/<experiment>/<run-id>``).
-        stage: ``finetune``, ``sequence`` or ``direct``; default the best available
-            (:func:`best_volume_stage`).
+        stage: a volume stage (``finetune``, ``sequence``, ``direct`` ...); default the
+            best available (:func:`best_volume_stage`).
 
     Returns:
         ``(VolumeClassifier, Config)``; the model maps ``(B, T, C, H, W), (B,)`` to
@@ -106,8 +105,9 @@ def load_volume_model(
     run = _run(run_dir)
     config = run.load_config()
     stage = stage or best_volume_stage(run)
-    if stage not in VOLUME_STAGE_PREFERENCE:
-        raise UserError(f"{stage!r} is not a volume stage; expected one of {', '.join(VOLUME_STAGE_PREFERENCE)}")
+    if not get_stage(stage).is_volume:
+        names = ", ".join(s.name for s in volume_stages())
+        raise UserError(f"{stage!r} is not a volume stage; expected one of {names}")
     ckpt = load_checkpoint(run.best_ckpt(stage))
     spec = ckpt["hyper_parameters"]["model"]
     model = build_volume_model(dict(spec["encoder"]), dict(spec["head"]), slice_chunk=spec.get("slice_chunk"))
@@ -117,8 +117,8 @@ def load_volume_model(
     return model, config
 
 
-def load_slice_model(run_dir: str | Path | RunDir) -> torch.nn.Module:
-    """The stage-1 slice classifier of a run (``slice/best.ckpt``), eval mode, CPU.
+def load_slice_model(run_dir: str | Path | RunDir, stage: str = "slice") -> torch.nn.Module:
+    """The slice classifier of a run (``<stage>/best.ckpt``, default stage 1), eval mode, CPU.
 
     Returns:
         ``SliceClassifier``: ``(N, C, H, W) -> (N,)`` logits; ``.encoder`` gives the
@@ -127,7 +127,9 @@ def load_slice_model(run_dir: str | Path | RunDir) -> torch.nn.Module:
     from ich3d.models.volume import build_slice_classifier
 
     run = _run(run_dir)
-    ckpt = load_checkpoint(run.best_ckpt("slice"))
+    if get_stage(stage).is_volume:
+        raise UserError(f"{stage!r} is a volume stage, not a slice classifier")
+    ckpt = load_checkpoint(run.best_ckpt(stage))
     spec = ckpt["hyper_parameters"]["model"]
     model = build_slice_classifier(dict(spec["encoder"]))
     model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))

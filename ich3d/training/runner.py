@@ -1,23 +1,20 @@
-"""The training stages: build model, data and trainer per stage, chain them in a run directory.
+"""Training: build model, data and trainer of a declared stage, run stages in a run directory.
 
-Stages (``METHOD.md`` section 1):
+The stages themselves are declared in :mod:`ich3d.stages` (one file each: name,
+slice or volume, the stage it starts from and what it loads, a frozen encoder,
+its default optimisation); this module reads those declarations and never
+names a stage. Built in (``METHOD.md`` section 1): ``slice`` (stage 1),
+``sequence`` (stage 2, frozen CNN), ``finetune`` (stage 3) and ``direct`` (the
+ablation); ``ich3d train --list-stages`` prints them.
 
-``slice``
-    Slice encoder + one logit on slice labels (Adam 1e-4, batch 25, BCE); the
-    validation slice AUC selects ``slice/best.ckpt``.
-``sequence``
-    Encoder initialised from ``slice/best.ckpt`` and frozen (no gradients, not in
-    the optimizer, eval mode) + sequence head (RMSprop 1e-3, one volume per batch,
-    balanced volumes, BCE); the validation volume AUC selects ``sequence/best.ckpt``.
-``finetune``
-    The whole ``sequence/best.ckpt`` model trainable (RMSprop 1e-4).
-``direct``
-    Ablation: the same volume model trained end to end from random initialisation.
+``all`` runs the chain (the stages declared ``in_chain``) in order; each later
+stage finds its starting checkpoint in the run directory. Resuming continues a
+stage from its ``last.ckpt`` through ``Trainer.fit(ckpt_path=..., weights_only=True)``
+(global step, epoch, optimizer and callback states continue).
 
-``all`` runs ``slice``, ``sequence`` and ``finetune`` in order; each later stage finds
-its starting checkpoint in the run directory. Resuming continues a stage from its
-``last.ckpt`` through ``Trainer.fit(ckpt_path=..., weights_only=True)`` (global step,
-epoch, optimizer and callback states continue).
+Every checkpoint records the inputs it was trained on
+(:mod:`ich3d.runs.inputs`); a stage that starts from another refuses a
+checkpoint trained on other inputs before anything is written.
 
 Public API::
 
@@ -40,13 +37,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ich3d.config import STAGES, Config, StageConfig, resolve_precision
+from ich3d.config import Config, StageConfig, resolve_precision
 from ich3d.errors import UserError
-from ich3d.training.run_dir import RunDir
+from ich3d.runs.run_dir import RunDir
+from ich3d.stages import Stage, chain, get_stage, stage_names
 
 __all__ = [
-    "CHAIN",
-    "PREVIOUS",
     "model_spec",
     "optimizer_spec",
     "build_module",
@@ -64,12 +60,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: What ``--stage all`` runs, in order.
-CHAIN: tuple[str, ...] = ("slice", "sequence", "finetune")
-#: The stage whose ``best.ckpt`` a stage starts from.
-PREVIOUS: dict[str, str] = {"sequence": "slice", "finetune": "sequence"}
-
 
 _NOISE = (
     r".*module\(s\) in eval mode.*",  # stage 2: the frozen encoder is in eval mode on purpose
@@ -138,39 +128,94 @@ def build_module(config: Config, stage: str) -> Any:
     """A freshly initialised LightningModule for ``stage`` (no weights loaded)."""
     from ich3d.training.modules import SliceModule, VolumeModule
 
-    stage_cfg = config.stages.get(stage)
+    st = get_stage(stage)
+    stage_cfg = config.stages.get(st.name)
     spec = model_spec(config)
-    if stage == "slice":
+    if not st.is_volume:
         return SliceModule(model=spec, optimizer=optimizer_spec(stage_cfg))
     return VolumeModule(
-        model=spec, optimizer=optimizer_spec(stage_cfg), freeze_encoder=stage == "sequence"
+        model=spec, optimizer=optimizer_spec(stage_cfg), freeze_encoder=st.freeze_encoder
     )
 
 
-def _init_from_previous(module: Any, run: RunDir, stage: str) -> None:
-    """Load the starting weights of ``stage`` from the previous stage's ``best.ckpt``."""
-    from ich3d.training.checkpoints import load_checkpoint, sub_state_dict
+def _starting_checkpoint(config: Config, run: RunDir, st: Stage) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint ``st`` starts from, checked against the config's model and inputs.
 
-    prev = PREVIOUS[stage]
-    path = run.best_ckpt(prev)
+    Raises:
+        UserError: the checkpoint is missing, or was trained with another encoder /
+            model or on other inputs (windows, depth pool, size, label, cache, split).
+    """
+    from ich3d.runs.checkpoints import load_checkpoint
+    from ich3d.runs.inputs import check_inputs, input_signature, recorded_inputs
+
+    assert st.starts_from is not None
+    path = run.best_ckpt(st.starts_from)
     if not path.is_file():
         raise UserError(
-            f"stage {stage!r} starts from {prev}/best.ckpt, which {run.path} does not have; "
-            f"run --stage {prev} (or --stage all) first"
+            f"stage {st.name!r} starts from {st.starts_from}/best.ckpt, which {run.path} does not have; "
+            f"run --stage {st.starts_from} (or --stage all) first"
         )
     ckpt = load_checkpoint(path)
     prev_spec = ckpt.get("hyper_parameters", {}).get("model", {})
-    spec = module.hparams["model"]
-    if stage == "sequence":
-        if prev_spec.get("encoder") != spec["encoder"]:
-            raise UserError(
-                f"{path} was trained with encoder {prev_spec.get('encoder')} but the config "
-                f"asks for {spec['encoder']}"
-            )
+    spec = model_spec(config)
+    if st.loads == "encoder" and prev_spec.get("encoder") != spec["encoder"]:
+        raise UserError(
+            f"{path} was trained with encoder {prev_spec.get('encoder')} but the config "
+            f"asks for {spec['encoder']}"
+        )
+    if st.loads == "model" and prev_spec != spec:
+        raise UserError(f"{path} was trained with model {prev_spec} but the config asks for {spec}")
+    check_inputs(
+        recorded_inputs(ckpt),
+        input_signature(config.data),
+        what=f"{st.starts_from}/best.ckpt (which stage {st.name} starts from)",
+    )
+    return path, ckpt
+
+
+def _check_resume_inputs(config: Config, ckpt_path: str | Path, stage: str) -> None:
+    """A resumed stage continues on the inputs its checkpoint was trained on."""
+    from ich3d.runs.checkpoints import load_checkpoint
+    from ich3d.runs.inputs import check_inputs, input_signature, recorded_inputs
+
+    check_inputs(
+        recorded_inputs(load_checkpoint(ckpt_path)),
+        input_signature(config.data),
+        what=f"{stage}/{Path(ckpt_path).name} (the stage being resumed)",
+    )
+
+
+def _pin_inputs_callback(config: Config) -> Any:
+    """A callback that records :func:`~ich3d.runs.inputs.input_signature` in every checkpoint.
+
+    The signature is taken in ``setup``, after the DataModule's ``setup`` wrote the
+    splits, so its cache and split hashes are those the stage trains on.
+    """
+    import pytorch_lightning as pl
+
+    from ich3d.runs.inputs import input_signature
+
+    class PinInputs(pl.Callback):
+        inputs: dict[str, Any] | None = None
+
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            self.inputs = input_signature(config.data)
+
+        def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+            checkpoint.setdefault("ich3d", {})["inputs"] = self.inputs
+
+    return PinInputs()
+
+
+def _init_from_previous(config: Config, module: Any, run: RunDir, stage: str) -> None:
+    """Load the starting weights of ``stage`` from the ``best.ckpt`` it starts from."""
+    from ich3d.runs.checkpoints import sub_state_dict
+
+    st = get_stage(stage)
+    path, ckpt = _starting_checkpoint(config, run, st)
+    if st.loads == "encoder":
         module.model.encoder.load_state_dict(sub_state_dict(ckpt["state_dict"], "model.encoder."))
     else:
-        if prev_spec != spec:
-            raise UserError(f"{path} was trained with model {prev_spec} but the config asks for {spec}")
         module.model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
     log.info("stage %s starts from %s", stage, path)
 
@@ -245,8 +290,8 @@ def build_volume_datamodule(
 
 
 def build_datamodule(config: Config, stage: str) -> Any:
-    """The DataModule a stage trains on."""
-    if stage == "slice":
+    """The DataModule a stage trains on (slice or volume, as the stage declares)."""
+    if not get_stage(stage).is_volume:
         return build_slice_datamodule(config, stage=stage)
     return build_volume_datamodule(config, stage=stage)
 
@@ -289,6 +334,7 @@ def build_trainer(config: Config, stage: str, run: RunDir, loggers: list | None 
     s = config.stages.get(stage)
     t = config.trainer
     callbacks: list[Any] = [
+        _pin_inputs_callback(config),
         ModelCheckpoint(
             dirpath=run.stage_dir(stage),
             filename="best",
@@ -348,18 +394,18 @@ def build_trainer(config: Config, stage: str, run: RunDir, loggers: list | None 
 def plan_stages(stage: str, run: RunDir | None = None, resume: bool = False) -> list[str]:
     """The stages to run for ``--stage`` (``all`` = the chain; on resume, the unfinished part)."""
     if stage == "all":
-        stages = list(CHAIN)
+        stages = [s.name for s in chain()]
         if resume and run is not None:
             stages = [s for s in stages if not run.is_done(s)]
         return stages
-    if stage not in STAGES:
-        raise UserError(f"unknown stage {stage!r}; expected all or one of {', '.join(STAGES)}")
+    if stage not in stage_names():
+        raise UserError(f"unknown stage {stage!r}; expected all or one of {', '.join(stage_names())}")
     return [stage]
 
 
 def stage_result(run: RunDir, stage: str, seconds: float | None = None) -> dict[str, Any]:
     """Summary of a stage read from its checkpoints (works whatever process trained it)."""
-    from ich3d.training.checkpoints import load_checkpoint
+    from ich3d.runs.checkpoints import load_checkpoint
 
     best = load_checkpoint(run.best_ckpt(stage)) if run.best_ckpt(stage).is_file() else None
     last = load_checkpoint(run.last_ckpt(stage)) if run.last_ckpt(stage).is_file() else None
@@ -380,12 +426,12 @@ def stage_result(run: RunDir, stage: str, seconds: float | None = None) -> dict[
 
 def _set_aside_metrics(stage_dir: Path, ckpt_path: str | None) -> Path | None:
     """On resume, move ``metrics.csv`` aside (Lightning's CSV logger would delete it)."""
-    from ich3d.training.run_dir import global_rank_from_env
+    from ich3d.runs.run_dir import global_rank_from_env
 
     metrics = stage_dir / "metrics.csv"
     if ckpt_path is None or not metrics.is_file() or global_rank_from_env() != 0:
         return None
-    from ich3d.training.checkpoints import load_checkpoint
+    from ich3d.runs.checkpoints import load_checkpoint
 
     kept = stage_dir / "metrics.before-resume.csv"
     metrics.replace(kept)
@@ -418,7 +464,7 @@ def run_stage(config: Config, run: RunDir, stage: str, *, resume: bool = False) 
     Args:
         config: the experiment config.
         run: the run directory.
-        stage: one of :data:`~ich3d.config.STAGES`.
+        stage: a declared stage (:mod:`ich3d.stages`).
         resume: continue from ``<stage>/last.ckpt`` when it exists.
 
     Raises:
@@ -427,6 +473,8 @@ def run_stage(config: Config, run: RunDir, stage: str, *, resume: bool = False) 
     """
     import pytorch_lightning as pl
 
+    from ich3d.config import dump_config
+    from ich3d.runs.run_dir import global_rank_from_env
     from ich3d.tracking.loggers import build_loggers, finish_loggers, log_config
 
     quiet_lightning()
@@ -440,10 +488,14 @@ def run_stage(config: Config, run: RunDir, stage: str, *, resume: bool = False) 
         )
     pl.seed_everything(config.seed, workers=True, verbose=False)
     module = build_module(config, stage)
-    if ckpt_path is None and stage in PREVIOUS:
-        _init_from_previous(module, run, stage)
+    if ckpt_path is None and get_stage(stage).starts_from is not None:
+        _init_from_previous(config, module, run, stage)
+    elif ckpt_path is not None:
+        _check_resume_inputs(config, ckpt_path, stage)
     datamodule = build_datamodule(config, stage)
     stage_dir.mkdir(parents=True, exist_ok=True)
+    if global_rank_from_env() == 0:  # the config this stage trained with (the run's may change later)
+        dump_config(config, stage_dir / "config.yaml")
     previous_metrics = _set_aside_metrics(stage_dir, ckpt_path)
     loggers = build_loggers(config, run.path, stage)
     log_config(loggers, config)
@@ -486,7 +538,7 @@ def train(
 
     Args:
         config: the experiment config (for a resume, the run's config plus overrides).
-        stage: ``all`` or one of :data:`~ich3d.config.STAGES`.
+        stage: ``all`` or a declared stage (:mod:`ich3d.stages`).
         run_id: run id (default: a new one); an existing run id is reused, which lets
             ``--stage sequence --run-id X`` continue run X after its slice stage.
         resume_dir: continue this run directory (interrupted stage from ``last.ckpt``,
@@ -496,7 +548,7 @@ def train(
     Returns:
         ``(run, {stage: result})`` for the stages run now.
     """
-    from ich3d.training.run_dir import (
+    from ich3d.runs.run_dir import (
         attach_log_file,
         create_run_dir,
         detach_log_file,
@@ -513,13 +565,18 @@ def train(
     check_data_paths(config)
     check_model(config)
     if stages:
-        first = stages[0]
-        starts_fresh = not (resume and run is not None and run.last_ckpt(first).is_file())
-        if first in PREVIOUS and starts_fresh and (run is None or not run.best_ckpt(PREVIOUS[first]).is_file()):
-            raise UserError(
-                f"stage {first!r} starts from {PREVIOUS[first]}/best.ckpt of an existing run: "
-                f"pass --run-id of that run or --resume RUN_DIR (or train --stage all)"
-            )
+        first = get_stage(stages[0])
+        starts_fresh = not (resume and run is not None and run.last_ckpt(first.name).is_file())
+        if first.starts_from is not None and starts_fresh:
+            if run is None or not run.best_ckpt(first.starts_from).is_file():
+                raise UserError(
+                    f"stage {first.name!r} starts from {first.starts_from}/best.ckpt of an existing run: "
+                    f"pass --run-id of that run or --resume RUN_DIR (or train --stage all)"
+                )
+            _starting_checkpoint(config, run, first)  # model and inputs agree: before any write
+        elif not starts_fresh:
+            assert run is not None
+            _check_resume_inputs(config, run.last_ckpt(first.name), first.name)
         if not resume and run is not None:
             for s in stages:
                 if run.last_ckpt(s).is_file() or run.best_ckpt(s).is_file():

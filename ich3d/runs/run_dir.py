@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ich3d.config import STAGES, Config, dump_config, load_config
+from ich3d.config import Config, dump_config, load_config
 from ich3d.errors import UserError
 
 __all__ = [
@@ -64,9 +64,9 @@ class RunDir:
         return self.path / "train.log"
 
     def stage_dir(self, stage: str) -> Path:
-        if stage not in STAGES:
-            raise UserError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-        return self.path / stage
+        from ich3d.stages import get_stage
+
+        return self.path / get_stage(stage).name
 
     def best_ckpt(self, stage: str) -> Path:
         return self.stage_dir(stage) / "best.ckpt"
