@@ -9,8 +9,8 @@ import pytest
 from _train_helpers import make_cache, run_cli, tiny_raw_config, write_config
 
 from ich3d.config import config_from_dict
-from ich3d.tracking.loggers import read_offline_run, scrub_config, scrub_value
 from ich3d.runs.run_dir import open_run_dir
+from ich3d.tracking.loggers import read_offline_run, scrub_config, scrub_value
 
 
 def test_scrub_config_hashes_paths_and_redacts_identifiers(tmp_path):

@@ -17,8 +17,8 @@ from ich3d.runs.checkpoints import (
     load_volume_model,
     sub_state_dict,
 )
-from ich3d.training.modules import VolumeModule, gather_unique
 from ich3d.runs.run_dir import open_run_dir
+from ich3d.training.modules import VolumeModule, gather_unique
 from ich3d.training.runner import build_module, build_volume_datamodule, model_spec
 
 
