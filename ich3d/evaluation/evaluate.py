@@ -232,7 +232,8 @@ def evaluate_run(
         slice_table.to_csv(out_dir / "slice_predictions.csv", index=False)
 
     assert test_df is not None and val_df is not None
-    methods = [m for m in METHOD_ORDER if m in test_df.columns]
+    scored = [c for c in test_df.columns if c not in ("key", "label")]
+    methods = [m for m in METHOD_ORDER if m in scored] + [m for m in scored if m not in METHOD_ORDER]
     extra["load_seconds_per_volume"] = load_seconds
     extra["seconds_total"] = round(time.perf_counter() - t_start, 3)
     report = build_report(

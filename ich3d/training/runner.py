@@ -35,12 +35,17 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ich3d.config import Config, StageConfig, resolve_precision
 from ich3d.errors import UserError
 from ich3d.runs.run_dir import RunDir
 from ich3d.stages import Stage, chain, get_stage, stage_names
+
+if TYPE_CHECKING:  # heavy imports stay lazy at run time
+    import pytorch_lightning as pl
+
+    from ich3d.training.modules import SliceModule, VolumeModule
 
 __all__ = [
     "model_spec",
@@ -124,7 +129,7 @@ def check_model(config: Config) -> None:
     build_volume_model(dict(spec["encoder"]), dict(spec["head"]), slice_chunk=spec["slice_chunk"])
 
 
-def build_module(config: Config, stage: str) -> Any:
+def build_module(config: Config, stage: str) -> SliceModule | VolumeModule:
     """A freshly initialised LightningModule for ``stage`` (no weights loaded)."""
     from ich3d.training.modules import SliceModule, VolumeModule
 
@@ -326,7 +331,7 @@ def check_data_paths(config: Config) -> None:
 # --------------------------------------------------------------------------- trainer
 
 
-def build_trainer(config: Config, stage: str, run: RunDir, loggers: list | None = None) -> Any:
+def build_trainer(config: Config, stage: str, run: RunDir, loggers: list | None = None) -> pl.Trainer:
     """The Lightning ``Trainer`` of one stage (checkpoints, early stopping, LR monitor)."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
