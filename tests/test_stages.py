@@ -169,3 +169,14 @@ def test_check_inputs_compares_only_what_both_sides_know():
     check_inputs(rec, {**rec, "cache": "c" * 16}, what="x", keys=["windows", "depth_pool"])
     with pytest.raises(UserError, match=r"x was trained on other inputs \(cache: trained on 'aaaa"):
         check_inputs(rec, {**rec, "cache": "c" * 16}, what="x")
+
+
+def test_resume_refuses_other_inputs(slice_run, capsys):
+    cfg, run = slice_run
+    config_before = run.config_path.read_text()
+    code = run_cli("train", "--resume", str(run.path), "--stage", "slice", "data.windows=[brain]")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "slice/last.ckpt (the stage being resumed) was trained on other inputs" in err
+    assert "windows: trained on ['brain', 'subdural', 'bone'], now ['brain']" in err
+    assert run.config_path.read_text() == config_before
