@@ -1,0 +1,132 @@
+"""The inputs a model was trained on, pinned in every checkpoint and checked on reuse.
+
+A checkpoint's weights only mean something for the inputs they were trained on:
+the HU windows stacked as channels, the depth max-filter of the volume models,
+the in-plane size, the label learnt, the ingest cache and the patient split. Every
+checkpoint records them (``checkpoint["ich3d"]["inputs"]``, see
+:func:`input_signature`); a stage that starts from another stage's checkpoint, a
+resumed stage and ``ich3d evaluate`` compare them with what the config asks for
+now and refuse a difference (:func:`check_inputs`), so a stage-2 model can no
+longer be trained on a stage-1 CNN that saw other windows, nor a run be scored
+with baselines computed on other inputs.
+
+The cache and split entries are short hashes (never identifiers): of the
+ingest's parameters and input fingerprint (``ingest.json``), and of the patient
+lists of ``splits.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ich3d.errors import UserError
+
+__all__ = [
+    "MODEL_INPUTS",
+    "input_signature",
+    "check_inputs",
+    "recorded_inputs",
+    "most_common_size",
+]
+
+#: The entries that describe what a network sees (as opposed to which data it saw).
+MODEL_INPUTS: tuple[str, ...] = ("windows", "depth_pool", "image_size", "label")
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def most_common_size(cache_dir: str | Path) -> list[int] | None:
+    """The most common in-plane ``[H, W]`` of a cache's volumes (what the data modules pad to)."""
+    import pandas as pd
+
+    path = Path(cache_dir) / "volumes.csv"
+    if not path.is_file():
+        return None
+    vols = pd.read_csv(path, usecols=["height", "width"])
+    if len(vols) == 0:
+        return None
+    sizes = vols.groupby(["height", "width"]).size().sort_values(ascending=False, kind="stable")
+    return [int(v) for v in sizes.index[0]]
+
+
+def input_signature(data: Any, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """The inputs of a model trained with the ``data`` config section.
+
+    Args:
+        data: a :class:`~ich3d.config.DataConfig`.
+        cache_dir: the cache (default ``data.cache_dir``).
+
+    Returns:
+        ``{"windows", "depth_pool", "image_size", "label", "cache", "splits"}``; ``cache``
+        and ``splits`` are ``None`` when the cache's ``ingest.json`` or the splits file
+        does not exist yet.
+    """
+    cache = Path(cache_dir if cache_dir is not None else data.cache_dir)
+    ingest = cache / "ingest.json"
+    cache_hash = None
+    if ingest.is_file():
+        record = json.loads(ingest.read_text())
+        cache_hash = _digest({"parameters": record.get("parameters"), "input": record.get("input")})
+    splits_path = Path(data.splits_file) if data.splits_file else cache / "splits.json"
+    splits_hash = None
+    if splits_path.is_file():
+        raw = json.loads(splits_path.read_text())
+        splits_hash = _digest({k: sorted(map(str, raw.get(k, []))) for k in ("train", "val", "test")})
+    return {
+        "windows": list(data.windows),
+        "depth_pool": int(data.depth_pool),
+        "image_size": most_common_size(cache),
+        "label": data.label,
+        "cache": cache_hash,
+        "splits": splits_hash,
+    }
+
+
+def recorded_inputs(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The inputs a checkpoint recorded (``None`` for checkpoints older than the pinning)."""
+    inputs = (checkpoint.get("ich3d") or {}).get("inputs")
+    return dict(inputs) if isinstance(inputs, Mapping) else None
+
+
+def check_inputs(
+    recorded: Mapping[str, Any] | None,
+    current: Mapping[str, Any],
+    *,
+    what: str,
+    keys: Iterable[str] | None = None,
+) -> None:
+    """Refuse a difference between the inputs a checkpoint was trained on and ``current``.
+
+    Args:
+        recorded: :func:`recorded_inputs` of the checkpoint; ``None`` (an older
+            checkpoint) passes with nothing to compare.
+        current: :func:`input_signature` of what is asked for now.
+        what: names the checkpoint and the use in the message (``"slice/best.ckpt,
+            which stage sequence starts from"``).
+        keys: the entries to compare (default all); entries missing on either side
+            are not compared.
+
+    Raises:
+        UserError: one line per differing entry, recorded vs now.
+    """
+    if recorded is None:
+        return
+    names = list(keys) if keys is not None else list(current)
+    diffs = []
+    for k in names:
+        a, b = recorded.get(k), current.get(k)
+        if a is None or b is None:
+            continue
+        if a != b:
+            diffs.append(f"{k}: trained on {a!r}, now {b!r}")
+    if diffs:
+        raise UserError(
+            f"{what} was trained on other inputs ({'; '.join(diffs)}); use the settings it was "
+            "trained with, or train it again"
+        )
