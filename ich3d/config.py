@@ -26,7 +26,8 @@ Schema (section: keys)::
     stages:     one section per declared stage (``ich3d train --list-stages``: slice,
                 sequence, finetune, direct built in), each with optimizer, lr, weight_decay, momentum, batch_size, samples_per_epoch,
                 max_epochs, early_stopping_patience, augment, precision,
-                gradient_clip_val, accumulate_grad_batches
+                gradient_clip_val, accumulate_grad_batches, cached_features, feature_views,
+                gradient_checkpointing
     trainer:    accelerator, devices, strategy, num_nodes, precision, deterministic,
                 benchmark, log_every_n_steps, enable_progress_bar, num_sanity_val_steps,
                 limit_train_batches, limit_val_batches
@@ -487,6 +488,8 @@ def _check(config: Config) -> Config:
             raise UserError(f"config key '{where}.max_epochs' must be >= 1, got {s.max_epochs}")
         if s.samples_per_epoch is not None and s.samples_per_epoch < 1:
             raise UserError(f"config key '{where}.samples_per_epoch' must be >= 1 or null, got {s.samples_per_epoch}")
+        if s.feature_views < 1:
+            raise UserError(f"config key '{where}.feature_views' must be >= 1, got {s.feature_views}")
         if s.early_stopping_patience is not None and s.early_stopping_patience < 1:
             raise UserError(f"config key '{where}.early_stopping_patience' must be >= 1 or null")
     if config.model.slice_chunk is not None and config.model.slice_chunk < 1:

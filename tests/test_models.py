@@ -600,3 +600,54 @@ def test_frozen_batchnorm_encoder_keeps_statistics_in_volume_model() -> None:
     model(vols, lengths).sum().backward()
     assert torch.equal(enc.features[1].running_mean, moved)
     assert all(p.grad is None for p in enc.parameters())
+
+
+def test_slice_scores_are_float32_under_bf16_autocast():
+    """bf16 autocast (CUDA in production, emulated on the CPU here) must not tie the slice scores."""
+    from ich3d.models.volume import build_slice_classifier
+
+    torch.manual_seed(0)
+    model = build_slice_classifier({"name": "patel_cnn", "in_channels": 3, "width": 4, "feature_dim": 32}).eval()
+    x = torch.rand(400, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+        feats = model.encoder(x)
+        tied = model.classifier(feats.bfloat16()).squeeze(-1)  # what a bf16 last layer gives
+    with torch.no_grad():
+        exact = model(x)
+    assert logits.dtype == torch.float32 and feats.dtype == torch.float32
+    probs = torch.sigmoid(logits.double())
+    assert len(torch.unique(probs)) == 400  # no ties
+    assert len(torch.unique(torch.sigmoid(tied.double()))) < 200  # the ties the fp32 layer avoids
+    # the bf16 convolutions move the scores a little, not the ranking
+    assert torch.corrcoef(torch.stack([logits, exact]))[0, 1] > 0.99
+
+
+# slice_chunk None: checkpointing chunks by 8 slices, so only dropout-free outputs can match
+@pytest.mark.parametrize("slice_chunk,dropout", [(None, 0.0), (3, 0.3)])
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(slice_chunk, dropout):
+    from ich3d.models.volume import build_volume_model
+
+    def build(ckpt: bool):
+        torch.manual_seed(0)
+        return build_volume_model(
+            {"name": "patel_cnn", "in_channels": 3, "width": 4, "feature_dim": 16, "dropout": dropout},
+            {"name": "bilstm", "hidden": 8},
+            slice_chunk=slice_chunk,
+            checkpoint_chunks=ckpt,
+        ).train()
+
+    x = torch.rand(2, 11, 3, 32, 32)
+    lengths = torch.tensor([11, 7])
+    grads, outs = [], []
+    for ckpt in (False, True):
+        model = build(ckpt)
+        torch.manual_seed(1)  # the same dropout masks (checkpointing replays the RNG state)
+        out = model(x, lengths)
+        out.sum().backward()
+        outs.append(out.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-6)
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6, msg=n)

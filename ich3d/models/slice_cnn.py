@@ -148,7 +148,10 @@ class PatelSliceCNN(nn.Module):
             )
         for unit in self.units:
             x = unit(x)
-        return self.dense(x)
+        # the dense layers (cheap) in float32 even under bf16 autocast: bf16 features would
+        # quantise every score computed from them (the slice probabilities, the SVM's input)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.dense(x.float())
 
     def feature_map_shapes(self, input_size: int | None = None) -> list[tuple[int, int, int]]:
         """``(channels, height, width)`` of the input and after each of the six units.
@@ -226,6 +229,14 @@ class SliceClassifier(nn.Module):
         return self.encoder(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, C, H, W) -> (N,)`` slice logits (``(N, num_outputs)`` if ``num_outputs > 1``)."""
-        logits = self.classifier(self.dropout(self.encoder(x)))
+        """``(N, C, H, W) -> (N,)`` slice logits (``(N, num_outputs)`` if ``num_outputs > 1``).
+
+        The classification layer runs in float32 with autocast off, so under bf16
+        autocast (CUDA) the logits, the probabilities and every AUC, percentile and
+        model selection computed from them are not quantised to bf16's 8-bit
+        mantissa (2,000 distinct float32 probabilities fell to 85 values).
+        """
+        feats = self.encoder(x)
+        with torch.autocast(device_type=feats.device.type, enabled=False):
+            logits = self.classifier(self.dropout(feats.float()))
         return logits.squeeze(-1) if self.num_outputs == 1 else logits

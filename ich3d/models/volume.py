@@ -30,11 +30,16 @@ from ich3d.models.sequence import check_lengths
 from ich3d.models.slice_cnn import SliceClassifier
 
 __all__ = [
+    "CHECKPOINT_CHUNK",
     "VolumeClassifier",
     "build_volume_model",
     "build_slice_classifier",
     "valid_slice_mask",
 ]
+
+
+#: Slices per checkpointed chunk when ``slice_chunk`` is None.
+CHECKPOINT_CHUNK = 8
 
 
 def valid_slice_mask(lengths: Tensor, max_len: int) -> Tensor:
@@ -53,13 +58,26 @@ class VolumeClassifier(nn.Module):
             into equal-as-possible chunks. None encodes all real slices of the
             batch in one call. Note that a batch-norm encoder in train mode
             normalises each chunk with that chunk's statistics. Default None.
+        checkpoint_chunks: Gradient checkpointing per chunk of slices while the
+            encoder trains (stage 3, ``direct``): each chunk's activations are
+            dropped after its forward pass and recomputed in the backward pass,
+            so peak activation memory grows with the chunk (``slice_chunk``, or
+            :data:`CHECKPOINT_CHUNK` slices when that is None), not with the
+            volume, for one more encoder forward pass. Outputs and gradients are
+            the same. Default False.
 
     Attributes:
         encoder, head: The two parts; ``encoder.state_dict()`` is interchangeable
             with ``SliceClassifier.encoder.state_dict()``.
     """
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, slice_chunk: int | None = None) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        head: nn.Module,
+        slice_chunk: int | None = None,
+        checkpoint_chunks: bool = False,
+    ) -> None:
         super().__init__()
         if slice_chunk is not None and slice_chunk < 1:
             raise UserError(f"slice_chunk must be >= 1 or None, got {slice_chunk}")
@@ -70,6 +88,7 @@ class VolumeClassifier(nn.Module):
         self.encoder = encoder
         self.head = head
         self.slice_chunk = slice_chunk
+        self.checkpoint_chunks = bool(checkpoint_chunks)
         self._encoder_frozen = False
 
     # ------------------------------------------------------------------ freezing
@@ -134,13 +153,24 @@ class VolumeClassifier(nn.Module):
 
     def _encode_slices(self, slices: Tensor) -> Tensor:
         total = slices.shape[0]
-        if self.slice_chunk is None or total <= self.slice_chunk:
-            return self.encoder(slices)
+        checkpointed = (
+            self.checkpoint_chunks and torch.is_grad_enabled() and not self._encoder_frozen
+        )
+        chunk = self.slice_chunk or (CHECKPOINT_CHUNK if checkpointed else None)
+        encode = self._checkpointed_encoder if checkpointed else self.encoder
+        if chunk is None or total <= chunk:
+            return encode(slices)
         # equal-as-possible chunks (7 slices, chunk 3 -> 3, 2, 2): no 1-slice remainder,
         # which a batch-norm encoder in train mode could not normalise
-        n_chunks = -(-total // self.slice_chunk)
+        n_chunks = -(-total // chunk)
         sizes = [total // n_chunks + (1 if i < total % n_chunks else 0) for i in range(n_chunks)]
-        return torch.cat([self.encoder(part) for part in torch.split(slices, sizes)], dim=0)
+        return torch.cat([encode(part) for part in torch.split(slices, sizes)], dim=0)
+
+    def _checkpointed_encoder(self, part: Tensor) -> Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        # non-reentrant: works with inputs that do not require grad, keeps RNG state (dropout)
+        return checkpoint(self.encoder, part, use_reentrant=False, preserve_rng_state=True)
 
     def forward(self, volumes: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``(B, T, C, H, W), (B,) -> (B,)`` volume logits."""
@@ -184,6 +214,7 @@ def build_volume_model(
     encoder: str | Mapping[str, Any] | nn.Module,
     head: str | Mapping[str, Any] | nn.Module,
     slice_chunk: int | None = None,
+    checkpoint_chunks: bool = False,
 ) -> VolumeClassifier:
     """Build a :class:`VolumeClassifier` from registry names or specs.
 
@@ -192,6 +223,7 @@ def build_volume_model(
         head: Registered head name or spec; ``in_features`` defaults to the
             encoder's ``out_features``.
         slice_chunk: See :class:`VolumeClassifier`. Default None.
+        checkpoint_chunks: See :class:`VolumeClassifier`. Default False.
 
     Example:
         ``build_volume_model({"name": "patel_cnn", "in_channels": 3}, {"name": "bilstm", "num_layers": 2})``
@@ -203,4 +235,4 @@ def build_volume_model(
         name, kwargs = _split_spec(head, "head")
         kwargs.setdefault("in_features", encoder.out_features)
         head = build_head(name, **kwargs)
-    return VolumeClassifier(encoder, head, slice_chunk=slice_chunk)
+    return VolumeClassifier(encoder, head, slice_chunk=slice_chunk, checkpoint_chunks=checkpoint_chunks)

@@ -60,6 +60,16 @@ class StageConfig:
         precision: overrides ``trainer.precision`` for this stage.
         gradient_clip_val: clip the gradient norm to this value; ``null`` = no clipping.
         accumulate_grad_batches: optimizer step every this many batches.
+        cached_features: for a stage with a frozen encoder, run the encoder once per
+            volume and train the head on the stored slice features
+            (:mod:`ich3d.data.features`). ``auto`` (default): on when it is exact,
+            i.e. with ``augment`` off; ``true``: also with ``augment`` on
+            (``feature_views`` fixed augmented views per training volume); ``false``:
+            the encoder runs at every step. Ignored by stages that train their encoder.
+        feature_views: augmented views cached per training volume (``augment`` on).
+        gradient_checkpointing: for a volume stage whose encoder trains, recompute
+            each chunk of slices' activations in the backward pass instead of keeping
+            them (peak memory grows with ``model.slice_chunk``, not the volume).
     """
 
     optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
@@ -74,6 +84,15 @@ class StageConfig:
     precision: str | None = None
     gradient_clip_val: float | None = None
     accumulate_grad_batches: int = 1
+    cached_features: bool | Literal["auto"] = "auto"
+    feature_views: int = 4
+    gradient_checkpointing: bool = False
+
+    def uses_cached_features(self, frozen_encoder: bool) -> bool:
+        """Whether a stage with these settings trains on cached slice features."""
+        if not frozen_encoder or self.cached_features is False:
+            return False
+        return self.cached_features is True or not self.augment
 
 
 @dataclass(frozen=True)

@@ -271,18 +271,29 @@ class VolumeModule(_BinaryModule):
         optimizer: as for :class:`SliceModule` (RMSprop 1e-3 in stage 2).
         freeze_encoder: stage 2: encoder without gradients, outside the optimizer,
             in eval mode.
+        gradient_checkpointing: checkpoint the encoder per chunk of slices (stage 3,
+            ``direct``; see :class:`~ich3d.models.volume.VolumeClassifier`).
 
     Batches: ``{"volume": (B, T, C, H, W), "length": (B,), "label": (B,), "key": [str],
-    "index": (B,)}``.
+    "index": (B,)}``, or with ``features`` ``(B, T, F)`` instead of ``volume``: the
+    frozen encoder's cached slice features (:mod:`ich3d.data.features`), which go
+    to the head directly.
     """
 
     def __init__(
-        self, model: dict[str, Any], optimizer: dict[str, Any], freeze_encoder: bool = False
+        self,
+        model: dict[str, Any],
+        optimizer: dict[str, Any],
+        freeze_encoder: bool = False,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = build_volume_model(
-            dict(model["encoder"]), dict(model["head"]), slice_chunk=model.get("slice_chunk")
+            dict(model["encoder"]),
+            dict(model["head"]),
+            slice_chunk=model.get("slice_chunk"),
+            checkpoint_chunks=gradient_checkpointing,
         )
         if freeze_encoder:
             self.model.freeze_encoder()
@@ -292,10 +303,17 @@ class VolumeModule(_BinaryModule):
         return self.model(volumes, lengths)
 
     def _logits(self, batch: Mapping[str, Any]) -> Tensor:
+        x = batch["features"] if "features" in batch else batch["volume"]
         lengths = batch.get("length")
         if lengths is not None:
-            lengths = torch.as_tensor(lengths, device=batch["volume"].device).reshape(-1)
-        return self(batch["volume"], lengths)
+            lengths = torch.as_tensor(lengths, device=x.device).reshape(-1)
+        if "features" in batch:
+            if not self.hparams["freeze_encoder"]:
+                raise RuntimeError("cached features feed a frozen encoder's head only")
+            if lengths is None:
+                lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+            return self.model.head(x, lengths)
+        return self(x, lengths)
 
     def on_train_epoch_start(self) -> None:
         if self.hparams["freeze_encoder"]:  # belt and braces: Lightning toggles modes

@@ -139,7 +139,10 @@ def build_module(config: Config, stage: str) -> SliceModule | VolumeModule:
     if not st.is_volume:
         return SliceModule(model=spec, optimizer=optimizer_spec(stage_cfg))
     return VolumeModule(
-        model=spec, optimizer=optimizer_spec(stage_cfg), freeze_encoder=st.freeze_encoder
+        model=spec,
+        optimizer=optimizer_spec(stage_cfg),
+        freeze_encoder=st.freeze_encoder,
+        gradient_checkpointing=stage_cfg.gradient_checkpointing,
     )
 
 
@@ -210,6 +213,47 @@ def _pin_inputs_callback(config: Config) -> Any:
             checkpoint.setdefault("ich3d", {})["inputs"] = self.inputs
 
     return PinInputs()
+
+
+def _encoder_hash(encoder: Any) -> str:
+    """sha256 of an encoder's weights (names, shapes, dtypes and bytes), 16 hex digits."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _feature_datamodule(config: Config, run: RunDir, stage: str, module: Any, volumes: Any, ckpt_path: str | None) -> Any:
+    """Wrap a frozen-encoder stage's volume DataModule so the head trains on cached features."""
+    from ich3d.data.features import FeatureDataModule
+    from ich3d.runs.inputs import input_signature
+
+    if ckpt_path is not None:  # a resumed stage: the encoder of its checkpoint (Lightning restores later)
+        from ich3d.runs.checkpoints import load_checkpoint, sub_state_dict
+
+        state = load_checkpoint(ckpt_path)["state_dict"]
+        module.model.encoder.load_state_dict(sub_state_dict(state, "model.encoder."))
+    fingerprint = {
+        "encoder": _encoder_hash(module.model.encoder),
+        "encoder_spec": model_spec(config)["encoder"],
+        "slice_chunk": config.model.slice_chunk,
+        "inputs": input_signature(config.data),
+    }
+    s = config.stages.get(stage)
+    return FeatureDataModule(
+        volumes,
+        module.model.encode,
+        run.stage_dir(stage) / "features",
+        fingerprint,
+        views=s.feature_views,
+        progress=config.trainer.enable_progress_bar,
+    )
 
 
 def _init_from_previous(config: Config, module: Any, run: RunDir, stage: str) -> None:
@@ -498,6 +542,9 @@ def run_stage(config: Config, run: RunDir, stage: str, *, resume: bool = False) 
     elif ckpt_path is not None:
         _check_resume_inputs(config, ckpt_path, stage)
     datamodule = build_datamodule(config, stage)
+    st = get_stage(stage)
+    if st.is_volume and config.stages.get(stage).uses_cached_features(st.freeze_encoder):
+        datamodule = _feature_datamodule(config, run, stage, module, datamodule, ckpt_path)
     stage_dir.mkdir(parents=True, exist_ok=True)
     if global_rank_from_env() == 0:  # the config this stage trained with (the run's may change later)
         dump_config(config, stage_dir / "config.yaml")
