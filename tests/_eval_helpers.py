@@ -38,9 +38,7 @@ def plain(obj: Any) -> Any:
     return obj
 
 
-def tiny_raw_config(
-    cache: Path, root: Path, tracking: str = "disabled", **evaluation: Any
-) -> dict[str, Any]:
+def tiny_raw_config(cache: Path, root: Path, tracking: str = "disabled", **evaluation: Any) -> dict[str, Any]:
     return {
         "experiment": "tiny",
         "seed": 0,
@@ -75,16 +73,7 @@ def make_tiny_run(
 
     root = Path(root)
     synth = root / "synth"
-    generate(
-        synth,
-        patients=patients,
-        size=64,
-        slices=(8, 12),
-        studies=(1, 1),
-        seed=0,
-        defects=NO_DEFECTS,
-        progress=False,
-    )
+    generate(synth, patients=patients, size=64, slices=(8, 12), studies=(1, 1), seed=0, defects=NO_DEFECTS, progress=False)
     images, labels = synth / "stage_2_train", synth / "stage_2_train.csv"
     cache = root / "cache"
     run_ingest(images, labels, cache, progress=False)

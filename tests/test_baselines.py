@@ -45,7 +45,9 @@ def test_pad_both_ends() -> None:
     feats = np.arange(1, 7, dtype=float).reshape(3, 2)  # rows [1,2],[3,4],[5,6]
     out, cropped = pad_features(feats, 7)  # 4 zero rows: 2 before, 2 after
     assert not cropped
-    np.testing.assert_array_equal(out, [[0, 0], [0, 0], [1, 2], [3, 4], [5, 6], [0, 0], [0, 0]])
+    np.testing.assert_array_equal(
+        out, [[0, 0], [0, 0], [1, 2], [3, 4], [5, 6], [0, 0], [0, 0]]
+    )
     out, _ = pad_features(feats, 6)  # 3 zero rows: 1 before, 2 after (odd one at the end)
     np.testing.assert_array_equal(out, [[0, 0], [1, 2], [3, 4], [5, 6], [0, 0], [0, 0]])
     out, cropped = pad_features(feats, 3)

@@ -38,34 +38,21 @@ def test_unknown_key_names_path_allowed_keys_and_suggestion(tmp_path):
 
 
 def test_unknown_top_level_and_stage_keys(tmp_path):
-    with pytest.raises(
-        UserError, match=r"unknown config key 'trainr' \(did you mean 'trainer'\?\)"
-    ):
+    with pytest.raises(UserError, match=r"unknown config key 'trainr' \(did you mean 'trainer'\?\)"):
         config_from_dict({"trainr": {}})
-    with pytest.raises(
-        UserError, match=r"'stages.sequence.learning_rate'.*allowed keys in 'stages.sequence'.*lr"
-    ):
+    with pytest.raises(UserError, match=r"'stages.sequence.learning_rate'.*allowed keys in 'stages.sequence'.*lr"):
         config_from_dict({"stages": {"sequence": {"learning_rate": 1.0}}})
-    with pytest.raises(
-        UserError,
-        match=r"'stages.stage2'.*allowed keys in 'stages': slice, sequence, finetune, direct",
-    ):
+    with pytest.raises(UserError, match=r"'stages.stage2'.*allowed keys in 'stages': slice, sequence, finetune, direct"):
         config_from_dict({"stages": {"stage2": {}}})
 
 
 @pytest.mark.parametrize(
     ("raw", "pattern"),
     [
-        (
-            {"stages": {"slice": {"batch_size": "big"}}},
-            r"'stages.slice.batch_size' expects int, got 'big'",
-        ),
+        ({"stages": {"slice": {"batch_size": "big"}}}, r"'stages.slice.batch_size' expects int, got 'big'"),
         ({"stages": {"slice": {"batch_size": 2.5}}}, r"expects int, got 2.5"),
         ({"trainer": {"deterministic": "yes"}}, r"'trainer.deterministic' expects bool, got 'yes'"),
-        (
-            {"tracking": {"mode": "online-ish"}},
-            r"'tracking.mode' expects one of 'offline', 'online', 'disabled'",
-        ),
+        ({"tracking": {"mode": "online-ish"}}, r"'tracking.mode' expects one of 'offline', 'online', 'disabled'"),
         ({"data": {"split_fractions": [0.5, 0.5]}}, r"'data.split_fractions' expects list of"),
         ({"data": {"split_fractions": [0.5, 0.2, 0.2]}}, r"summing to 1"),
         ({"data": "cache"}, r"'data' must be a mapping"),
@@ -96,20 +83,12 @@ def test_method_defaults_per_stage():
 
 
 def test_overrides_are_yaml_values():
-    parsed = dict(
-        (".".join(k), v)
-        for k, v in parse_overrides(["a.b=1e-4", "c=[x, y]", "d=null", "e=true", "f=2"])
-    )
+    parsed = dict((".".join(k), v) for k, v in parse_overrides(["a.b=1e-4", "c=[x, y]", "d=null", "e=true", "f=2"]))
     # PyYAML reads 1e-4 (no dot) as a string; the float field accepts it at validation
     assert parsed == {"a.b": "1e-4", "c": ["x", "y"], "d": None, "e": True, "f": 2}
-    raw = apply_overrides(
-        {"stages": {"slice": {"lr": 0.1}}},
-        ["stages.slice.lr=3e-4", "stages.sequence.max_epochs=7", "seed=5"],
-    )
+    raw = apply_overrides({"stages": {"slice": {"lr": 0.1}}}, ["stages.slice.lr=3e-4", "stages.sequence.max_epochs=7", "seed=5"])
     c = config_from_dict(raw)
-    assert c.stages.slice.lr == pytest.approx(
-        3e-4
-    )  # "3e-4" (YAML 1.1 string) is accepted for a float
+    assert c.stages.slice.lr == pytest.approx(3e-4)  # "3e-4" (YAML 1.1 string) is accepted for a float
     assert c.stages.sequence.max_epochs == 7 and c.seed == 5
     assert c.stages.slice.batch_size == 25
     with pytest.raises(UserError, match="section.key=value"):
@@ -140,9 +119,7 @@ def test_relative_paths_resolve_against_cwd_and_roundtrip(tmp_path, monkeypatch)
 
 
 def test_precision_auto_is_fp32_on_cpu_and_stage_override():
-    c = config_from_dict(
-        {"trainer": {"accelerator": "cpu"}, "stages": {"finetune": {"precision": "bf16-mixed"}}}
-    )
+    c = config_from_dict({"trainer": {"accelerator": "cpu"}, "stages": {"finetune": {"precision": "bf16-mixed"}}})
     assert resolve_precision(c, "slice") == "32-true"
     assert resolve_precision(c, "finetune") == "bf16-mixed"
     c2 = config_from_dict({"trainer": {"precision": "16-mixed"}})
@@ -184,9 +161,7 @@ def test_print_run_dir_prints_the_path_and_writes_nothing(tmp_path, capsys, monk
     from ich3d.cli.main import main
 
     monkeypatch.chdir(tmp_path)
-    path = _write(
-        tmp_path, {"experiment": "exp", "data": {"cache_dir": "c"}, "run": {"root": "out"}}
-    )
+    path = _write(tmp_path, {"experiment": "exp", "data": {"cache_dir": "c"}, "run": {"root": "out"}})
     assert main(["train", str(path), "--run-id", "r1", "--print-run-dir"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "out" / "exp" / "r1")
     assert not (tmp_path / "out").exists()

@@ -69,9 +69,7 @@ def test_edge_cases_exact() -> None:
     assert (t.z, t.p, t.diff_ci_lower, t.diff_ci_upper) == (0.0, 1.0, 0.0, 0.0)
 
 
-def _random_case(
-    rng: np.random.Generator, n: int, k: int, levels: int | None
-) -> tuple[np.ndarray, np.ndarray]:
+def _random_case(rng: np.random.Generator, n: int, k: int, levels: int | None) -> tuple[np.ndarray, np.ndarray]:
     y = rng.integers(0, 2, n)
     y[:2], y[2:4] = 1, 0
     s = rng.normal(size=(n, k)) + y[:, None] * rng.uniform(0, 2, k)
@@ -80,9 +78,7 @@ def _random_case(
     return y, s
 
 
-@pytest.mark.parametrize(
-    "seed,n,k,levels", [(0, 50, 3, 2), (1, 301, 4, None), (2, 777, 5, 4), (3, 12, 2, 1)]
-)
+@pytest.mark.parametrize("seed,n,k,levels", [(0, 50, 3, 2), (1, 301, 4, None), (2, 777, 5, 4), (3, 12, 2, 1)])
 def test_fast_equals_definition(seed: int, n: int, k: int, levels: int | None) -> None:
     rng = np.random.default_rng(seed)
     y, s = _random_case(rng, n, k, levels)

@@ -77,9 +77,7 @@ def test_evaluate_writes_every_file_with_expected_columns(tiny, evaluated):
     assert set(m["timing"]) == set(methods) and all(v > 0 for v in m["timing"].values())
     assert m["hardware"]["device"] == "cpu" and m["hardware"]["torch"] == torch.__version__
     assert m["svm"]["length"] == max(vols.loc[_split_keys(tiny, "train"), "n_slices"])
-    assert m["svm"]["n_cropped_test"] == int(
-        (vols.loc[test["key"], "n_slices"] > m["svm"]["length"]).sum()
-    )
+    assert m["svm"]["n_cropped_test"] == int((vols.loc[test["key"], "n_slices"] > m["svm"]["length"]).sum())
     assert set(m["operating_points"]) == set(methods)
     ref = delong_roc(test["label"], test[methods].to_numpy(), names=methods)
     assert m["delong"] == _finite_json(ref.to_dict())
@@ -116,15 +114,11 @@ def test_volume_scores_equal_a_plain_forward(tiny, evaluated):
 
     model, config = load_volume_model(tiny.run_dir, "finetune")
     test = pd.read_csv(evaluated.out_dir / "predictions.csv", dtype={"key": str})
-    ds = VolumeDataset(
-        IngestCache(tiny.cache), test, config.data.windows, depth_pool=config.data.depth_pool
-    )
+    ds = VolumeDataset(IngestCache(tiny.cache), test, config.data.windows, depth_pool=config.data.depth_pool)
     with torch.no_grad():
         for i in range(len(ds)):
             item = ds[i]
-            assert item["volume"].shape[0] == -(
-                -len(np.load(tiny.cache / "volumes" / f"{item['key']}.npy")) // 2
-            )
+            assert item["volume"].shape[0] == -(-len(np.load(tiny.cache / "volumes" / f"{item['key']}.npy")) // 2)
             p = torch.sigmoid(model(item["volume"][None], item["length"][None])).item()
             assert test["finetune"][i] == pytest.approx(p, abs=1e-6)
 
@@ -159,29 +153,11 @@ def test_stage_subset_cli_and_errors(tiny, tmp_path, capsys):
     from ich3d.cli.main import main
     from ich3d.evaluation.evaluate import evaluate_run
 
-    assert (
-        main(
-            [
-                "evaluate",
-                str(tiny.run_dir),
-                "--stages",
-                "sequence",
-                "--out",
-                str(tmp_path / "e"),
-                "--device",
-                "cpu",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(["evaluate", str(tiny.run_dir), "--stages", "sequence", "--out", str(tmp_path / "e"),
+                 "--device", "cpu", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "| sequence |" in printed and "report:" in printed
-    assert list(pd.read_csv(tmp_path / "e" / "predictions.csv").columns) == [
-        "key",
-        "label",
-        "sequence",
-    ]
+    assert list(pd.read_csv(tmp_path / "e" / "predictions.csv").columns) == ["key", "label", "sequence"]
 
     with pytest.raises(UserError, match="none of the requested checkpoints"):
         evaluate_run(tiny.run_dir, stages=["direct"], out=tmp_path / "d", progress=False)

@@ -25,41 +25,21 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     # every stage, so "best" = finetune must be picked over sequence and direct
-    return make_tiny_run(
-        tmp_path_factory.mktemp("pred"), stages=("slice", "sequence", "finetune", "direct")
-    )
+    return make_tiny_run(tmp_path_factory.mktemp("pred"), stages=("slice", "sequence", "finetune", "direct"))
 
 
 @pytest.fixture(scope="module")
 def predicted(tiny):
     out = tiny.root / "pred_dicom"
-    assert (
-        main(
-            [
-                "predict",
-                str(tiny.run_dir),
-                str(tiny.images),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(["predict", str(tiny.run_dir), str(tiny.images), "--out", str(out), "--device", "cpu",
+                 "--no-progress"]) == 0
     return out
 
 
 def _identifiers(tiny) -> set[str]:
     vols = pd.read_csv(tiny.cache / "volumes.csv", dtype=str)
     sl = pd.read_csv(tiny.cache / "slices.csv", dtype=str)
-    ids = (
-        set(vols["series_uid"])
-        | set(vols["study_uid"])
-        | set(vols["patient_id"])
-        | set(sl["image_id"])
-    )
+    ids = set(vols["series_uid"]) | set(vols["study_uid"]) | set(vols["patient_id"]) | set(sl["image_id"])
     assert len(ids) > 3 * len(vols)
     return ids
 
@@ -91,9 +71,7 @@ def test_predict_equals_evaluate(tiny, predicted):
     ev = pd.read_csv(res.out_dir / "predictions.csv", dtype={"key": str}).set_index("key")
     vol = pd.read_csv(predicted / "volumes.csv", dtype={"key": str}).set_index("key")
     assert len(ev) >= 4
-    np.testing.assert_array_equal(
-        vol.loc[ev.index, "probability"].to_numpy(), ev["finetune"].to_numpy()
-    )
+    np.testing.assert_array_equal(vol.loc[ev.index, "probability"].to_numpy(), ev["finetune"].to_numpy())
     # the stage-1 slice probabilities too: evaluate's max baseline is their maximum
     sl = pd.read_csv(predicted / "slices.csv", dtype={"key": str})
     mx = sl.groupby("key")["probability"].max()
@@ -106,32 +84,10 @@ def test_predict_equals_evaluate(tiny, predicted):
 
 def test_predict_on_labeled_cache_with_uids(tiny, predicted, tmp_path):
     out = tmp_path / "p"
-    assert (
-        main(
-            [
-                "predict",
-                str(tiny.run_dir),
-                str(tiny.cache),
-                "--out",
-                str(out),
-                "--uids",
-                "--stage",
-                "sequence",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(["predict", str(tiny.run_dir), str(tiny.cache), "--out", str(out), "--uids", "--stage", "sequence",
+                 "--no-progress"]) == 0
     vol = pd.read_csv(out / "volumes.csv", dtype=str)
-    assert list(vol.columns) == [
-        "key",
-        "n_slices",
-        "probability",
-        "label",
-        "series_uid",
-        "study_uid",
-        "patient_id",
-    ]
+    assert list(vol.columns) == ["key", "n_slices", "probability", "label", "series_uid", "study_uid", "patient_id"]
     cache = pd.read_csv(tiny.cache / "volumes.csv", dtype=str).set_index("key")
     for c in ("series_uid", "study_uid", "patient_id"):
         assert list(vol[c]) == list(cache.loc[vol["key"], c])
@@ -150,15 +106,10 @@ def test_predict_errors(tiny, tmp_path, capsys):
     assert main(["predict", str(tiny.run_dir), str(tmp_path / "missing")]) == 2
     assert "is not a folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert (
-        main(["predict", str(tiny.run_dir), str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
-        == 2
-    )
+    assert main(["predict", str(tiny.run_dir), str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no files" in capsys.readouterr().err
     assert main(["predict", str(tiny.run_dir), str(tiny.cache), "--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err
-    assert (
-        main(["predict", str(tiny.run_dir), str(tiny.images), "--out", str(tiny.images / "o")]) == 2
-    )
+    assert main(["predict", str(tiny.run_dir), str(tiny.images), "--out", str(tiny.images / "o")]) == 2
     assert "inside INPUT" in capsys.readouterr().err
     assert not (tiny.images / "o").exists()

@@ -64,9 +64,7 @@ def test_report_numbers_equal_delong_and_files(tmp_path, frames):
         assert m["per_method"][name]["auc"] == pytest.approx(ref.models[i].auc, abs=1e-12)
         assert m["per_method"][name]["ci_lower"] == pytest.approx(ref.models[i].ci_lower, abs=1e-12)
     assert m["best"] == methods[ref.best] == "finetune"
-    assert m["per_method"]["max"]["p_vs_best"] == pytest.approx(
-        ref.pair("max", "finetune").p, abs=1e-12
-    )
+    assert m["per_method"]["max"]["p_vs_best"] == pytest.approx(ref.pair("max", "finetune").p, abs=1e-12)
     assert m["per_method"]["finetune"]["p_vs_best"] is None
     assert m["per_method"]["finetune"]["seconds_per_volume"] == 0.5
     assert m["missing"] == {"direct": "no direct/best.ckpt"}
@@ -113,9 +111,7 @@ def test_operating_points_reach_target_on_validation(tmp_path, frames):
         assert op["specificity"]["k"] == tn
         assert op["accuracy"]["value"] == pytest.approx((tp + tn) / len(y_test))
         lo, hi = wilson_interval(tp, int((y_test == 1).sum()))
-        assert (op["sensitivity"]["ci_lower"], op["sensitivity"]["ci_upper"]) == pytest.approx(
-            (lo, hi)
-        )
+        assert (op["sensitivity"]["ci_lower"], op["sensitivity"]["ci_upper"]) == pytest.approx((lo, hi))
         # Youden's threshold maximises J on validation
         yd = rep.metrics["operating_points"][name]["youden"]
         v = yd["validation"]
@@ -175,9 +171,8 @@ def test_summary_metrics(tmp_path, frames):
     s = summary_metrics(rep.metrics)
     assert s["eval/finetune/auc"] == rep.metrics["per_method"]["finetune"]["auc"]
     assert s["eval/finetune/seconds_per_volume"] == 0.25
-    assert (
-        s["eval/max/sensitivity/specificity_ci_lower"]
-        == (rep.metrics["operating_points"]["max"]["sensitivity"]["specificity"]["ci_lower"])
+    assert s["eval/max/sensitivity/specificity_ci_lower"] == (
+        rep.metrics["operating_points"]["max"]["sensitivity"]["specificity"]["ci_lower"]
     )
     assert all(isinstance(v, float) for v in s.values())
 

@@ -35,32 +35,23 @@ def pred_df() -> pd.DataFrame:
     )
 
 
-def test_happy_path(
-    tmp_path: Path, pred_df: pd.DataFrame, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_happy_path(tmp_path: Path, pred_df: pd.DataFrame, capsys: pytest.CaptureFixture[str]) -> None:
     csv = _write(tmp_path, pred_df)
     out_json, out_png = tmp_path / "out" / "roc.json", tmp_path / "roc.png"
     rc = main(["roc", str(csv), "--json", str(out_json), "--plot", str(out_png)])
     out = capsys.readouterr().out
     assert rc == 0
 
-    expected = delong_roc(
-        pred_df["label"], pred_df[["lstm", "max", "svm"]].to_numpy(), ["lstm", "max", "svm"]
-    )
+    expected = delong_roc(pred_df["label"], pred_df[["lstm", "max", "svm"]].to_numpy(), ["lstm", "max", "svm"])
     best = expected.names[expected.best]
     assert best == "lstm"
     lines = out.splitlines()
     assert "| method | AUC | 95% CI | p vs best (lstm) |" in lines
     row = next(line for line in lines if line.startswith("| max |"))
     m = expected.models[1]
-    assert (
-        row
-        == f"| max | {m.auc:.3f} | {m.ci_lower:.3f} - {m.ci_upper:.3f} | {expected.pair('max', 'lstm').p:.3f} |"
-    )
+    assert row == f"| max | {m.auc:.3f} | {m.ci_lower:.3f} - {m.ci_upper:.3f} | {expected.pair('max', 'lstm').p:.3f} |"
     assert "| lstm | " in out and "| best |" in out
-    pair_rows = [
-        line for line in lines if line.count("|") == 7 and not line.startswith(("| a ", "| ---"))
-    ]
+    pair_rows = [line for line in lines if line.count("|") == 7 and not line.startswith(("| a ", "| ---"))]
     assert [r.split("|")[1:3] for r in pair_rows] == [
         [" lstm ", " max "],
         [" lstm ", " svm "],
@@ -72,14 +63,8 @@ def test_happy_path(
     assert list(d) == ["n_pos", "n_neg", "models", "pairs"]
     assert (d["n_pos"], d["n_neg"]) == (30, 50)
     assert [list(mm) for mm in d["models"]] == [["name", "auc", "ci_lower", "ci_upper", "var"]] * 3
-    assert [list(p) for p in d["pairs"]] == [
-        ["a", "b", "z", "p", "diff_ci_lower", "diff_ci_upper"]
-    ] * 3
-    assert [(p["a"], p["b"]) for p in d["pairs"]] == [
-        ("lstm", "max"),
-        ("lstm", "svm"),
-        ("max", "svm"),
-    ]
+    assert [list(p) for p in d["pairs"]] == [["a", "b", "z", "p", "diff_ci_lower", "diff_ci_upper"]] * 3
+    assert [(p["a"], p["b"]) for p in d["pairs"]] == [("lstm", "max"), ("lstm", "svm"), ("max", "svm")]
     for got, want in zip(d["models"], expected.models, strict=True):
         assert got["auc"] == pytest.approx(want.auc, abs=1e-12)
         assert got["var"] == pytest.approx(want.var, abs=1e-15)
@@ -91,15 +76,10 @@ def test_happy_path(
     assert out_png.stat().st_size > 10_000
 
 
-def test_label_col_and_level(
-    tmp_path: Path, pred_df: pd.DataFrame, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_label_col_and_level(tmp_path: Path, pred_df: pd.DataFrame, capsys: pytest.CaptureFixture[str]) -> None:
     csv = _write(tmp_path, pred_df.rename(columns={"label": "any"}))
     out_json = tmp_path / "r.json"
-    assert (
-        main(["roc", str(csv), "--label-col", "any", "--level", "0.9", "--json", str(out_json)])
-        == 0
-    )
+    assert main(["roc", str(csv), "--label-col", "any", "--level", "0.9", "--json", str(out_json)]) == 0
     assert "90% CI" in capsys.readouterr().out
     d = json.loads(out_json.read_text())
     want = delong_roc(pred_df["label"], pred_df["lstm"], level=0.9).models[0]

@@ -24,10 +24,7 @@ def test_scrub_config_hashes_paths_and_redacts_identifiers(tmp_path):
     scrubbed = scrub_config(config)
     text = json.dumps(scrubbed)
     assert "ID_abcdef123" not in text and "labels.csv" not in text and "/data" not in text
-    assert (
-        scrubbed["data"]["cache_dir"].startswith("path:")
-        and len(scrubbed["data"]["cache_dir"]) == 13
-    )
+    assert scrubbed["data"]["cache_dir"].startswith("path:") and len(scrubbed["data"]["cache_dir"]) == 13
     assert scrubbed["data"]["cache_dir"] != scrubbed["data"]["labels_csv"]
     assert scrubbed["data"]["images_dir"] is None
     assert scrubbed["experiment"] == "<id>"
@@ -39,16 +36,9 @@ def test_scrub_config_hashes_paths_and_redacts_identifiers(tmp_path):
 
 def test_offline_wandb_run_holds_config_and_val_auc(tmp_path):
     cache = make_cache(tmp_path / "data", patients=12)
-    raw = tiny_raw_config(
-        cache, tmp_path, tracking={"mode": "offline", "project": "ich3d-test", "tags": ["t1"]}
-    )
+    raw = tiny_raw_config(cache, tmp_path, tracking={"mode": "offline", "project": "ich3d-test", "tags": ["t1"]})
     cfg = write_config(tmp_path / "tiny.yaml", raw)
-    assert (
-        run_cli(
-            "train", str(cfg), "--stage", "slice", "--run-id", "wb", "stages.slice.max_epochs=2"
-        )
-        == 0
-    )
+    assert run_cli("train", str(cfg), "--stage", "slice", "--run-id", "wb", "stages.slice.max_epochs=2") == 0
     run = open_run_dir(tmp_path / "runs" / "tiny" / "wb")
     offline = sorted((run.path / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
@@ -57,9 +47,7 @@ def test_offline_wandb_run_holds_config_and_val_auc(tmp_path):
     assert wb["run"]["project"] == "ich3d-test"
     cfg_logged = wb["config"]["config"]
     assert cfg_logged["experiment"] == "tiny"
-    assert (
-        cfg_logged["stages"]["slice"]["max_epochs"] == 2
-    )  # the resolved config, override included
+    assert cfg_logged["stages"]["slice"]["max_epochs"] == 2  # the resolved config, override included
     assert cfg_logged["data"]["cache_dir"].startswith("path:")
     assert wb["config"]["params/total"] > wb["config"]["params/trainable"] - 1 > 0
     assert wb["config"]["model"]["encoder"]["name"] == "patel_cnn"
@@ -71,10 +59,7 @@ def test_offline_wandb_run_holds_config_and_val_auc(tmp_path):
     assert any("train/loss_epoch" in row for row in wb["history"])
     assert any(k.startswith("lr-") for row in wb["history"] for k in row)
     # no identifier or path in what `wandb sync` uploads (the .wandb log and files/)
-    uploaded = [
-        *offline[0].glob("*.wandb"),
-        *(p for p in (offline[0] / "files").rglob("*") if p.is_file()),
-    ]
+    uploaded = [*offline[0].glob("*.wandb"), *(p for p in (offline[0] / "files").rglob("*") if p.is_file())]
     blob = b"".join(p.read_bytes() for p in uploaded)
     for secret in ("ID_pat", "ID_series", "ID_study", str(cache), str(tmp_path)):
         assert secret.encode() not in blob, secret

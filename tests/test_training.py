@@ -69,9 +69,7 @@ def test_stage_all_writes_every_stage(full_run, capsys):
 
 def test_stage2_freezes_cnn_bit_identical_and_stage3_changes_it(full_run):
     run = full_run
-    slice_enc = sub_state_dict(
-        load_checkpoint(run.best_ckpt("slice"))["state_dict"], "model.encoder."
-    )
+    slice_enc = sub_state_dict(load_checkpoint(run.best_ckpt("slice"))["state_dict"], "model.encoder.")
     for name in ("best.ckpt", "last.ckpt"):
         seq = load_checkpoint(run.stage_dir("sequence") / name)
         seq_enc = sub_state_dict(seq["state_dict"], "model.encoder.")
@@ -83,9 +81,7 @@ def test_stage2_freezes_cnn_bit_identical_and_stage3_changes_it(full_run):
         assert len(seq["optimizer_states"][0]["param_groups"][0]["params"]) == n_head
     seq_best = sub_state_dict(load_checkpoint(run.best_ckpt("sequence"))["state_dict"], "model.")
     fin = sub_state_dict(load_checkpoint(run.best_ckpt("finetune"))["state_dict"], "model.")
-    changed = [
-        k for k in seq_best if k.startswith("encoder.") and not torch.equal(seq_best[k], fin[k])
-    ]
+    changed = [k for k in seq_best if k.startswith("encoder.") and not torch.equal(seq_best[k], fin[k])]
     assert len(changed) >= 1
     assert any(k.startswith("encoder.features") or k.startswith("encoder.") for k in changed)
 
@@ -96,9 +92,7 @@ def test_frozen_encoder_stays_in_eval_mode_and_out_of_optimizer(cache, tmp_path)
     assert isinstance(module, VolumeModule)
     opt = module.configure_optimizers()
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
-    assert all(
-        id(p) not in in_opt and not p.requires_grad for p in module.model.encoder.parameters()
-    )
+    assert all(id(p) not in in_opt and not p.requires_grad for p in module.model.encoder.parameters())
     assert all(id(p) in in_opt for p in module.model.head.parameters())
     module.train()
     assert module.model.head.training and not module.model.encoder.training
@@ -110,10 +104,8 @@ def test_frozen_encoder_stays_in_eval_mode_and_out_of_optimizer(cache, tmp_path)
 def test_models_for_predict_and_evaluate(full_run):
     model, config = load_volume_model(full_run.path)  # best available: finetune
     fin = load_checkpoint(full_run.best_ckpt("finetune"))
-    assert torch.equal(
-        model.encoder.state_dict()[next(iter(model.encoder.state_dict()))],
-        sub_state_dict(fin["state_dict"], "model.encoder.")[next(iter(model.encoder.state_dict()))],
-    )
+    assert torch.equal(model.encoder.state_dict()[next(iter(model.encoder.state_dict()))],
+                       sub_state_dict(fin["state_dict"], "model.encoder.")[next(iter(model.encoder.state_dict()))])
     assert not model.training and config.experiment == "tiny"
     seq_model, _ = load_volume_model(full_run.path, stage="sequence")
     dm = build_volume_datamodule(config, stage="finetune")
@@ -149,10 +141,7 @@ def test_resume_continues_global_step_then_later_stages(cache, tmp_path, capsys)
     first = load_checkpoint(run.last_ckpt("slice"))
     assert first["epoch"] == 0 and first["global_step"] == 4  # 40 samples / batch 10
     # an "interrupted" stage: continue it for one more epoch
-    assert (
-        run_cli("train", "--resume", str(run.path), "--stage", "slice", "stages.slice.max_epochs=2")
-        == 0
-    )
+    assert run_cli("train", "--resume", str(run.path), "--stage", "slice", "stages.slice.max_epochs=2") == 0
     second = load_checkpoint(run.last_ckpt("slice"))
     assert second["epoch"] == 1 and second["global_step"] == 2 * first["global_step"]
     # optimizer state continued (Adam step count), not restarted
@@ -161,9 +150,7 @@ def test_resume_continues_global_step_then_later_stages(cache, tmp_path, capsys)
     metrics = pd.read_csv(run.stage_dir("slice") / "metrics.csv")
     assert sorted(metrics["epoch"].dropna().unique().tolist()) == [0, 1]
     assert "stages.slice.max_epochs: 2" not in run.config_path.read_text()  # nested YAML
-    assert (
-        load_checkpoint(run.last_ckpt("slice"))["hyper_parameters"]["optimizer"]["name"] == "adam"
-    )
+    assert load_checkpoint(run.last_ckpt("slice"))["hyper_parameters"]["optimizer"]["name"] == "adam"
     # resuming `all` skips the finished slice stage and runs sequence + finetune
     capsys.readouterr()
     assert run_cli("train", "--resume", str(run.path)) == 0
@@ -174,11 +161,7 @@ def test_resume_continues_global_step_then_later_stages(cache, tmp_path, capsys)
 
 
 def _runs(root):
-    return (
-        sorted(p for p in (root / "runs").rglob("*") if p.is_dir())
-        if (root / "runs").exists()
-        else []
-    )
+    return sorted(p for p in (root / "runs").rglob("*") if p.is_dir()) if (root / "runs").exists() else []
 
 
 def test_cli_config_errors_exit_2_and_write_nothing(cache, tmp_path, capsys):
@@ -267,12 +250,8 @@ def test_stage_by_stage_with_run_id_and_no_overwrite(cache, tmp_path, capsys):
     # the next stage finds slice/best.ckpt of that run by itself
     assert run_cli("train", str(cfg), "--stage", "sequence", "--run-id", "s") == 0
     assert run.is_done("sequence") and not run.stage_dir("finetune").exists()
-    seq_enc = sub_state_dict(
-        load_checkpoint(run.best_ckpt("sequence"))["state_dict"], "model.encoder."
-    )
-    slice_enc = sub_state_dict(
-        load_checkpoint(run.best_ckpt("slice"))["state_dict"], "model.encoder."
-    )
+    seq_enc = sub_state_dict(load_checkpoint(run.best_ckpt("sequence"))["state_dict"], "model.encoder.")
+    slice_enc = sub_state_dict(load_checkpoint(run.best_ckpt("slice"))["state_dict"], "model.encoder.")
     assert all(torch.equal(v, seq_enc[k]) for k, v in slice_enc.items())
 
 
