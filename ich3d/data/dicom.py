@@ -647,8 +647,12 @@ def _frame_headers(
     return out
 
 
-def decode_frames(path: str | os.PathLike[str]) -> np.ndarray:
+def decode_frames(path: str | os.PathLike[str], transfer_syntax: str | None = None) -> np.ndarray:
     """Decode the pixel data of a file with pydicom's pixel handlers (any installed plugin).
+
+    Args:
+        path: the file.
+        transfer_syntax: its TransferSyntaxUID if known (else read from the file meta).
 
     Returns:
         (rows, columns) for a single-frame file, (frames, rows, columns) otherwise:
@@ -657,9 +661,15 @@ def decode_frames(path: str | os.PathLike[str]) -> np.ndarray:
     Raises:
         SkipSlice: the decoder failed (``unreadable pixel data``, with its message).
     """
+    import pydicom
     from pydicom.pixels import pixel_array
 
     try:
+        if transfer_syntax is None:
+            meta = pydicom.dcmread(os.fspath(path), stop_before_pixels=True).file_meta
+            transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
+        if transfer_syntax == _DEFLATED:  # pixel_array(path) cannot inflate: read it all
+            return pydicom.dcmread(os.fspath(path)).pixel_array
         return pixel_array(os.fspath(path))
     except Exception as exc:  # noqa: BLE001 - corrupt stream, decoder error
         raise SkipSlice(REASON_UNREADABLE_PIXELS, f"{type(exc).__name__}: {exc}") from None
@@ -694,7 +704,7 @@ def read_pixels(
         if len(buf) != n:
             raise SkipSlice(REASON_UNREADABLE_PIXELS, "file truncated")
         return np.frombuffer(buf, dtype=header.dtype).reshape(header.rows, header.columns)
-    arr = decoded if decoded is not None else decode_frames(src)
+    arr = decoded if decoded is not None else decode_frames(src, header.transfer_syntax)
     if header.n_frames > 1:
         if arr.ndim != 3 or arr.shape[0] < header.frame:
             raise SkipSlice(REASON_UNREADABLE_PIXELS, f"decoded shape {arr.shape}")

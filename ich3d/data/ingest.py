@@ -575,7 +575,7 @@ def _build_volume(task: _VolumeTask) -> tuple[str, list[int], list[tuple[int, st
             if not h.native and h.n_frames > 1:  # one decode for every frame of the file
                 if decoded_path != h.path:
                     decoded_path, decoded = h.path, None
-                    decoded = decode_frames(h.path)
+                    decoded = decode_frames(h.path, h.transfer_syntax)
                 frames = decoded
             vol[i] = pooled_hu(
                 read_pixels(h, decoded=frames),
