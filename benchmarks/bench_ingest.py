@@ -157,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             out = tmp / f"cache{next(runs)}"
             run_ingest(images, labels, out, workers=workers, progress=False)
 
-        t_ingest = _best(lambda: ingest(1), args.repeat)
+        t_ingest = float("inf")
+        for _ in range(args.repeat):  # interleaved with (a): a shared machine's load hits both
+            t_ingest = min(t_ingest, _best(lambda: ingest(1), 1))
+            t_bare = min(t_bare, _best(lambda: [pydicom.dcmread(f).pixel_array for f in files], 1))
         t_par = _best(lambda: ingest(args.workers), args.repeat) if args.workers > 1 else None
         cache = tmp / "cache0"
         slices = pd.read_csv(cache / "slices.csv")
@@ -219,15 +222,19 @@ def main(argv: list[str] | None = None) -> int:
                 packed.append(str(folder / Path(f).name))
             for f in packed:
                 Path(f).read_bytes()
-            t_px = _best(
-                lambda fs=packed: [pydicom.dcmread(f).pixel_array for f in fs], args.repeat
-            )
             outs = iter(range(10**6))
 
             def ingest_packed(folder: Path = folder, tag: str = str(syntax), outs=outs) -> None:
                 run_ingest(folder, None, tmp / f"pc{tag}_{next(outs)}", progress=False)
 
-            t_ing = _best(ingest_packed, args.repeat)
+            # interleaved, best of max(repeat, 5) each: a shared machine's load hits both alike
+            t_px = t_ing = float("inf")
+            for _ in range(max(args.repeat, 5)):
+                t_px = min(
+                    t_px,
+                    _best(lambda fs=packed: [pydicom.dcmread(f).pixel_array for f in fs], 1),
+                )
+                t_ing = min(t_ing, _best(ingest_packed, 1))
             first = tmp / f"pc{syntax}_0"
             v = pd.read_csv(first / "volumes.csv")
             assert len(v) == args.compressed_series and (v.transfer_syntax == syntax).all()

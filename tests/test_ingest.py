@@ -443,8 +443,24 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_resume_after_sigkill_gives_identical_outputs(many_series, tmp_path):
+@pytest.fixture()
+def many_series_rle(many_series, tmp_path):
+    """The same files, RLE-compressed (the decoder path), in another folder."""
+    from _ingest_helpers import compress_copy
+    from pydicom.uid import RLELossless
+
     img, labels = many_series
+    packed = tmp_path / "images_rle"
+    for f in sorted(img.iterdir()):
+        if f.name != "ID_0000000ab.dcm":  # the OT file is copied as it is
+            compress_copy(f, packed / f.name, RLELossless)
+    shutil.copy(img / "ID_0000000ab.dcm", packed / "ID_0000000ab.dcm")
+    return packed, labels
+
+
+@pytest.mark.parametrize("dataset", ["many_series", "many_series_rle"])
+def test_resume_after_sigkill_gives_identical_outputs(dataset, request, tmp_path):
+    img, labels = request.getfixturevalue(dataset)
     fresh = tmp_path / "fresh"
     run_ingest(img, labels, fresh, progress=False)
 

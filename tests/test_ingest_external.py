@@ -561,3 +561,21 @@ def test_copied_file_in_two_folders_is_a_duplicate_position(tmp_path):
     assert skipped.reason.tolist() == [ing.REASON_DUPLICATE_POSITION]
     assert skipped.item.tolist() == [f"b/{files[0].name}"]
     assert f"a/{files[0].name[:-4]}" in set(slices.image_id)
+
+
+def test_compressed_and_multiframe_with_two_workers_give_identical_outputs(twin, tmp_path):
+    from _ingest_helpers import assert_same_cache
+
+    native, _, _ = twin
+    img = tmp_path / "mixed"
+    for i, f in enumerate(sorted(native.iterdir())):
+        compress_copy(f, img / f.name, (JPEGLSLossless, RLELossless, JPEG2000Lossless)[i % 3])
+    hu = _hu(5, seed=11)
+    write_enhanced_ct(img / "mf" / "enhanced", hu, [[0.0, 0.0, 4.0 * k] for k in range(5)])
+    s1 = run_ingest(img, None, tmp_path / "w1", workers=1, progress=False)
+    s2 = run_ingest(img, None, tmp_path / "w2", workers=2, progress=False)
+    assert s1.volumes == s2.volumes == 3
+    assert_same_cache(tmp_path / "w1", tmp_path / "w2")
+    assert_accounted(img, tmp_path / "w2")
+    _, vol, _ = _tables(tmp_path / "w1")
+    assert set(vol[vol.multiframe == 0].transfer_syntax) == {"mixed"}
