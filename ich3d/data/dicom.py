@@ -52,6 +52,7 @@ Pixel rule (:func:`pooled_hu`), in this order:
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -199,6 +200,7 @@ _TAGS = [
 
 _SHARED: dict[tuple[float, ...], tuple[float, ...]] = {}
 _DECODER_OK: dict[str, bool] = {}
+_TAG_OBJECTS: list[Any] | None = None
 
 
 class SkipSlice(Exception):
@@ -389,6 +391,16 @@ def _encodings(ds: Any) -> list[str] | None:
     return convert_encodings(names)
 
 
+def _tag_list() -> list[Any]:
+    """``_TAGS`` as pydicom ``BaseTag`` objects, made once (pydicom converts ints per read)."""
+    global _TAG_OBJECTS
+    if _TAG_OBJECTS is None:
+        from pydicom.tag import BaseTag
+
+        _TAG_OBJECTS = [BaseTag(t) for t in _TAGS]
+    return _TAG_OBJECTS
+
+
 def _read_dataset(path: str) -> tuple[Any, str]:
     """Parse the header (pixel data deferred): (dataset, transfer syntax or "")."""
     import pydicom
@@ -396,12 +408,12 @@ def _read_dataset(path: str) -> tuple[Any, str]:
 
     try:
         try:
-            ds = pydicom.dcmread(path, defer_size=256, specific_tags=_TAGS)
+            ds = pydicom.dcmread(path, defer_size=256, specific_tags=_tag_list())
         except InvalidDicomError as exc:
             # no 128-byte preamble / file meta: pydicom reads it with force=True; it counts as
             # DICOM when it then holds a Modality or a SOPClassUID
             try:
-                ds = pydicom.dcmread(path, defer_size=256, specific_tags=_TAGS, force=True)
+                ds = pydicom.dcmread(path, defer_size=256, specific_tags=_tag_list(), force=True)
             except Exception:  # noqa: BLE001 - not parseable at all
                 raise SkipSlice(REASON_NOT_DICOM, str(exc)) from None
             if ds.get_item(_T_MODALITY) is None and ds.get_item(_T_SOP_CLASS) is None:
@@ -581,8 +593,14 @@ def _check_geometry(
     reason = REASON_MULTIFRAME if where else REASON_MISSING_POSITION
     if position is None or len(position) != 3 or orientation is None or len(orientation) != 6:
         raise SkipSlice(reason, f"{where}no ImagePositionPatient / ImageOrientationPatient")
-    normal = np.cross(orientation[:3], orientation[3:])
-    if not np.all(np.isfinite(position)) or not np.linalg.norm(normal) > 1e-6:
+    a, b = orientation[:3], orientation[3:]
+    normal = (  # a plain cross product: np.cross costs more than the rest of this check
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    )
+    norm = math.sqrt(sum(c * c for c in normal))
+    if not all(math.isfinite(p) for p in position) or not norm > 1e-6:
         raise SkipSlice(reason, f"{where}degenerate orientation")
 
 

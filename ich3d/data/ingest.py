@@ -1130,7 +1130,7 @@ def run_ingest(
     if series_per_study == "one":
         by_study: dict[str, list[_Volume]] = defaultdict(list)
         for v in planned.values():
-            by_study[v.first.study_uid].append(v)
+            by_study[v.first.study_uid or v.key].append(v)  # no StudyInstanceUID: its own study
         for study in sorted(by_study):
             vols = by_study[study]
             best = select_series(vols, target_thickness)
