@@ -24,10 +24,15 @@ page cache, best of ``--repeat``:
     file of a series with ``LoadImage`` and the slices are stacked in the
     ingest's order (an advantage: the ordering is free);
 (d) one volume: ``np.load`` of the cached ``.npy`` against building it from
-    its DICOM files with the ingest's reader (header + pixels + pool + stack).
+    its DICOM files with the ingest's reader (header + pixels + pool + stack);
+(e) the compressed path: the first ``--compressed-series`` series re-encoded as
+    JPEG 2000 Lossless (pylibjpeg-openjpeg encoder) and JPEG Lossless SV1 (GDCM
+    encoder); ``run_ingest(workers=1)`` of each folder against bare
+    ``pydicom.dcmread(f).pixel_array`` of the same files (the same decoder plugins).
 
-Targets (issue 2): ingest time <= 1.25x bare pydicom; ingest >= 3x faster
-than the MONAI path; cached read >= 50x faster than building.
+Targets (issues 2 and 9): native ingest time <= 1.0x bare pydicom; ingest >= 3x
+faster than the MONAI path; cached read >= 50x faster than building;
+compressed ingest <= 1.2x bare pydicom on the same files.
 """
 
 from __future__ import annotations
@@ -65,6 +70,34 @@ def _monai_series(loader: Callable[[list[str]], object], files: list[str]) -> np
     return np.rint(pooled).astype(np.int16)
 
 
+def _compress(src: str, dst: Path, syntax: str) -> None:
+    """Re-encode one file: JPEG 2000 with pydicom's encoder, JPEG Lossless SV1 with GDCM's."""
+    import pydicom
+    from pydicom.uid import JPEGLosslessSV1
+
+    if syntax == JPEGLosslessSV1:
+        import gdcm
+
+        reader = gdcm.ImageReader()
+        reader.SetFileName(src)
+        if not reader.Read():
+            raise RuntimeError(f"GDCM cannot read {src}")
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+        change.SetInput(reader.GetImage())
+        if not change.Change():
+            raise RuntimeError("GDCM cannot encode JPEG Lossless SV1")
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(dst))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        writer.Write()
+        return
+    ds = pydicom.dcmread(src)
+    ds.compress(syntax)
+    ds.save_as(dst, enforce_file_format=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--series", type=int, default=4, help="series to generate (default 4)")
@@ -75,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, default=1, help="also time the ingest with N workers (default 1)"
     )
     ap.add_argument("--data", type=Path, default=None, help="reuse/keep the dataset here")
+    ap.add_argument(
+        "--compressed-series",
+        type=int,
+        default=1,
+        help="series re-encoded for the compressed path (default 1)",
+    )
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -118,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             out = tmp / f"cache{next(runs)}"
             run_ingest(images, labels, out, workers=workers, progress=False)
 
-        t_ingest = _best(lambda: ingest(1), args.repeat)
+        t_ingest = float("inf")
+        for _ in range(args.repeat):  # interleaved with (a): a shared machine's load hits both
+            t_ingest = min(t_ingest, _best(lambda: ingest(1), 1))
+            t_bare = min(t_bare, _best(lambda: [pydicom.dcmread(f).pixel_array for f in files], 1))
         t_par = _best(lambda: ingest(args.workers), args.repeat) if args.workers > 1 else None
         cache = tmp / "cache0"
         slices = pd.read_csv(cache / "slices.csv")
@@ -165,6 +207,41 @@ def main(argv: list[str] | None = None) -> int:
             [_best(lambda: np.load(vol_path), 1) for _ in range(max(5, args.repeat * 5))]
         )
         assert np.array_equal(built, np.load(vol_path))
+
+        # (e) compressed path
+        from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1
+
+        compressed = {}
+        chosen = [f for fs in series_files[: args.compressed_series] for f in fs]
+        for syntax in (JPEG2000Lossless, JPEGLosslessSV1):
+            folder = tmp / f"packed_{syntax}"
+            folder.mkdir()
+            packed = []
+            for f in chosen:
+                _compress(f, folder / Path(f).name, syntax)
+                packed.append(str(folder / Path(f).name))
+            for f in packed:
+                Path(f).read_bytes()
+            outs = iter(range(10**6))
+
+            def ingest_packed(folder: Path = folder, tag: str = str(syntax), outs=outs) -> None:
+                run_ingest(folder, None, tmp / f"pc{tag}_{next(outs)}", progress=False)
+
+            # interleaved, best of max(repeat, 5) each: a shared machine's load hits both alike
+            t_px = t_ing = float("inf")
+            for _ in range(max(args.repeat, 5)):
+                t_px = min(
+                    t_px,
+                    _best(lambda fs=packed: [pydicom.dcmread(f).pixel_array for f in fs], 1),
+                )
+                t_ing = min(t_ing, _best(ingest_packed, 1))
+            first = tmp / f"pc{syntax}_0"
+            v = pd.read_csv(first / "volumes.csv")
+            assert len(v) == args.compressed_series and (v.transfer_syntax == syntax).all()
+            for path in v.path:
+                ref = np.load(cache / path)
+                assert np.array_equal(np.load(first / path), ref), "lossless volume differs"
+            compressed[syntax.name] = (len(packed), t_px, t_ing)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -194,13 +271,19 @@ def main(argv: list[str] | None = None) -> int:
         f"(d) one volume ({len(build_files)} slices): build {t_build * 1e3:.1f} ms, "
         f"cached np.load {t_load * 1e3:.2f} ms"
     )
+    for name, (m, t_px, t_ing) in compressed.items():
+        print(
+            f"(e) {name[:40]:<40} {m} files: pydicom pixel_array {t_px:.3f} s, "
+            f"ich3d ingest {t_ing:.3f} s, ratio {t_ing / t_px:.2f} "
+            f"(target <= 1.2) {'OK' if t_ing / t_px <= 1.2 else 'MISSED'}"
+        )
     print()
     r_bare = t_ingest / t_bare
     r_monai = t_monai / t_ingest
     r_cache = t_build / t_load
     print(
         f"ingest / bare pydicom time:  {r_bare:5.2f}   "
-        f"(target <= 1.25) {'OK' if r_bare <= 1.25 else 'MISSED'}"
+        f"(target <= 1.0)  {'OK' if r_bare <= 1.0 else 'MISSED'}"
     )
     print(
         f"MONAI / ingest time:         {r_monai:5.2f}   (target >= 3)    {'OK' if r_monai >= 3 else 'MISSED'}"

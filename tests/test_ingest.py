@@ -443,8 +443,24 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_resume_after_sigkill_gives_identical_outputs(many_series, tmp_path):
+@pytest.fixture()
+def many_series_rle(many_series, tmp_path):
+    """The same files, RLE-compressed (the decoder path), in another folder."""
+    from _ingest_helpers import compress_copy
+    from pydicom.uid import RLELossless
+
     img, labels = many_series
+    packed = tmp_path / "images_rle"
+    for f in sorted(img.iterdir()):
+        if f.name != "ID_0000000ab.dcm":  # the OT file is copied as it is
+            compress_copy(f, packed / f.name, RLELossless)
+    shutil.copy(img / "ID_0000000ab.dcm", packed / "ID_0000000ab.dcm")
+    return packed, labels
+
+
+@pytest.mark.parametrize("dataset", ["many_series", "many_series_rle"])
+def test_resume_after_sigkill_gives_identical_outputs(dataset, request, tmp_path):
+    img, labels = request.getfixturevalue(dataset)
     fresh = tmp_path / "fresh"
     run_ingest(img, labels, fresh, progress=False)
 
@@ -572,10 +588,16 @@ def test_synth_volumes_equal_simpleitk_reading(synth_clean, tmp_path):
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(names)
             ref = sitk.GetArrayFromImage(reader.Execute())  # (slices, rows, columns), HU
-            np.testing.assert_array_equal(ours, reference_pool(np.rint(ref)))
+            gdcm_order = [Path(n).name[:-4] for n in names]
+            # GDCM sorts along the cross product of the cosines; ich3d along the normal signed
+            # foot -> head: a series whose normal points inferior is the reverse of GDCM's
+            flip = slice(None, None, -1) if entry["descending"] else slice(None)
+            np.testing.assert_array_equal(ours, reference_pool(np.rint(ref))[flip])
             order = slices[slices.key == key].sort_values("slice_index").image_id.tolist()
-            assert order == [Path(n).name[:-4] for n in names]
-            assert order == entry["image_ids"]  # the generator's ascending order too
+            assert order == gdcm_order[flip]
+            assert order == entry["image_ids"][flip]  # the generator's order along its normal
+            pos = np.asarray([entry["positions"][entry["image_ids"].index(i)] for i in order])
+            assert (np.diff(pos[:, 2]) > 0).all()  # foot -> head in every volume
             z = [p[2] for p in entry["positions"]]
             assert (np.diff(z) < 0).all() if entry["descending"] else (np.diff(z) > 0).all()
             directions.add(entry["descending"])
@@ -600,7 +622,8 @@ def test_synth_defects_volumes_equal_truth(synth_defects):
         rows = slices[slices.key == key].sort_values("slice_index")
         index = {i: k for k, i in enumerate(entry["image_ids"])}
         kept = [index[i] for i in rows.image_id]
-        assert kept == sorted(kept)  # true order
+        # true order along the generator's normal; foot -> head reverses a descending series
+        assert kept == sorted(kept, reverse=bool(entry["descending"]))
         true_hu = synth.series_hu(entry)[kept]
         vol = np.load(out / "volumes" / f"{key}.npy")
         np.testing.assert_array_equal(vol, reference_pool(true_hu))

@@ -1,4 +1,4 @@
-"""``ich3d ingest``: DICOM slices -> cache of ordered, 2x2 max-pooled HU volumes."""
+"""``ich3d ingest``: CT DICOM -> cache of ordered (foot -> head), 2x2 max-pooled HU volumes."""
 
 from __future__ import annotations
 
@@ -11,22 +11,55 @@ __all__ = ["add_parser", "run"]
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "ingest",
-        help="ingest RSNA-format DICOM into a cache of volumes and tables",
+        help="ingest CT DICOM (RSNA 2019, hospital / PACS exports) into a cache of volumes",
         description=(
-            "Read one-slice-per-file DICOM (RSNA 2019 format), group slices by series, order "
-            "them along the slice normal, convert to HU (12-bit correction, clip to "
-            "[-1024, 3071]), 2x2 max-pool in-plane and write CACHE/volumes/<key>.npy with "
-            "slices.csv, volumes.csv, skipped.csv and ingest.json. Idempotent and resumable: "
-            "run it again after an interruption."
+            "Read CT DICOM in any folder layout (one slice per file or Enhanced multi-frame; "
+            "native or compressed transfer syntaxes), group slices by series, skip localizers "
+            "and odd slices alone, order them foot -> head along the slice normal, convert to "
+            "HU (12-bit correction, clip to [-1024, 3071]), 2x2 max-pool in-plane and write "
+            "CACHE/volumes/<key>.npy with slices.csv, volumes.csv, skipped.csv and "
+            "ingest.json. Idempotent and resumable: run it again after an interruption."
         ),
     )
-    p.add_argument("--images", type=Path, required=True, metavar="DIR", help="folder of .dcm files")
+    p.add_argument(
+        "--images",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder of DICOM files (recursive)",
+    )
     p.add_argument(
         "--labels",
         type=Path,
         default=None,
         metavar="CSV",
         help="labels CSV (ID,Label rows ID_<image>_<subtype>); omit for an unlabeled set",
+    )
+    p.add_argument(
+        "--study-labels",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help=(
+            "volume labels from a CSV keyed by StudyInstanceUID, PatientID or AccessionNumber "
+            "with an 'any' column and optional subtype columns (instead of --labels)"
+        ),
+    )
+    p.add_argument(
+        "--series-per-study",
+        choices=("all", "one"),
+        default="all",
+        help=(
+            "all: every series becomes a volume (default); one: keep one per study (soft-tissue "
+            "kernel, then thickness closest to --target-thickness, then more slices)"
+        ),
+    )
+    p.add_argument(
+        "--target-thickness",
+        type=float,
+        default=5.0,
+        metavar="MM",
+        help="slice thickness --series-per-study one prefers (default: 5.0)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="CACHE", help="cache folder")
     p.add_argument(
@@ -59,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         min_slices=args.min_slices,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        study_labels=args.study_labels,
+        series_per_study=args.series_per_study,
+        target_thickness=args.target_thickness,
     )
     print(summary.format())
     return 0

@@ -1,16 +1,36 @@
-"""Read one CT slice fast: the header fields the ingest needs, and pooled HU pixels.
+"""Read one CT image file fast: the header fields the ingest needs, and pooled HU pixels.
 
 The ingest reads every file twice, cheaply:
 
-1. :func:`read_header` parses the header with pydicom (``specific_tags`` and a
+1. :func:`read_headers` parses the header with pydicom (``specific_tags`` and a
    ``defer_size`` so the pixel data is *skipped*, not read) and decodes the raw
    bytes of the few tags it needs itself (pydicom's value conversion is the
-   slow part of a header read). It records where the pixel data starts in the
-   file and checks its length against ``Rows x Columns x 2`` and the file size,
-   so corrupt pixel data is found before any volume is planned.
-2. :func:`read_pixels` seeks to that offset and reads exactly the pixel bytes
-   into a numpy view (no pydicom pixel handler), and :func:`pooled_hu` turns
-   them into a 2x2 max-pooled HU image.
+   slow part of a header read). For a native (uncompressed) transfer syntax it
+   records where the pixel data starts in the file and checks its length
+   against ``Rows x Columns x 2 (x frames)`` and the file size, so corrupt
+   pixel data is found before any volume is planned. An Enhanced (multi-frame)
+   CT file gives one header per frame, from its per-frame functional groups.
+2. :func:`read_pixels` turns a header into the stored pixel integers:
+   native syntaxes seek to the recorded offset and read exactly the pixel bytes
+   into a numpy view (no pydicom pixel handler: the fast path); every other
+   syntax pydicom 3 can decode (Deflate, RLE, JPEG Lossless .57/.70, JPEG-LS,
+   JPEG 2000, HTJ2K, lossy JPEG) goes through ``pydicom.pixels.pixel_array``
+   and its decoder plugins (:data:`DECODER_PACKAGES`). :func:`pooled_hu` turns
+   the stored integers into a 2x2 max-pooled HU image.
+
+Per-file rules (each a :class:`SkipSlice` reason):
+
+* a file pydicom cannot read as DICOM, even with ``force=True`` (files without
+  the 128-byte preamble / file meta are read, and need a Modality or
+  SOPClassUID to count as DICOM), is *not DICOM*; a DICOMDIR is *DICOMDIR*;
+* ``ImageType`` containing ``LOCALIZER`` is a *localizer (scout) image*;
+* a compressed syntax with no decoder installed is *no decoder for transfer
+  syntax*, and the detail names the syntax and the package to install;
+* text tags are decoded with the file's ``SpecificCharacterSet`` (default
+  ISO 646 / Latin-1 superset, as pydicom does);
+* without a PatientID the StudyInstanceUID stands in for the patient
+  (``patient_id = "study:<StudyInstanceUID>"``, ``patient_from_study``), so
+  patient-level splits stay leak-free where PatientIDs exist.
 
 Pixel rule (:func:`pooled_hu`), in this order:
 
@@ -32,43 +52,59 @@ Pixel rule (:func:`pooled_hu`), in this order:
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ich3d.data.schema import HU_MAX, HU_MIN
+from ich3d.data.schema import HU_MAX, HU_MIN, PATIENT_FROM_STUDY_PREFIX
 
 __all__ = [
     "SliceHeader",
     "SkipSlice",
     "read_header",
+    "read_headers",
     "read_pixels",
+    "decode_frames",
     "pooled_hu",
     "pool_max_2x2",
     "needs_12bit_correction",
     "read_slice",
     "slice_normal",
+    "superior_normal",
+    "image_id_of",
+    "is_lossy",
     "NATIVE_TRANSFER_SYNTAXES",
+    "DECODER_PACKAGES",
     "REASON_NOT_DICOM",
+    "REASON_DICOMDIR",
     "REASON_UNREADABLE_FILE",
     "REASON_NOT_CT",
+    "REASON_LOCALIZER",
     "REASON_MISSING_TAG",
     "REASON_MISSING_POSITION",
+    "REASON_MULTIFRAME",
     "REASON_UNREADABLE_PIXELS",
     "REASON_UNSUPPORTED_PIXELS",
+    "REASON_NO_DECODER",
 ]
 
 #: Skip reasons decided from one file alone.
 REASON_NOT_DICOM = "not DICOM"
+REASON_DICOMDIR = "DICOMDIR (media directory, no image)"
 REASON_UNREADABLE_FILE = "unreadable file"
 REASON_NOT_CT = "not CT"
-REASON_MISSING_TAG = "missing series, patient or size tag"
+REASON_LOCALIZER = "localizer (scout) image"
+REASON_MISSING_TAG = "missing series or size tag"
 REASON_MISSING_POSITION = "missing position or orientation"
+REASON_MULTIFRAME = "multi-frame file without usable per-frame geometry"
 REASON_UNREADABLE_PIXELS = "unreadable pixel data"
 REASON_UNSUPPORTED_PIXELS = "unsupported pixel format"
+REASON_NO_DECODER = "no decoder for transfer syntax"
 
 #: Uncompressed transfer syntaxes whose pixel bytes are read directly.
 NATIVE_TRANSFER_SYNTAXES: dict[str, bool] = {  # UID -> little endian
@@ -77,15 +113,48 @@ NATIVE_TRANSFER_SYNTAXES: dict[str, bool] = {  # UID -> little endian
     "1.2.840.10008.1.2.2": False,  # explicit VR big endian (retired)
 }
 
+#: Transfer syntaxes decoded by pydicom's pixel handlers -> (name, the package(s) that decode it).
+DECODER_PACKAGES: dict[str, tuple[str, str]] = {
+    "1.2.840.10008.1.2.1.99": ("Deflated Explicit VR Little Endian", "built into pydicom"),
+    "1.2.840.10008.1.2.5": ("RLE Lossless", "built into pydicom (pylibjpeg-rle is faster)"),
+    "1.2.840.10008.1.2.4.50": ("JPEG Baseline (lossy)", "python-gdcm or pillow"),
+    "1.2.840.10008.1.2.4.51": ("JPEG Extended (lossy)", "python-gdcm or pillow"),
+    "1.2.840.10008.1.2.4.57": ("JPEG Lossless", "python-gdcm (or pylibjpeg-libjpeg, GPLv3)"),
+    "1.2.840.10008.1.2.4.70": ("JPEG Lossless SV1", "python-gdcm (or pylibjpeg-libjpeg, GPLv3)"),
+    "1.2.840.10008.1.2.4.80": ("JPEG-LS Lossless", "pyjpegls or python-gdcm"),
+    "1.2.840.10008.1.2.4.81": ("JPEG-LS Near-Lossless", "pyjpegls or python-gdcm"),
+    "1.2.840.10008.1.2.4.90": ("JPEG 2000 Lossless", "pylibjpeg-openjpeg or python-gdcm"),
+    "1.2.840.10008.1.2.4.91": ("JPEG 2000", "pylibjpeg-openjpeg or python-gdcm"),
+    "1.2.840.10008.1.2.4.201": ("HTJ2K Lossless", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.202": ("HTJ2K Lossless RPCL", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.203": ("HTJ2K", "pylibjpeg-openjpeg"),
+}
+
+#: Syntaxes that are always lossy (JPEG 2000 .91 and HTJ2K .203 may be either: the
+#: ``LossyImageCompression`` tag decides, "01" = lossy, absent = lossy).
+_LOSSY_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"}
+)
+_MAYBE_LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"})
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+
 # (group, element) tags read from the header.
+_T_CHARSET = 0x00080005
+_T_IMAGE_TYPE = 0x00080008
+_T_SOP_CLASS = 0x00080016
 _T_SOP = 0x00080018
+_T_ACCESSION = 0x00080050
 _T_MODALITY = 0x00080060
 _T_PATIENT = 0x00100020
+_T_THICKNESS = 0x00180050
+_T_KERNEL = 0x00181210
 _T_STUDY = 0x0020000D
 _T_SERIES = 0x0020000E
 _T_POSITION = 0x00200032
 _T_ORIENTATION = 0x00200037
 _T_SAMPLES = 0x00280002
+_T_FRAMES = 0x00280008
 _T_ROWS = 0x00280010
 _T_COLUMNS = 0x00280011
 _T_SPACING = 0x00280030
@@ -94,16 +163,26 @@ _T_BITS_STORED = 0x00280101
 _T_PIXEL_REPR = 0x00280103
 _T_INTERCEPT = 0x00281052
 _T_SLOPE = 0x00281053
+_T_LOSSY = 0x00282110
+_T_SHARED_GROUPS = 0x52009229
+_T_FRAME_GROUPS = 0x52009230
 _T_PIXEL_DATA = 0x7FE00010
 _TAGS = [
+    _T_CHARSET,
+    _T_IMAGE_TYPE,
+    _T_SOP_CLASS,
     _T_SOP,
+    _T_ACCESSION,
     _T_MODALITY,
     _T_PATIENT,
+    _T_THICKNESS,
+    _T_KERNEL,
     _T_STUDY,
     _T_SERIES,
     _T_POSITION,
     _T_ORIENTATION,
     _T_SAMPLES,
+    _T_FRAMES,
     _T_ROWS,
     _T_COLUMNS,
     _T_SPACING,
@@ -112,11 +191,16 @@ _TAGS = [
     _T_PIXEL_REPR,
     _T_INTERCEPT,
     _T_SLOPE,
+    _T_LOSSY,
+    _T_SHARED_GROUPS,
+    _T_FRAME_GROUPS,
     _T_PIXEL_DATA,
 ]
 
 
 _SHARED: dict[tuple[float, ...], tuple[float, ...]] = {}
+_DECODER_OK: dict[str, bool] = {}
+_TAG_OBJECTS: list[Any] | None = None
 
 
 class SkipSlice(Exception):
@@ -130,15 +214,18 @@ class SkipSlice(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SliceHeader:
-    """What the ingest needs from one slice file (the per-slice record).
+    """What the ingest needs from one slice (one file, or one frame of a multi-frame file).
 
     Attributes:
-        path: file path as given to :func:`read_header`.
-        image_id: RSNA image id: the file name without the ``.dcm`` suffix
-            (the name the labels CSV uses).
-        patient_id: PatientID.
+        path: file path as given to :func:`read_headers`.
+        image_id: the file name without a ``.dcm`` suffix (RSNA's image id, the name its
+            labels CSV uses); ``<name>#<frame>`` for a frame of a multi-frame file. The
+            ingest replaces it where names repeat in the input (see ``ich3d.data.ingest``).
+        patient_id: PatientID, or ``study:<StudyInstanceUID>`` without one.
         study_uid: StudyInstanceUID.
         series_uid: SeriesInstanceUID.
+        sop_uid: SOPInstanceUID ("" when absent).
+        accession: AccessionNumber ("" when absent).
         position: ImagePositionPatient (x, y, z) in mm.
         orientation: ImageOrientationPatient (row cosines, column cosines).
         rows: Rows (pixels).
@@ -148,8 +235,16 @@ class SliceHeader:
         signed: PixelRepresentation == 1.
         slope: RescaleSlope (1.0 when absent).
         intercept: RescaleIntercept (0.0 when absent).
-        pixel_offset: byte offset of the pixel data in the file.
-        little_endian: byte order of the pixel data.
+        pixel_offset: byte offset of the pixel data in the file (of frame 1 in a
+            multi-frame file); -1 when pydicom decodes it (compressed or deflated).
+        little_endian: byte order of native pixel data.
+        transfer_syntax: TransferSyntaxUID ("" for a file without file meta).
+        lossy: lossy compression (syntax or ``LossyImageCompression == "01"``).
+        frame: 1-based frame number in a multi-frame file; 0 for a single-frame file.
+        n_frames: frames in the file (1 for a single-frame file).
+        thickness: SliceThickness in mm (NaN when absent).
+        kernel: ConvolutionKernel ("" when absent).
+        patient_from_study: True when the file has no PatientID.
     """
 
     path: str
@@ -157,6 +252,8 @@ class SliceHeader:
     patient_id: str
     study_uid: str
     series_uid: str
+    sop_uid: str
+    accession: str
     position: tuple[float, float, float]
     orientation: tuple[float, float, float, float, float, float]
     rows: int
@@ -168,16 +265,28 @@ class SliceHeader:
     intercept: float
     pixel_offset: int
     little_endian: bool
+    transfer_syntax: str = ""
+    lossy: bool = False
+    frame: int = 0
+    n_frames: int = 1
+    thickness: float = float("nan")
+    kernel: str = ""
+    patient_from_study: bool = False
 
     @property
     def pixel_bytes(self) -> int:
-        """Number of pixel data bytes (16 bits per pixel)."""
+        """Number of pixel data bytes of one frame (16 bits per pixel)."""
         return self.rows * self.columns * 2
 
     @property
     def dtype(self) -> np.dtype:
         """numpy dtype of the stored pixels."""
         return np.dtype(("<" if self.little_endian else ">") + ("i2" if self.signed else "u2"))
+
+    @property
+    def native(self) -> bool:
+        """True when the pixel bytes are read directly (no decoder)."""
+        return self.pixel_offset >= 0
 
 
 def image_id_of(path: str | os.PathLike[str]) -> str:
@@ -186,26 +295,60 @@ def image_id_of(path: str | os.PathLike[str]) -> str:
     return name[:-4] if name.lower().endswith(".dcm") else name
 
 
-def _raw_value(ds: object, tag: int) -> object:
+def is_lossy(transfer_syntax: str, lossy_tag: str | None) -> bool:
+    """Whether pixel data in ``transfer_syntax`` with ``LossyImageCompression`` is lossy."""
+    if lossy_tag is not None and lossy_tag.strip() == "01":
+        return True
+    if transfer_syntax in _LOSSY_SYNTAXES:
+        return True
+    if transfer_syntax in _MAYBE_LOSSY_SYNTAXES:
+        return (lossy_tag or "").strip() != "00"
+    return False
+
+
+def _decoder_available(syntax: str) -> bool:
+    ok = _DECODER_OK.get(syntax)
+    if ok is None:
+        from pydicom.pixels import get_decoder
+
+        try:
+            ok = bool(get_decoder(syntax).is_available)
+        except NotImplementedError:
+            ok = False
+        _DECODER_OK[syntax] = ok
+    return ok
+
+
+def _raw_value(ds: Any, tag: int) -> object:
     """The undecoded value of ``tag`` (bytes), its decoded value, or None."""
-    elem = ds.get_item(tag, keep_deferred=True)  # type: ignore[attr-defined]
+    elem = ds.get_item(tag, keep_deferred=True)
     if elem is None:
         return None
     return elem.value
 
 
-def _text(ds: object, tag: int) -> str | None:
+def _text(ds: Any, tag: int, encodings: list[str] | None = None) -> str | None:
     value = _raw_value(ds, tag)
     if value is None:
         return None
     if isinstance(value, bytes):
-        text = value.decode("latin-1").strip(" \x00")
+        if encodings:
+            from pydicom.charset import decode_bytes
+
+            text = decode_bytes(value, encodings, set()).strip(" \x00")
+        else:
+            text = value.decode("latin-1").strip(" \x00")
     else:
         text = str(value).strip()
     return text or None
 
 
-def _floats(ds: object, tag: int) -> list[float] | None:
+def _strings(ds: Any, tag: int) -> list[str]:
+    text = _text(ds, tag)
+    return [p.strip() for p in text.split("\\")] if text else []
+
+
+def _floats(ds: Any, tag: int) -> list[float] | None:
     value = _raw_value(ds, tag)
     if value is None:
         return None
@@ -222,8 +365,8 @@ def _floats(ds: object, tag: int) -> list[float] | None:
     return out or None
 
 
-def _ushort(ds: object, tag: int) -> int | None:
-    elem = ds.get_item(tag, keep_deferred=True)  # type: ignore[attr-defined]
+def _ushort(ds: Any, tag: int) -> int | None:
+    elem = ds.get_item(tag, keep_deferred=True)
     if elem is None or elem.value is None:
         return None
     value = elem.value
@@ -234,8 +377,61 @@ def _ushort(ds: object, tag: int) -> int | None:
     return int(value)
 
 
+def _int_text(ds: Any, tag: int) -> int | None:
+    value = _floats(ds, tag)
+    return int(value[0]) if value else None
+
+
+def _encodings(ds: Any) -> list[str] | None:
+    names = _strings(ds, _T_CHARSET)
+    if not names:
+        return None
+    from pydicom.charset import convert_encodings
+
+    return convert_encodings(names)
+
+
+def _tag_list() -> list[Any]:
+    """``_TAGS`` as pydicom ``BaseTag`` objects, made once (pydicom converts ints per read)."""
+    global _TAG_OBJECTS
+    if _TAG_OBJECTS is None:
+        from pydicom.tag import BaseTag
+
+        _TAG_OBJECTS = [BaseTag(t) for t in _TAGS]
+    return _TAG_OBJECTS
+
+
+def _read_dataset(path: str) -> tuple[Any, str]:
+    """Parse the header (pixel data deferred): (dataset, transfer syntax or "")."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        try:
+            ds = pydicom.dcmread(path, defer_size=256, specific_tags=_tag_list())
+        except InvalidDicomError as exc:
+            # no 128-byte preamble / file meta: pydicom reads it with force=True; it counts as
+            # DICOM when it then holds a Modality or a SOPClassUID
+            try:
+                ds = pydicom.dcmread(path, defer_size=256, specific_tags=_tag_list(), force=True)
+            except Exception:  # noqa: BLE001 - not parseable at all
+                raise SkipSlice(REASON_NOT_DICOM, str(exc)) from None
+            if ds.get_item(_T_MODALITY) is None and ds.get_item(_T_SOP_CLASS) is None:
+                raise SkipSlice(REASON_NOT_DICOM, str(exc)) from None
+        meta = getattr(ds, "file_meta", None)
+        syntax = (_text(meta, 0x00020010) or "") if meta is not None else ""
+        sop_class = (_text(meta, 0x00020002) or "") if meta is not None else ""
+    except SkipSlice:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser failure is an unreadable file
+        raise SkipSlice(REASON_UNREADABLE_FILE, f"{type(exc).__name__}: {exc}") from None
+    if sop_class == _DICOMDIR_CLASS or os.path.basename(path).upper() == "DICOMDIR":
+        raise SkipSlice(REASON_DICOMDIR)
+    return ds, syntax
+
+
 def read_header(path: str | os.PathLike[str], file_size: int | None = None) -> SliceHeader:
-    """Read the header of one slice file without reading its pixel data.
+    """Read the header of one single-frame slice file without reading its pixel data.
 
     Args:
         path: the DICOM file.
@@ -245,60 +441,87 @@ def read_header(path: str | os.PathLike[str], file_size: int | None = None) -> S
         The slice record.
 
     Raises:
-        SkipSlice: the file cannot become a slice; ``reason`` says why (not
-            DICOM, unreadable, not CT, missing tags, missing position or
-            orientation, pixel data missing / of the wrong length / truncated,
-            unsupported pixel format).
+        SkipSlice: the file cannot become a slice (see :func:`read_headers`).
+        ValueError: a multi-frame file (use :func:`read_headers`).
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    headers = read_headers(path, file_size)
+    if len(headers) != 1:
+        raise ValueError(f"{path} holds {len(headers)} frames; use read_headers()")
+    return headers[0]
 
+
+def read_headers(path: str | os.PathLike[str], file_size: int | None = None) -> list[SliceHeader]:
+    """Read the header(s) of one image file without reading its pixel data.
+
+    Args:
+        path: the DICOM file.
+        file_size: its size in bytes if already known (saves a ``stat``).
+
+    Returns:
+        One slice record for a single-frame file; one per frame (``frame`` 1..N, in
+        file order) for a multi-frame file.
+
+    Raises:
+        SkipSlice: the file cannot become a slice; ``reason`` says why (not DICOM,
+            DICOMDIR, unreadable, not CT, localizer, missing tags, missing position or
+            orientation, multi-frame without per-frame geometry, pixel data missing /
+            of the wrong length / truncated, unsupported pixel format, no decoder).
+    """
     path = os.fspath(path)
+    ds, syntax = _read_dataset(path)
     try:
-        ds = pydicom.dcmread(path, defer_size=256, specific_tags=_TAGS)
-        meta = getattr(ds, "file_meta", None)
-        syntax = (_text(meta, 0x00020010) or "") if meta is not None else ""
-    except InvalidDicomError as exc:
-        raise SkipSlice(REASON_NOT_DICOM, str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - any parser failure is an unreadable file
+        return _headers(ds, path, syntax, file_size)
+    except SkipSlice:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a malformed tag value
         raise SkipSlice(REASON_UNREADABLE_FILE, f"{type(exc).__name__}: {exc}") from None
 
-    try:
-        modality = _text(ds, _T_MODALITY)
-        if modality is None or modality.upper() != "CT":
-            raise SkipSlice(REASON_NOT_CT, f"Modality {modality!r}")
-        series_uid = _text(ds, _T_SERIES)
-        patient_id = _text(ds, _T_PATIENT)
-        rows = _ushort(ds, _T_ROWS)
-        columns = _ushort(ds, _T_COLUMNS)
-        if not series_uid or not patient_id or not rows or not columns:
-            raise SkipSlice(REASON_MISSING_TAG)
-        position = _floats(ds, _T_POSITION)
-        orientation = _floats(ds, _T_ORIENTATION)
-        if position is None or len(position) != 3 or orientation is None or len(orientation) != 6:
-            raise SkipSlice(REASON_MISSING_POSITION)
-        normal = np.cross(orientation[:3], orientation[3:])
-        if not np.all(np.isfinite(position)) or not np.linalg.norm(normal) > 1e-6:
-            raise SkipSlice(REASON_MISSING_POSITION, "degenerate orientation")
 
-        samples = _ushort(ds, _T_SAMPLES) or 1
-        bits_allocated = _ushort(ds, _T_BITS_ALLOCATED)
-        bits_stored = _ushort(ds, _T_BITS_STORED) or bits_allocated
-        pixel_repr = _ushort(ds, _T_PIXEL_REPR) or 0
-        if syntax not in NATIVE_TRANSFER_SYNTAXES:
-            raise SkipSlice(REASON_UNSUPPORTED_PIXELS, f"transfer syntax {syntax or '?'}")
-        if samples != 1 or bits_allocated != 16 or not bits_stored or not 1 <= bits_stored <= 16:
-            raise SkipSlice(
-                REASON_UNSUPPORTED_PIXELS,
-                f"SamplesPerPixel {samples}, BitsAllocated {bits_allocated}, BitsStored {bits_stored}",
-            )
-        pixel = ds.get_item(_T_PIXEL_DATA, keep_deferred=True)
-        if pixel is None:
-            raise SkipSlice(REASON_UNREADABLE_PIXELS, "no PixelData")
-        expected = rows * columns * 2
-        length = int(pixel.length)
+def _headers(ds: Any, path: str, syntax: str, file_size: int | None) -> list[SliceHeader]:
+    modality = _text(ds, _T_MODALITY)
+    if modality is None or modality.upper() != "CT":
+        raise SkipSlice(REASON_NOT_CT, f"Modality {modality!r}")
+    if "LOCALIZER" in (s.upper() for s in _strings(ds, _T_IMAGE_TYPE)):
+        raise SkipSlice(REASON_LOCALIZER, "ImageType " + "\\".join(_strings(ds, _T_IMAGE_TYPE)))
+    encodings = _encodings(ds)
+    series_uid = _text(ds, _T_SERIES)
+    study_uid = _text(ds, _T_STUDY) or ""
+    patient_id = _text(ds, _T_PATIENT, encodings)
+    rows = _ushort(ds, _T_ROWS)
+    columns = _ushort(ds, _T_COLUMNS)
+    if not series_uid or not rows or not columns:
+        raise SkipSlice(REASON_MISSING_TAG, "SeriesInstanceUID, Rows or Columns")
+    from_study = not patient_id
+    if from_study:
+        if not study_uid:
+            raise SkipSlice(REASON_MISSING_TAG, "neither PatientID nor StudyInstanceUID")
+        patient_id = PATIENT_FROM_STUDY_PREFIX + study_uid
+
+    # pixel format
+    samples = _ushort(ds, _T_SAMPLES) or 1
+    bits_allocated = _ushort(ds, _T_BITS_ALLOCATED)
+    bits_stored = _ushort(ds, _T_BITS_STORED) or bits_allocated
+    pixel_repr = _ushort(ds, _T_PIXEL_REPR) or 0
+    if samples != 1 or bits_allocated != 16 or not bits_stored or not 1 <= bits_stored <= 16:
+        raise SkipSlice(
+            REASON_UNSUPPORTED_PIXELS,
+            f"SamplesPerPixel {samples}, BitsAllocated {bits_allocated}, BitsStored {bits_stored}",
+        )
+    n_frames = max(1, _int_text(ds, _T_FRAMES) or 1)
+    pixel = ds.get_item(_T_PIXEL_DATA, keep_deferred=True)
+    if pixel is None:
+        raise SkipSlice(REASON_UNREADABLE_PIXELS, "no PixelData")
+    if not syntax:  # no file meta: the encoding pydicom found (implicit / explicit VR)
+        little = ds.original_encoding[1] if ds.original_encoding[1] is not None else True
+        syntax_native: bool | None = little
+    else:
+        syntax_native = NATIVE_TRANSFER_SYNTAXES.get(syntax)
+    offset = -1
+    length = int(pixel.length)
+    if syntax_native is not None:
+        expected = rows * columns * 2 * n_frames
         if length == 0xFFFFFFFF:
-            raise SkipSlice(REASON_UNSUPPORTED_PIXELS, "encapsulated pixel data")
+            raise SkipSlice(REASON_UNSUPPORTED_PIXELS, "encapsulated pixel data in a native syntax")
         if length not in (expected, expected + 1):
             raise SkipSlice(REASON_UNREADABLE_PIXELS, f"{length} bytes, expected {expected}")
         offset = int(pixel.value_tell)
@@ -306,55 +529,207 @@ def read_header(path: str | os.PathLike[str], file_size: int | None = None) -> S
             file_size = os.path.getsize(path)
         if offset + expected > file_size:
             raise SkipSlice(REASON_UNREADABLE_PIXELS, "file truncated")
+    elif syntax in DECODER_PACKAGES:
+        if not _decoder_available(syntax):
+            name, package = DECODER_PACKAGES[syntax]
+            raise SkipSlice(REASON_NO_DECODER, f"{name} ({syntax}): install {package}")
+        if syntax != _DEFLATED and length != 0xFFFFFFFF:
+            raise SkipSlice(REASON_UNREADABLE_PIXELS, "compressed pixel data not encapsulated")
+    else:
+        raise SkipSlice(REASON_UNSUPPORTED_PIXELS, f"transfer syntax {syntax}")
+    lossy = is_lossy(syntax, _text(ds, _T_LOSSY))
 
-        spacing = _floats(ds, _T_SPACING)
-        slope = _floats(ds, _T_SLOPE)
-        intercept = _floats(ds, _T_INTERCEPT)
-        # shared objects for what a series has in common: a pickled chunk of headers
-        # from a worker then carries them once, and 750k records stay small in RAM
-        orient = tuple(orientation)
-        orient = _SHARED.setdefault(orient, orient)
-        return SliceHeader(
-            path=path,
-            image_id=image_id_of(path),
-            patient_id=sys.intern(patient_id),
-            study_uid=sys.intern(_text(ds, _T_STUDY) or ""),
-            series_uid=sys.intern(series_uid),
-            position=(position[0], position[1], position[2]),
+    common = dict(
+        path=path,
+        patient_id=sys.intern(patient_id),
+        study_uid=sys.intern(study_uid),
+        series_uid=sys.intern(series_uid),
+        sop_uid=_text(ds, _T_SOP) or "",
+        accession=_text(ds, _T_ACCESSION, encodings) or "",
+        rows=rows,
+        columns=columns,
+        bits_stored=int(bits_stored),
+        signed=pixel_repr == 1,
+        pixel_offset=offset,
+        little_endian=bool(syntax_native) if syntax_native is not None else True,
+        transfer_syntax=syntax,
+        lossy=lossy,
+        n_frames=n_frames,
+        kernel=sys.intern(" ".join(_strings(ds, _T_KERNEL))),
+        patient_from_study=from_study,
+    )
+    base_id = image_id_of(path)
+    if n_frames > 1 or ds.get_item(_T_FRAME_GROUPS) is not None:
+        return _frame_headers(ds, base_id, n_frames, common)
+
+    position = _floats(ds, _T_POSITION)
+    orientation = _floats(ds, _T_ORIENTATION)
+    _check_geometry(position, orientation, "")
+    spacing = _floats(ds, _T_SPACING)
+    slope = _floats(ds, _T_SLOPE)
+    intercept = _floats(ds, _T_INTERCEPT)
+    thickness = _floats(ds, _T_THICKNESS)
+    # shared objects for what a series has in common: a pickled chunk of headers
+    # from a worker then carries them once, and 750k records stay small in RAM
+    orient = tuple(orientation)  # type: ignore[arg-type]
+    orient = _SHARED.setdefault(orient, orient)
+    return [
+        SliceHeader(
+            image_id=base_id,
+            position=(position[0], position[1], position[2]),  # type: ignore[index]
             orientation=orient,  # type: ignore[arg-type]
-            rows=rows,
-            columns=columns,
             pixel_spacing=spacing[0] if spacing else float("nan"),
-            bits_stored=int(bits_stored),
-            signed=pixel_repr == 1,
             slope=slope[0] if slope else 1.0,
             intercept=intercept[0] if intercept else 0.0,
-            pixel_offset=offset,
-            little_endian=NATIVE_TRANSFER_SYNTAXES[syntax],
+            thickness=thickness[0] if thickness else float("nan"),
+            **common,  # type: ignore[arg-type]
         )
-    except SkipSlice:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a malformed tag value
-        raise SkipSlice(REASON_UNREADABLE_FILE, f"{type(exc).__name__}: {exc}") from None
+    ]
 
 
-def read_pixels(header: SliceHeader, path: str | os.PathLike[str] | None = None) -> np.ndarray:
-    """Read the stored pixel integers of a slice (read-only view, shape (rows, columns)).
+def _check_geometry(
+    position: list[float] | None, orientation: list[float] | None, where: str
+) -> None:
+    reason = REASON_MULTIFRAME if where else REASON_MISSING_POSITION
+    if position is None or len(position) != 3 or orientation is None or len(orientation) != 6:
+        raise SkipSlice(reason, f"{where}no ImagePositionPatient / ImageOrientationPatient")
+    a, b = orientation[:3], orientation[3:]
+    normal = (  # a plain cross product: np.cross costs more than the rest of this check
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    )
+    norm = math.sqrt(sum(c * c for c in normal))
+    if not all(math.isfinite(p) for p in position) or not norm > 1e-6:
+        raise SkipSlice(reason, f"{where}degenerate orientation")
+
+
+def _group_value(items: list[Any], sequence: str, keyword: str) -> Any:
+    """The first ``keyword`` found in ``sequence[0]`` of the functional group items given."""
+    for item in items:
+        if item is None:
+            continue
+        seq = item.get(sequence)
+        if seq is not None and len(seq) and keyword in seq[0]:
+            value = seq[0].get(keyword)
+            if value is not None and value != "":
+                return value
+    return None
+
+
+def _frame_headers(
+    ds: Any, base_id: str, n_frames: int, common: dict[str, Any]
+) -> list[SliceHeader]:
+    """Enhanced (multi-frame) CT: one header per frame from the functional groups."""
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq is not None and len(shared_seq) else None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None or len(per_frame) != n_frames:
+        got = 0 if per_frame is None else len(per_frame)
+        raise SkipSlice(
+            REASON_MULTIFRAME, f"{n_frames} frames, {got} PerFrameFunctionalGroupsSequence items"
+        )
+    top_slope = _floats(ds, _T_SLOPE)
+    top_intercept = _floats(ds, _T_INTERCEPT)
+    out: list[SliceHeader] = []
+    for i, item in enumerate(per_frame):
+        groups = [item, shared]
+        pos = _group_value(groups, "PlanePositionSequence", "ImagePositionPatient")
+        ori = _group_value(groups, "PlaneOrientationSequence", "ImageOrientationPatient")
+        position = [float(v) for v in pos] if pos is not None else None
+        orientation = [float(v) for v in ori] if ori is not None else None
+        _check_geometry(position, orientation, f"frame {i + 1}: ")
+        spacing = _group_value(groups, "PixelMeasuresSequence", "PixelSpacing")
+        thickness = _group_value(groups, "PixelMeasuresSequence", "SliceThickness")
+        slope = _group_value(groups, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = _group_value(groups, "PixelValueTransformationSequence", "RescaleIntercept")
+        if slope is None:
+            slope = top_slope[0] if top_slope else 1.0
+        if intercept is None:
+            intercept = top_intercept[0] if top_intercept else 0.0
+        orient = tuple(orientation)  # type: ignore[arg-type]
+        orient = _SHARED.setdefault(orient, orient)
+        out.append(
+            SliceHeader(
+                image_id=f"{base_id}#{i + 1}",
+                position=(position[0], position[1], position[2]),  # type: ignore[index]
+                orientation=orient,  # type: ignore[arg-type]
+                pixel_spacing=float(spacing[0]) if spacing is not None else float("nan"),
+                slope=float(slope),
+                intercept=float(intercept),
+                thickness=float(thickness) if thickness is not None else float("nan"),
+                frame=i + 1,
+                **common,  # type: ignore[arg-type]
+            )
+        )
+    return out
+
+
+def decode_frames(path: str | os.PathLike[str], transfer_syntax: str | None = None) -> np.ndarray:
+    """Decode the pixel data of a file with pydicom's pixel handlers (any installed plugin).
 
     Args:
-        header: from :func:`read_header`.
-        path: where the file is now (default ``header.path``).
+        path: the file.
+        transfer_syntax: its TransferSyntaxUID if known (else read from the file meta).
+
+    Returns:
+        (rows, columns) for a single-frame file, (frames, rows, columns) otherwise:
+        the stored integers, as ``Dataset.pixel_array`` gives them.
 
     Raises:
-        SkipSlice: fewer bytes than expected (``unreadable pixel data``).
+        SkipSlice: the decoder failed (``unreadable pixel data``, with its message).
     """
-    n = header.pixel_bytes
-    with open(path if path is not None else header.path, "rb") as fh:
-        fh.seek(header.pixel_offset)
-        buf = fh.read(n)
-    if len(buf) != n:
-        raise SkipSlice(REASON_UNREADABLE_PIXELS, "file truncated")
-    return np.frombuffer(buf, dtype=header.dtype).reshape(header.rows, header.columns)
+    import pydicom
+    from pydicom.pixels import pixel_array
+
+    try:
+        if transfer_syntax is None:
+            meta = pydicom.dcmread(os.fspath(path), stop_before_pixels=True).file_meta
+            transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
+        if transfer_syntax == _DEFLATED:  # pixel_array(path) cannot inflate: read it all
+            return pydicom.dcmread(os.fspath(path)).pixel_array
+        return pixel_array(os.fspath(path))
+    except Exception as exc:  # noqa: BLE001 - corrupt stream, decoder error
+        raise SkipSlice(REASON_UNREADABLE_PIXELS, f"{type(exc).__name__}: {exc}") from None
+
+
+def read_pixels(
+    header: SliceHeader,
+    path: str | os.PathLike[str] | None = None,
+    decoded: np.ndarray | None = None,
+) -> np.ndarray:
+    """Read the stored pixel integers of a slice (shape (rows, columns)).
+
+    Native syntaxes: seek + read of exactly the slice's bytes (a read-only view).
+    Others: :func:`decode_frames` (pass ``decoded``, its result for this file, to
+    reuse one decode for every frame of a multi-frame file).
+
+    Args:
+        header: from :func:`read_headers`.
+        path: where the file is now (default ``header.path``).
+        decoded: :func:`decode_frames` of the file, if already done.
+
+    Raises:
+        SkipSlice: fewer bytes than expected, a decoder failure or a decoded size that
+            does not match the header (``unreadable pixel data``).
+    """
+    src = path if path is not None else header.path
+    if header.native:
+        n = header.pixel_bytes
+        with open(src, "rb") as fh:
+            fh.seek(header.pixel_offset + max(0, header.frame - 1) * n)
+            buf = fh.read(n)
+        if len(buf) != n:
+            raise SkipSlice(REASON_UNREADABLE_PIXELS, "file truncated")
+        return np.frombuffer(buf, dtype=header.dtype).reshape(header.rows, header.columns)
+    arr = decoded if decoded is not None else decode_frames(src, header.transfer_syntax)
+    if header.n_frames > 1:
+        if arr.ndim != 3 or arr.shape[0] < header.frame:
+            raise SkipSlice(REASON_UNREADABLE_PIXELS, f"decoded shape {arr.shape}")
+        arr = arr[header.frame - 1]
+    if arr.shape != (header.rows, header.columns):
+        raise SkipSlice(REASON_UNREADABLE_PIXELS, f"decoded shape {arr.shape}")
+    return arr
 
 
 def needs_12bit_correction(bits_stored: int, signed: bool, intercept: float) -> bool:
@@ -427,6 +802,7 @@ def read_slice(path: str | os.PathLike[str] | Path) -> tuple[SliceHeader, np.nda
 
     Raises:
         SkipSlice: the file cannot become a slice.
+        ValueError: a multi-frame file.
     """
     header = read_header(path)
     return header, pooled_hu(
@@ -442,3 +818,19 @@ def slice_normal(orientation: tuple[float, ...] | list[float]) -> np.ndarray:
     """Unit normal of a slice: cross product of the row and column direction cosines."""
     n = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float))
     return n / np.linalg.norm(n)
+
+
+def superior_normal(orientation: tuple[float, ...] | list[float]) -> np.ndarray:
+    """Unit slice normal with its sign chosen so the volume runs foot -> head.
+
+    The sign is chosen so the superior (patient +z in DICOM LPS) component is
+    positive; for a normal without a z component (a pure sagittal or coronal
+    stack) its largest-magnitude component is made positive instead (left or
+    posterior). Projections of ImagePositionPatient on it then ascend from the
+    feet to the head whatever the stored row / column cosines.
+    """
+    n = slice_normal(orientation)
+    if abs(n[2]) > 1e-6:
+        return n if n[2] > 0 else -n
+    k = int(np.argmax(np.abs(n)))
+    return n if n[k] > 0 else -n

@@ -17,6 +17,7 @@ __all__ = [
     "HU_MIN",
     "HU_MAX",
     "UNLABELED",
+    "PATIENT_FROM_STUDY_PREFIX",
     "series_key",
     "patient_key",
 ]
@@ -35,6 +36,10 @@ LABEL_COLUMNS: tuple[str, ...] = SUBTYPES
 #: Value of a label column when the dataset has no label for that image.
 UNLABELED = -1
 
+#: ``patient_id`` of a file without a PatientID: this prefix + its StudyInstanceUID
+#: (the study stands in for the patient, so splits by patient stay leak-free).
+PATIENT_FROM_STUDY_PREFIX = "study:"
+
 #: HU clip range applied by the ingest (air .. 12-bit maximum).
 HU_MIN = -1024
 HU_MAX = 3071
@@ -48,6 +53,8 @@ SLICE_COLUMNS: tuple[str, ...] = (
     "slice_index",
     "position",
     *LABEL_COLUMNS,
+    "file",
+    "frame",
 )
 
 VOLUME_COLUMNS: tuple[str, ...] = (
@@ -63,10 +70,21 @@ VOLUME_COLUMNS: tuple[str, ...] = (
     "gap",
     *LABEL_COLUMNS,
     "path",
+    "slice_spacing_min",
+    "slice_spacing_max",
+    "uniform_spacing",
+    "slice_thickness",
+    "kernel",
+    "transfer_syntax",
+    "lossy",
+    "multiframe",
+    "patient_from_study",
 )
 
-#: ``item`` is a file path (relative to the images folder) or an image id.
-SKIPPED_COLUMNS: tuple[str, ...] = ("item", "reason")
+#: ``item`` is a file path (relative to the images folder), ``<path>#<frame>`` for one
+#: frame of a multi-frame file, or a label-CSV key; ``detail`` says more (e.g. the
+#: transfer syntax and the package to install).
+SKIPPED_COLUMNS: tuple[str, ...] = ("item", "reason", "detail")
 
 
 def _digest(kind: str, value: str, length: int = 16) -> str:
