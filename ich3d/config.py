@@ -22,7 +22,7 @@ Schema (section: keys)::
     data:       cache_dir, images_dir, labels_csv, windows, split_fractions, split_seed,
                 splits_file, min_slices, ingest_workers, depth_pool, label,
                 num_workers, pin_memory, persistent_workers
-    model:      encoder, encoder_args, head, head_args, slice_chunk
+    model:      encoder, encoder_args, head, head_args, slice_chunk, channels_last, compile
     stages:     one section per declared stage (``ich3d train --list-stages``: slice,
                 sequence, finetune, direct built in), each with optimizer, lr, weight_decay, momentum, batch_size, samples_per_epoch,
                 max_epochs, early_stopping_patience, augment, precision,
@@ -128,6 +128,9 @@ class ModelConfig:
         head_args: keyword arguments of the head (``hidden``, ``num_layers`` ...).
         slice_chunk: encode a volume's slices this many at a time (memory bound);
             ``null`` = all at once.
+        channels_last: run the encoder in the ``channels_last`` memory format
+            (faster convolutions on GPUs and CPUs; :mod:`ich3d.models.speed`).
+        compile: ``torch.compile`` the encoder (training, evaluation, prediction).
     """
 
     encoder: str = "patel_cnn"
@@ -135,6 +138,8 @@ class ModelConfig:
     head: str = "bilstm"
     head_args: dict[str, Any] = field(default_factory=dict)
     slice_chunk: int | None = None
+    channels_last: bool = False
+    compile: bool = False
 
 
 class StagesConfig(Mapping[str, StageConfig]):

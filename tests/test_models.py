@@ -651,3 +651,38 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(slice_chunk
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_channels_last_keeps_outputs_and_state_dict():
+    from ich3d.models.speed import speed_up
+    from ich3d.models.volume import build_volume_model
+
+    torch.manual_seed(0)
+    spec = ({"name": "patel_cnn", "in_channels": 3, "width": 4, "feature_dim": 16}, {"name": "bilstm", "hidden": 8})
+    plain = build_volume_model(*spec).eval()
+    fast = build_volume_model(*spec).eval()
+    fast.load_state_dict(plain.state_dict())
+    speed_up(fast, channels_last=True)
+    conv = next(m for m in fast.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    x, lengths = torch.rand(2, 5, 3, 32, 32), torch.tensor([5, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x, lengths), plain(x, lengths), rtol=1e-5, atol=1e-5)
+    plain.load_state_dict(fast.state_dict())  # checkpoints stay interchangeable
+
+
+@pytest.mark.slow
+def test_compiled_encoder_keeps_outputs():
+    from ich3d.models.speed import speed_up
+    from ich3d.models.volume import build_slice_classifier
+
+    torch.manual_seed(0)
+    plain = build_slice_classifier({"name": "patel_cnn", "in_channels": 3, "width": 4, "feature_dim": 16}).eval()
+    fast = build_slice_classifier({"name": "patel_cnn", "in_channels": 3, "width": 4, "feature_dim": 16}).eval()
+    fast.load_state_dict(plain.state_dict())
+    speed_up(fast, channels_last=True, compile=True)
+    x = torch.rand(6, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+    assert fast.state_dict().keys() == plain.state_dict().keys()

@@ -25,6 +25,7 @@ import torch
 from ich3d.config import Config
 from ich3d.errors import UserError
 from ich3d.runs.run_dir import RunDir, open_run_dir
+from ich3d.models.speed import speed_up
 from ich3d.stages import get_stage, volume_stages
 
 __all__ = [
@@ -113,6 +114,7 @@ def load_volume_model(
     model = build_volume_model(dict(spec["encoder"]), dict(spec["head"]), slice_chunk=spec.get("slice_chunk"))
     model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
     model.eval()
+    speed_up(model, channels_last=config.model.channels_last, compile=config.model.compile)
     log.info("loaded the %s volume model of %s", stage, run.path)
     return model, config
 
@@ -134,4 +136,5 @@ def load_slice_model(run_dir: str | Path | RunDir, stage: str = "slice") -> torc
     model = build_slice_classifier(dict(spec["encoder"]))
     model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
     model.eval()
-    return model
+    m = run.load_config().model
+    return speed_up(model, channels_last=m.channels_last, compile=m.compile)

@@ -133,17 +133,23 @@ def build_module(config: Config, stage: str) -> SliceModule | VolumeModule:
     """A freshly initialised LightningModule for ``stage`` (no weights loaded)."""
     from ich3d.training.modules import SliceModule, VolumeModule
 
+    from ich3d.models.speed import speed_up
+
     st = get_stage(stage)
     stage_cfg = config.stages.get(st.name)
     spec = model_spec(config)
+    module: SliceModule | VolumeModule
     if not st.is_volume:
-        return SliceModule(model=spec, optimizer=optimizer_spec(stage_cfg))
-    return VolumeModule(
-        model=spec,
-        optimizer=optimizer_spec(stage_cfg),
-        freeze_encoder=st.freeze_encoder,
-        gradient_checkpointing=stage_cfg.gradient_checkpointing,
-    )
+        module = SliceModule(model=spec, optimizer=optimizer_spec(stage_cfg))
+    else:
+        module = VolumeModule(
+            model=spec,
+            optimizer=optimizer_spec(stage_cfg),
+            freeze_encoder=st.freeze_encoder,
+            gradient_checkpointing=stage_cfg.gradient_checkpointing,
+        )
+    speed_up(module.model, channels_last=config.model.channels_last, compile=config.model.compile)
+    return module
 
 
 def _starting_checkpoint(config: Config, run: RunDir, st: Stage) -> tuple[Path, dict[str, Any]]:
