@@ -59,8 +59,10 @@ def tiny_raw_config(cache: Path, root: Path, tracking: str = "disabled", **evalu
     }
 
 
-def make_tiny_cache(root: Path, *, patients: int = 14, seed: int = 0, slices: tuple[int, int] = (8, 12)) -> Path:
-    """Synthetic 64 x 64 DICOM (one series per patient) ingested with labels into ``root/cache``.
+def make_tiny_cache(
+    root: Path, *, patients: int = 14, seed: int = 0, size: int = 64, slices: tuple[int, int] = (8, 12)
+) -> Path:
+    """Synthetic ``size`` x ``size`` DICOM (one series per patient) ingested with labels into ``root/cache``.
 
     Returns the cache folder; the DICOM is in ``root/synth``.
     """
@@ -69,7 +71,7 @@ def make_tiny_cache(root: Path, *, patients: int = 14, seed: int = 0, slices: tu
 
     root = Path(root)
     synth = root / "synth"
-    generate(synth, patients=patients, size=64, slices=slices, studies=(1, 1), seed=seed, defects=NO_DEFECTS,
+    generate(synth, patients=patients, size=size, slices=slices, studies=(1, 1), seed=seed, defects=NO_DEFECTS,
              progress=False)
     cache = root / "cache"
     run_ingest(synth / "stage_2_train", synth / "stage_2_train.csv", cache, progress=False)
