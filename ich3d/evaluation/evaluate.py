@@ -161,6 +161,7 @@ def evaluate_run(
     """
     from ich3d.evaluation.context import EvaluationContext
     from ich3d.evaluation.inference import hardware_info, resolve_device
+    from ich3d.evaluation.methods import MethodUnavailable
     from ich3d.evaluation.report import build_report, slice_level_auc
     from ich3d.runs.run_dir import open_run_dir
     from ich3d.stages import stage_names
@@ -179,10 +180,9 @@ def evaluate_run(
         if not is_complete(data_dir):
             raise UserError(f"--data {data}: not a complete ingest cache (run `ich3d ingest` on it first)")
     selected = select_methods(methods, stages)
-    requested_stages = list(stages or ()) if stages else []
 
     # ---- which stages exist, which finished
-    needed = [s for s in stage_names() if s in {m.needs for m in selected} | set(requested_stages)]
+    needed = [s for s in stage_names() if s in {m.needs for m in selected} | set(stages or ())]
     present = set(available_stages(run))
     missing: dict[str, str] = {}
     for s in needed:
@@ -254,11 +254,7 @@ def evaluate_run(
         try:
             got = method.score(ctx, "evaluated")
             val_got = got if ctx.same_data("evaluated", "val") else method.score(ctx, "val")
-        except Exception as exc:
-            from ich3d.evaluation.methods import MethodUnavailable
-
-            if not isinstance(exc, MethodUnavailable):
-                raise
+        except MethodUnavailable as exc:
             missing[method.name] = str(exc)
             log.warning("%s: %s", method.name, exc)
             continue
