@@ -77,7 +77,7 @@ class EvaluationContext:
         self.check_all_inputs = check_all_inputs
         self._memo: dict[Any, Any] = {}
         self._dms: dict[tuple[str, int], Any] = {}
-        self._ckpts: dict[str, dict[str, Any]] = {}
+        self._checked: set[str] = set()
         self._model: tuple[str, Any] | None = None
         self._image_size: tuple[int, int] | None = None
         self._recorded_size: tuple[int, int] | None = None
@@ -114,11 +114,11 @@ class EvaluationContext:
             UserError: a recorded input differs (the message names it, trained vs now).
         """
         for stage in stages:
-            self.checkpoint(stage)
+            self.check_stage(stage)
 
-    def checkpoint(self, stage: str) -> dict[str, Any]:
-        """The stage's ``best.ckpt`` (loaded once), its recorded inputs checked."""
-        if stage not in self._ckpts:
+    def check_stage(self, stage: str) -> None:
+        """Compare the inputs the stage's ``best.ckpt`` recorded with the current ones (once per stage)."""
+        if stage not in self._checked:
             from ich3d.runs.checkpoints import load_checkpoint
             from ich3d.runs.inputs import (
                 MODEL_INPUTS,
@@ -140,8 +140,7 @@ class EvaluationContext:
                 other = input_signature(self.config.data, cache_dir=self.data)
                 other["image_size"] = None if self.image_size is None else list(self.image_size)
                 check_inputs(recorded, other, what=f"{what} (scoring {self.data})", keys=MODEL_INPUTS)
-            self._ckpts[stage] = ckpt
-        return self._ckpts[stage]
+            self._checked.add(stage)
 
     @property
     def image_size(self) -> tuple[int, int] | None:
@@ -158,7 +157,7 @@ class EvaluationContext:
         if self._model is None or self._model[0] != stage:
             from ich3d.runs.checkpoints import load_volume_model
 
-            self.checkpoint(stage)
+            self.check_stage(stage)
             self._model = None
             model, _ = load_volume_model(self.run, stage)
             self._model = (stage, model)
@@ -219,7 +218,7 @@ class EvaluationContext:
         from ich3d.runs.checkpoints import load_slice_model
 
         stage = slice_stage_name()
-        self.checkpoint(stage)
+        self.check_stage(stage)
         model = self.memo(("slice_model", stage), lambda: load_slice_model(self.run, stage))
         return predict_slices(
             model,
