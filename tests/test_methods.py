@@ -236,3 +236,24 @@ def test_evaluate_on_another_cache(tiny, evaluated, tmp_path, capsys):
     pv = pd.read_csv(pred["files"]["volumes"], dtype={"key": str}).set_index("key")
     np.testing.assert_array_equal(pv.loc[test["key"], "probability"].to_numpy(), test["finetune"].to_numpy())
     assert "another cache" in res.report.markdown
+
+
+def test_evaluation_never_imports_training():
+    """One path per concern: evaluation reads runs (ich3d.runs), never ich3d.training."""
+    import ast
+    from pathlib import Path
+
+    import ich3d
+
+    root = Path(ich3d.__file__).parent
+    files = [*(root / "evaluation").rglob("*.py"), root / "cli" / "evaluate.py", root / "cli" / "predict.py",
+             root / "tracking" / "evaluation.py"]
+    assert len(files) > 10
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not any(n == "ich3d.training" or n.startswith("ich3d.training.") for n in names), path
