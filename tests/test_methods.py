@@ -196,6 +196,11 @@ def test_unfinished_stage_refused_or_marked(tiny, tmp_path, capsys):
     assert all("unfinished" not in m["per_method"][k] for k in ALL if k != "finetune")
     md = (run / "evaluation" / "report.md").read_text()
     assert "**Unfinished**: `finetune`" in md and "`finetune`: stage 3" in md and "(**unfinished**" in md
+    # predict's default model is the preferred finished one: sequence, not the crashed finetune
+    from ich3d.evaluation.predict import predict_run
+
+    assert predict_run(run, tiny.cache, tmp_path / "p", device="cpu", progress=False)["stage"] == "sequence"
+    assert predict_run(tiny.run_dir, tiny.cache, tmp_path / "q", device="cpu", progress=False)["stage"] == "finetune"
 
 
 def test_evaluate_on_another_cache(tiny, evaluated, tmp_path, capsys):

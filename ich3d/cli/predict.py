@@ -63,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--stage",
         choices=volume_names,
         default=None,
-        help=f"volume model to use (default: the best available, {' > '.join(volume_names)})",
+        help=f"volume model to use (default: the first finished one of {' > '.join(volume_names)})",
     )
     extra = [m for m in all_methods() if m.name not in volume_names]
     p.add_argument(

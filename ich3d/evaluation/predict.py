@@ -6,7 +6,8 @@ folder with ``ingest.json``). Writes to ``OUT`` (default ``RUN_DIR/predict/<INPU
 name>``):
 
 * ``volumes.csv``: ``key, n_slices, probability`` (the volume-model method of the
-  best stage, :func:`~ich3d.runs.checkpoints.best_volume_stage`, or ``stage``),
+  preferred finished stage, in :func:`~ich3d.runs.checkpoints.best_volume_stage`'s
+  order, or ``stage``),
   plus ``label`` when the cache is labeled, plus one column per extra scoring
   method asked for (``methods``, e.g. ``max``, ``svm``);
 * ``slices.csv``: ``key, slice_index, probability`` of the stage-1 slice CNN on
@@ -59,7 +60,9 @@ def predict_run(
         uids: add the identifier columns :data:`UID_COLUMNS` (default False).
         workers: ingest processes (default 1).
         device: ``auto`` (default), ``cpu``, ``cuda[:i]``.
-        stage: volume model; default the best available (:func:`~ich3d.runs.checkpoints.best_volume_stage`).
+        stage: volume model; default the preferred finished one (declared ``preference``,
+            :func:`~ich3d.runs.checkpoints.best_volume_stage`'s order; a stage without
+            ``result.json`` only when no other has a checkpoint).
         methods: more scoring methods, one ``volumes.csv`` column each (``svm`` needs
             the run's training cache: it is fitted on the training split).
         progress: progress bars (default True).
@@ -133,7 +136,13 @@ def predict_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     labeled = cache.labeled
     label = config.data.label
-    vstage = (stage or best_volume_stage(run)) if has_volume else None
+    vstage = None
+    if stage is not None:
+        vstage = stage
+    elif has_volume:
+        # the preferred volume model whose stage finished; a crashed stage's best.ckpt only if nothing else
+        done = [s for s in volume_names if run.best_ckpt(s).is_file() and run.is_done(s)]
+        vstage = done[0] if done else best_volume_stage(run)
     ctx = EvaluationContext(
         run,
         config,
