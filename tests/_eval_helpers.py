@@ -4,8 +4,11 @@ Synthetic RSNA-format DICOM (64 x 64 slices, 8-12 slices per series, one series
 per patient) is ingested with labels into a cache; a run directory gets the
 config and, per stage, a ``best.ckpt`` in the trainer's checkpoint format holding
 a freshly (seeded) initialised tiny model (width-2 Patel CNN, 16 features, an
-8-unit BiLSTM). ``load_volume_model`` / ``load_slice_model`` read them like
-trained checkpoints.
+8-unit BiLSTM) with the inputs it was "trained" on recorded (as the trainer's
+callback records them), and the stage's ``result.json`` (a finished stage).
+``load_volume_model`` / ``load_slice_model`` read them like trained checkpoints.
+``make_tiny_cache`` makes a second labelled cache (another seed), e.g. an
+external test set.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["TinyRun", "make_tiny_run", "tiny_raw_config", "plain"]
+__all__ = ["TinyRun", "make_tiny_run", "make_tiny_cache", "tiny_raw_config", "plain"]
 
 
 @dataclass
@@ -56,6 +59,25 @@ def tiny_raw_config(cache: Path, root: Path, tracking: str = "disabled", **evalu
     }
 
 
+def make_tiny_cache(
+    root: Path, *, patients: int = 14, seed: int = 0, size: int = 64, slices: tuple[int, int] = (8, 12)
+) -> Path:
+    """Synthetic ``size`` x ``size`` DICOM (one series per patient) ingested with labels into ``root/cache``.
+
+    Returns the cache folder; the DICOM is in ``root/synth``.
+    """
+    from ich3d.data.ingest import run_ingest
+    from ich3d.data.synth import NO_DEFECTS, generate
+
+    root = Path(root)
+    synth = root / "synth"
+    generate(synth, patients=patients, size=size, slices=slices, studies=(1, 1), seed=seed, defects=NO_DEFECTS,
+             progress=False)
+    cache = root / "cache"
+    run_ingest(synth / "stage_2_train", synth / "stage_2_train.csv", cache, progress=False)
+    return cache
+
+
 def make_tiny_run(
     root: Path,
     *,
@@ -63,20 +85,22 @@ def make_tiny_run(
     patients: int = 14,
     evaluation: Mapping[str, Any] | None = None,
     tracking: str = "disabled",
+    unfinished: Sequence[str] = (),
 ) -> TinyRun:
-    """Synthetic DICOM, its labeled cache and a run directory with ``best.ckpt`` per stage."""
+    """Synthetic DICOM, its labeled cache and a run directory with ``best.ckpt`` per stage.
+
+    Every stage gets its ``result.json`` except those in ``unfinished`` (a stage
+    that crashed after writing a ``best.ckpt``).
+    """
     from ich3d.config import config_from_dict, dump_config
-    from ich3d.data.ingest import run_ingest
-    from ich3d.data.synth import NO_DEFECTS, generate
+    from ich3d.runs.inputs import input_signature
     from ich3d.runs.run_dir import RunDir
     from ich3d.training.runner import build_module
 
     root = Path(root)
+    cache = make_tiny_cache(root, patients=patients)
     synth = root / "synth"
-    generate(synth, patients=patients, size=64, slices=(8, 12), studies=(1, 1), seed=0, defects=NO_DEFECTS, progress=False)
     images, labels = synth / "stage_2_train", synth / "stage_2_train.csv"
-    cache = root / "cache"
-    run_ingest(images, labels, cache, progress=False)
     config = config_from_dict(tiny_raw_config(cache, root, tracking, **dict(evaluation or {})))
     # not create_run_dir: it exports ICH3D_RUN_ID, which would leak into other tests
     run = RunDir(root / "runs" / "tiny" / "r1")
@@ -91,10 +115,12 @@ def make_tiny_run(
             {
                 "state_dict": module.state_dict(),
                 "hyper_parameters": plain(module.hparams),
-                "ich3d": {"val_auc": 0.5, "epoch": 0},
+                "ich3d": {"val_auc": 0.5, "epoch": 0, "inputs": input_signature(config.data)},
                 "global_step": 0,
                 "epoch": 0,
             },
             path,
         )
+        if stage not in unfinished:
+            run.write_result(stage, {"stage": stage, "best_val_auc": 0.5, "global_step": 0})
     return TinyRun(root=root, images=images, labels_csv=labels, cache=cache, run_dir=run.path)

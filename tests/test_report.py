@@ -16,9 +16,9 @@ from ich3d.evaluation.report import (
     build_report,
     method_columns,
     slice_level_auc,
-    summary_metrics,
 )
 from ich3d.evaluation.roc_table import read_predictions
+from ich3d.tracking.evaluation import summary_metrics
 
 
 def _frame(n: int, seed: int, prefix: str) -> pd.DataFrame:
@@ -29,7 +29,7 @@ def _frame(n: int, seed: int, prefix: str) -> pd.DataFrame:
         {
             "key": [f"{prefix}{i:04x}" for i in range(n)],
             "label": y,
-            # deliberately not in METHOD_ORDER's order: the report reorders them
+            # deliberately not in the method registry's order: the report reorders them
             "finetune": y * 1.5 + rng.normal(size=n),
             "max": y * 0.3 + rng.normal(size=n),
             "sequence": y * 1.0 + rng.normal(size=n),
@@ -180,7 +180,7 @@ def test_summary_metrics(tmp_path, frames):
 @pytest.mark.slow
 def test_wandb_offline_log(tmp_path, frames, monkeypatch):
     from ich3d.config import config_from_dict
-    from ich3d.evaluation.report import log_to_wandb
+    from ich3d.tracking.evaluation import log_to_wandb
 
     test, val = frames
     rep = build_report(test, tmp_path / "eval", val=val, timing={"finetune": 0.25})

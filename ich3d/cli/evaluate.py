@@ -1,14 +1,17 @@
-"""``ich3d evaluate``: every method of a trained run on its test split, with DeLong statistics.
+"""``ich3d evaluate``: every scoring method of a trained run on its test split, with DeLong statistics.
 
 Usage::
 
-    ich3d evaluate RUN_DIR [--out DIR] [--stages slice sequence finetune direct]
+    ich3d evaluate RUN_DIR [--out DIR] [--stages STAGE ...] [--methods NAME ...]
+                           [--data CACHE] [--include-unfinished]
                            [--device auto|cpu|cuda] [--no-wandb] [--no-progress]
 
-Writes ``RUN_DIR/evaluation/`` (or ``--out``): ``predictions.csv`` (key, label, one
-score column per method: max, p95, svm, sequence, finetune, direct; readable by
-``ich3d roc``), ``val_predictions.csv``, ``slice_predictions.csv``, ``metrics.json``,
-``roc.png`` and ``report.md``; prints the AUC table and where the report is.
+Writes ``RUN_DIR/evaluation/`` (``RUN_DIR/evaluation-<cache name>`` with ``--data``,
+or ``--out``): ``predictions.csv`` (key, label, one score column per method, in the
+registry's order; readable by ``ich3d roc``), ``val_predictions.csv``,
+``slice_predictions.csv``, ``metrics.json``, ``roc.png`` and ``report.md``; prints
+the AUC table and where the report is. The work is
+:func:`ich3d.evaluation.evaluate.evaluate_run`; this module parses and prints.
 """
 
 from __future__ import annotations
@@ -20,30 +23,67 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ich3d.evaluation.methods import all_methods
     from ich3d.stages import stage_names
 
+    methods = all_methods()
+    by_stage = {s: [m.name for m in methods if m.needs == s] for s in stage_names()}
+    stages_help = ", ".join(
+        s if ms == [s] else f"{s} (= {', '.join(ms)})" if ms else s for s, ms in by_stage.items()
+    )
     p = subparsers.add_parser(
         "evaluate",
         help="evaluate a trained run: baselines and volume models, DeLong CIs, operating points, report",
         description=(
-            "Evaluate the methods of a run directory on its test split (evaluation.split): "
-            "the stage-1 baselines max, p95 and svm (from slice/best.ckpt) and the volume "
-            "models sequence, finetune and direct (from their best.ckpt), whichever exist. "
+            "Evaluate the scoring methods of a run directory on its test split (evaluation.split), "
+            "or with --data on every labelled volume of another ingest cache: "
+            + "; ".join(f"{m.name}: {m.description}" for m in methods)
+            + ". Each method needs its stage's best.ckpt and a finished stage (result.json). "
             "Reports AUC with 95% DeLong CIs, paired DeLong tests, operating points chosen "
-            "on validation (target sensitivity evaluation.target_sensitivity and Youden) "
-            "with Wilson CIs on test, inference seconds per volume and the hardware, and "
-            "the slice-level stage-1 AUC. Logs to W&B when the run's tracking is on."
+            "on the run's validation split (target sensitivity evaluation.target_sensitivity "
+            "and Youden) with Wilson CIs on the evaluated volumes, inference seconds per volume "
+            "and the hardware, and the slice-level stage-1 AUC. Logs to W&B when the run's "
+            "tracking is on."
         ),
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory (runs/<experiment>/<run-id>)")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: RUN_DIR/evaluation)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output folder (default: RUN_DIR/evaluation, or RUN_DIR/evaluation-<cache name> with --data)",
+    )
     p.add_argument(
         "--stages",
         nargs="+",
         choices=stage_names(),
         default=None,
         metavar="STAGE",
-        help="stages to evaluate: slice (= max, p95, svm), sequence, finetune, direct (default: all that exist)",
+        help=f"evaluate the methods of these stages: {stages_help} (default: every method whose checkpoint exists)".replace(
+            "%", "%%"
+        ),
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=[m.name for m in methods],
+        default=None,
+        metavar="NAME",
+        help=f"scoring methods to evaluate: {', '.join(m.name for m in methods)} (with --stages: both)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="CACHE",
+        help="evaluate on every labelled volume of this ingest cache (e.g. an external test set); "
+        "thresholds are still chosen on the run's validation split",
+    )
+    p.add_argument(
+        "--include-unfinished",
+        action="store_true",
+        help="also score stages that did not finish (best.ckpt without result.json), marked unfinished",
     )
     p.add_argument(
         "--device", default="auto", help="auto (CUDA when available, default), cpu, cuda or cuda:N"
@@ -61,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         args.run_dir,
         out=args.out,
         stages=args.stages,
+        methods=args.methods,
+        data=args.data,
+        include_unfinished=args.include_unfinished,
         device=args.device,
         progress=not args.no_progress,
         tracking=not args.no_wandb,
@@ -68,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     print(render_markdown(result.report.delong), end="")
     for what, why in result.missing.items():
         print(f"not evaluated: {what}: {why}")
+    for method, stage in result.unfinished.items():
+        print(f"unfinished: {method} (stage {stage} has no result.json)")
     print(f"report: {result.report.files['report']}")
     if result.wandb_dir:
         print(f"W&B run: {result.wandb_dir}")

@@ -1,21 +1,33 @@
-"""``ich3d evaluate RUN_DIR``: every method of a run on its test split, with the report.
+"""``ich3d evaluate RUN_DIR``: every scoring method of a run on its test split, with the report.
 
-Methods (each only when its checkpoint exists; the report names what is missing):
+The methods are the registry's (:mod:`ich3d.evaluation.methods`), each evaluated
+when the stage it needs has a ``best.ckpt`` (the report names what is missing):
 
-* from ``slice/best.ckpt`` (the stage-1 CNN over every cached slice of a volume):
-  ``max``, ``p95`` (``evaluation.percentile``) and ``svm`` (linear SVM on the
-  zero-padded slice features, fitted on the training volumes with C chosen on
-  validation among ``evaluation.svm_cs``; :mod:`ich3d.evaluation.baselines`);
-* ``sequence``, ``finetune``, ``direct``: the volume models of stages 2 and 3 and
-  the ablation, on depth-pooled volumes (``data.depth_pool``).
+* from the stage-1 slice CNN over every cached slice of a volume: ``max``,
+  ``p95`` (``evaluation.percentile``) and ``svm`` (linear SVM on the zero-padded
+  slice features, fitted on the training volumes with C chosen on validation
+  among ``evaluation.svm_cs``);
+* one volume model per declared volume stage (:func:`ich3d.stages.volume_stages`),
+  on depth-pooled volumes (``data.depth_pool``);
+* any method a user registers (:func:`~ich3d.evaluation.methods.register_method`).
+
+Shared work is done once (:class:`~ich3d.evaluation.context.EvaluationContext`).
+Every checkpoint used must have been trained on the inputs the run's config and
+cache give now (:mod:`ich3d.runs.inputs`), and its stage must have finished
+(``result.json``; ``include_unfinished`` scores a crashed stage's ``best.ckpt``
+and marks it "unfinished").
 
 Scores are computed on the validation split (operating points) and on
-``evaluation.split`` (default ``test``); :func:`~ich3d.evaluation.report.build_report`
-writes ``RUN_DIR/evaluation/`` (or ``--out``): ``predictions.csv``,
-``val_predictions.csv``, ``slice_predictions.csv`` (test slices: key, slice index,
-slice label, stage-1 probability), ``metrics.json``, ``roc.png`` and ``report.md``.
-With tracking on (the run's ``tracking.mode``), the table, ROC curves and summary
-metrics go to a W&B run of job type ``evaluate`` in the run's group.
+``evaluation.split`` (default ``test``), or with ``data`` on every labelled volume
+of another ingest cache (thresholds still chosen on the run's own validation
+split, the SVM still fitted on its training split);
+:func:`~ich3d.evaluation.report.build_report` writes ``RUN_DIR/evaluation/``
+(``RUN_DIR/evaluation-<cache name>`` with ``data``, or ``out``): ``predictions.csv``,
+``val_predictions.csv``, ``slice_predictions.csv`` (evaluated slices: key, slice
+index, slice label, stage-1 probability), ``metrics.json``, ``roc.png`` and
+``report.md``. With tracking on (the run's ``tracking.mode``), the table, ROC curves
+and summary metrics go to a W&B run of job type ``evaluate`` in the run's group
+(:mod:`ich3d.tracking.evaluation`).
 """
 
 from __future__ import annotations
@@ -32,12 +44,9 @@ import pandas as pd
 
 from ich3d.errors import UserError
 
-__all__ = ["SLICE_METHODS", "EvaluationResult", "available_stages", "evaluate_run"]
+__all__ = ["EvaluationResult", "available_stages", "select_methods", "evaluate_run"]
 
 log = logging.getLogger(__name__)
-
-#: The baselines computed from the stage-1 CNN.
-SLICE_METHODS: tuple[str, ...] = ("max", "p95", "svm")
 
 
 @dataclass
@@ -49,12 +58,15 @@ class EvaluationResult:
         report: the :class:`~ich3d.evaluation.report.EvaluationReport`.
         missing: stage or method -> why it was not evaluated.
         wandb_dir: the W&B run's local folder, if one was written.
+        unfinished: method -> the unfinished stage it was scored from
+            (``include_unfinished`` only).
     """
 
     out_dir: Path
     report: Any
     missing: dict[str, str] = field(default_factory=dict)
     wandb_dir: str | None = None
+    unfinished: dict[str, str] = field(default_factory=dict)
 
 
 def available_stages(run: Any) -> list[str]:
@@ -64,6 +76,28 @@ def available_stages(run: Any) -> list[str]:
     return [s for s in stage_names() if run.best_ckpt(s).is_file()]
 
 
+def select_methods(methods: Sequence[str] | None = None, stages: Sequence[str] | None = None) -> list[Any]:
+    """The scoring methods asked for: ``methods`` by name plus those needing one of ``stages``.
+
+    Neither given: every registered method. Order: the registry's (report order).
+
+    Raises:
+        UserError: an unknown method or stage (the message lists the known ones).
+    """
+    from ich3d.evaluation.methods import all_methods, get_method, methods_for_stages
+    from ich3d.stages import stage_names
+
+    if not methods and not stages:
+        return all_methods()
+    names = stage_names()
+    unknown = [s for s in stages or () if s not in names]
+    if unknown:
+        raise UserError(f"unknown stage {unknown[0]!r} for --stages; expected some of {', '.join(names)}")
+    wanted = {get_method(m).name for m in methods or ()}
+    wanted |= {m.name for m in methods_for_stages(stages or ())}
+    return [m for m in all_methods() if m.name in wanted]
+
+
 def _frame(table: pd.DataFrame) -> pd.DataFrame:
     return table[["key", "label"]].reset_index(drop=True).copy()
 
@@ -71,10 +105,22 @@ def _frame(table: pd.DataFrame) -> pd.DataFrame:
 def _put(frame: pd.DataFrame, name: str, keys: Sequence[str], scores: np.ndarray) -> None:
     """Add a score column to ``frame`` by volume key (every key of ``frame`` must be scored)."""
     by_key = pd.Series(np.asarray(scores, dtype=np.float64), index=list(keys))
+    if by_key.index.duplicated().any():
+        raise RuntimeError(f"{name}: a volume was scored more than once")
     col = frame["key"].map(by_key)
     if col.isna().any():
         raise RuntimeError(f"{name}: {int(col.isna().sum())} volume(s) of the split were not scored")
     frame[name] = col.to_numpy(dtype=np.float64)
+
+
+def _unfinished_message(run: Any, stages: Sequence[str]) -> str:
+    names = ", ".join(stages)
+    return (
+        f"stage {names} of {run.path} did not finish (best.ckpt but no result.json: training was "
+        f"interrupted or is still running); finish it with `ich3d train --resume {run.path}`, "
+        f"leave it out with --stages/--methods, or score its best.ckpt anyway with "
+        f"--include-unfinished (marked unfinished in the report)"
+    )
 
 
 def evaluate_run(
@@ -82,16 +128,25 @@ def evaluate_run(
     *,
     out: str | Path | None = None,
     stages: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    data: str | Path | None = None,
+    include_unfinished: bool = False,
     device: str = "auto",
     progress: bool = True,
     tracking: bool = True,
 ) -> EvaluationResult:
-    """Evaluate every available method of a run and write the report.
+    """Evaluate every available scoring method of a run and write the report.
 
     Args:
         run_dir: the run directory (``runs/<experiment>/<run-id>``).
-        out: output folder; default ``RUN_DIR/evaluation``.
-        stages: declared stages to evaluate; default all that exist.
+        out: output folder; default ``RUN_DIR/evaluation`` (``RUN_DIR/evaluation-<cache
+            name>`` with ``data``).
+        stages: declared stages whose methods to evaluate (``slice`` = ``max``, ``p95``,
+            ``svm``); with ``methods``, the union. Default (neither): every method.
+        methods: scoring methods by name (:func:`~ich3d.evaluation.methods.method_names`).
+        data: another ingest cache: evaluate on every volume of it labelled 0/1 on
+            ``data.label`` instead of the run's ``evaluation.split``.
+        include_unfinished: score stages without ``result.json`` too, marked unfinished.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``.
         progress: progress bars (default True).
         tracking: log to W&B when the run's config has tracking on (default True).
@@ -100,19 +155,16 @@ def evaluate_run(
         The :class:`EvaluationResult`.
 
     Raises:
-        UserError: not a run directory, unknown stage, no checkpoint at all, an
-            unlabeled cache, or a split without both classes.
+        UserError: not a run directory, unknown stage or method, no checkpoint at all,
+            an unfinished stage (without ``include_unfinished``), a checkpoint trained
+            on other inputs, an unlabeled cache, or a split without both classes.
     """
-    from ich3d.evaluation.inference import (
-        build_eval_datamodule,
-        hardware_info,
-        predict_slices,
-        predict_volumes,
-        resolve_device,
-    )
-    from ich3d.evaluation.report import METHOD_ORDER, build_report, log_to_wandb, slice_level_auc
-    from ich3d.runs.checkpoints import load_slice_model, load_volume_model
-    from ich3d.runs.run_dir import global_rank_from_env, open_run_dir
+    from ich3d.evaluation.context import EvaluationContext
+    from ich3d.evaluation.inference import hardware_info, resolve_device
+    from ich3d.evaluation.methods import MethodUnavailable
+    from ich3d.evaluation.report import build_report, slice_level_auc
+    from ich3d.runs.run_dir import open_run_dir
+    from ich3d.stages import stage_names
 
     run = open_run_dir(run_dir)
     config = run.load_config()
@@ -120,148 +172,148 @@ def evaluate_run(
     split = ev.split
     if split not in ("train", "val", "test"):
         raise UserError(f"evaluation.split must be train, val or test, got {split!r}")
-    from ich3d.stages import stage_names
+    data_dir: Path | None = None
+    if data is not None:
+        from ich3d.data.cache import is_complete
 
-    eval_stages = stage_names()
-    requested = list(eval_stages) if not stages else list(dict.fromkeys(stages))
-    unknown = [s for s in requested if s not in eval_stages]
-    if unknown:
-        raise UserError(f"unknown stage {unknown[0]!r} for --stages; expected some of {', '.join(eval_stages)}")
-    present = available_stages(run)
-    todo = [s for s in requested if s in present]
+        data_dir = Path(data).expanduser().resolve()
+        if not is_complete(data_dir):
+            raise UserError(f"--data {data}: not a complete ingest cache (run `ich3d ingest` on it first)")
+    selected = select_methods(methods, stages)
+
+    # ---- which stages exist, which finished
+    needed = [s for s in stage_names() if s in {m.needs for m in selected} | set(stages or ())]
+    present = set(available_stages(run))
     missing: dict[str, str] = {}
-    for s in requested:
+    for s in needed:
         if s not in present:
-            what = "max, p95 and svm baselines" if s == "slice" else "volume model"
+            names = [m.name for m in selected if m.needs == s]
+            what = ", ".join(names) if names else "nothing"
             missing[s] = f"no {s}/best.ckpt in the run directory: {what} not evaluated"
+    todo = [m for m in selected if m.needs in present]
     if not todo:
         raise UserError(
-            f"{run.path} has none of the requested checkpoints ({', '.join(f'{s}/best.ckpt' for s in requested)}); "
+            f"{run.path} has none of the requested checkpoints ({', '.join(f'{s}/best.ckpt' for s in needed)}); "
             "train first"
         )
+    todo_stages = [s for s in needed if s in present and any(m.needs == s for m in todo)]
+    unfinished_stages = [s for s in todo_stages if not run.is_done(s)]
+    if unfinished_stages and not include_unfinished:
+        raise UserError(_unfinished_message(run, unfinished_stages))
+    unfinished = {m.name: m.needs for m in todo if m.needs in unfinished_stages}
+    for s in unfinished_stages:
+        log.warning("stage %s did not finish (no result.json): its best.ckpt is scored and marked unfinished", s)
     for why in missing.values():
         log.warning("%s", why)
 
     dev = resolve_device(device)
+    ctx = EvaluationContext(run, config, device=dev, progress=progress, split=split, data=data_dir)
+    ctx.check_stages(todo_stages)  # inputs of every checkpoint, before any work
     hw = hardware_info(dev)
-    out_dir = Path(out) if out is not None else run.path / "evaluation"
+    if out is not None:
+        out_dir = Path(out)
+    elif data_dir is not None:
+        out_dir = run.path / f"evaluation-{data_dir.name}"
+    else:
+        out_dir = run.path / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
     timing: dict[str, float] = {}
+    load_seconds: dict[str, float] = {}
+    details: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     extra: dict[str, Any] = {
         "experiment": config.experiment,
         "run_id": run.run_id,
         "percentile": ev.percentile,
-        "stages_evaluated": todo,
+        "stages_evaluated": todo_stages,
         "label": config.data.label,
         "depth_pool": config.data.depth_pool,
     }
-    test_df: pd.DataFrame | None = None
-    val_df: pd.DataFrame | None = None
-    svm_info: dict[str, Any] = {}
-    slice_level: dict[str, Any] = {}
-    load_seconds: dict[str, float] = {}
+    test_df = _frame(ctx.table("evaluated"))
+    val_df = _frame(ctx.table("val"))
+    if data_dir is not None:
+        from ich3d.runs.inputs import input_signature
 
-    # ---- volume models (depth-pooled volumes)
-    volume_stages = [s for s in todo if s != "slice"]
-    if volume_stages:
-        dm = build_eval_datamodule(config, depth_pool=config.data.depth_pool, stage="test")
-        test_df, val_df = _frame(dm.split_table(split)), _frame(dm.split_table("val"))
-        for stage in volume_stages:
-            model, _ = load_volume_model(run, stage)
-            for name, frame in ((split, test_df), ("val", val_df)):
-                if name == "val" and split == "val":
-                    val_df[stage] = test_df[stage]
-                    continue
-                scores = predict_volumes(
-                    model, dm.eval_dataloader(name), dev, progress=progress, desc=f"{stage} {name}"
-                )
-                _put(frame, stage, scores.keys, scores.probs)
-                if name == split:
-                    timing[stage] = float(scores.seconds.mean())
-                    load_seconds[stage] = scores.load_seconds / len(scores.keys)
-            del model
+        every = ctx.datamodule("evaluated", config.data.depth_pool).split_table("predict")
+        extra["data"] = {
+            "cache": str(data_dir),
+            "cache_hash": input_signature(config.data, cache_dir=data_dir)["cache"],
+            "n_volumes_in_cache": int(len(every)),
+            "n_labelled": int(len(test_df)),
+            "image_size": None if ctx.image_size is None else list(ctx.image_size),
+        }
+        notes.append(
+            f"evaluated on another cache ({len(test_df)} labelled volumes of {len(every)}); operating "
+            "points chosen on the run's validation split, the SVM fitted on its training split"
+        )
 
-    # ---- stage-1 baselines (every cached slice)
-    if "slice" in todo:
-        from ich3d.evaluation.baselines import fit_linear_svm, max_score, percentile_score
-
-        dm1 = build_eval_datamodule(config, depth_pool=1, stage="test")
-        if test_df is None:
-            test_df, val_df = _frame(dm1.split_table(split)), _frame(dm1.split_table("val"))
-        assert val_df is not None
-        smodel = load_slice_model(run)
-        outs = {}
-        for name in dict.fromkeys((split, "val", "train")):
-            outs[name] = predict_slices(
-                smodel, dm1.eval_dataloader(name), dev, progress=progress, desc=f"slice CNN {name}"
-            )
-        del smodel
-        for name, frame in ((split, test_df), ("val", val_df)):
-            o = outs[name]
-            _put(frame, "max", o.keys, max_score(o.probs))
-            _put(frame, "p95", o.keys, percentile_score(o.probs, ev.percentile))
-        slice_secs = float(outs[split].seconds.mean())
-        timing["max"] = timing["p95"] = slice_secs
-        load_seconds["max"] = load_seconds["p95"] = outs[split].load_seconds / len(outs[split].keys)
+    described: dict[str, str] = {}
+    for method in todo:
         try:
-            tr, va = outs["train"], outs["val"]
-            svm = fit_linear_svm(
-                tr.features, tr.labels.astype(np.int64), va.features, va.labels.astype(np.int64), Cs=ev.svm_cs
-            )
-        except UserError as exc:
-            missing["svm"] = f"SVM baseline not fitted: {exc}"
-            log.warning("%s", missing["svm"])
-        else:
-            t0 = time.perf_counter()
-            test_scores, n_crop_test = svm.decision_function(outs[split].features)
-            svm_secs = (time.perf_counter() - t0) / len(outs[split].keys)
-            val_scores, _ = svm.decision_function(outs["val"].features)
-            _put(test_df, "svm", outs[split].keys, test_scores)
-            _put(val_df, "svm", outs["val"].keys, val_scores)
-            timing["svm"] = slice_secs + svm_secs
-            load_seconds["svm"] = load_seconds["max"]
-            svm_info = {**svm.to_dict(), "n_cropped_test": int(n_crop_test)}
-            notes.append(
-                "svm: C was chosen on the validation split, so its validation-chosen operating "
-                "points are slightly optimistic"
-            )
-        slice_level, slice_table = _slice_level(dm1, outs[split], config.data.label, ev.confidence, slice_level_auc)
+            got = method.score(ctx, "evaluated")
+            val_got = got if ctx.same_data("evaluated", "val") else method.score(ctx, "val")
+        except MethodUnavailable as exc:
+            missing[method.name] = str(exc)
+            log.warning("%s: %s", method.name, exc)
+            continue
+        _put(test_df, method.name, got.keys, got.scores)
+        _put(val_df, method.name, val_got.keys, val_got.scores)
+        described[method.name] = method.describe(config)
+        if got.seconds is not None:
+            timing[method.name] = float(got.seconds)
+        if got.load_seconds is not None:
+            load_seconds[method.name] = float(got.load_seconds)
+        if got.details:
+            details[method.name] = got.details
+        notes.extend(n for n in got.notes if n not in notes)
+    ctx.release_model()
+
+    slice_level: dict[str, Any] = {}
+    if ctx.has_slice_outputs("evaluated"):
+        dm1 = ctx.datamodule("evaluated", 1)
+        outs = ctx.slice_outputs("evaluated")
+        keep = set(test_df["key"])
+        if len(keep) != len(outs.keys):
+            outs = outs.subset([k for k in outs.keys if k in keep])
+        slice_level, slice_table = _slice_level(dm1, outs, config.data.label, ev.confidence, slice_level_auc)
         slice_table.to_csv(out_dir / "slice_predictions.csv", index=False)
 
-    assert test_df is not None and val_df is not None
-    scored = [c for c in test_df.columns if c not in ("key", "label")]
-    methods = [m for m in METHOD_ORDER if m in scored] + [m for m in scored if m not in METHOD_ORDER]
+    scored = [m.name for m in todo if m.name in test_df.columns]
     extra["load_seconds_per_volume"] = load_seconds
     extra["seconds_total"] = round(time.perf_counter() - t_start, 3)
+    what = f"{config.experiment}/{run.run_id}"
     report = build_report(
-        test_df[["key", "label", *methods]],
+        test_df[["key", "label", *scored]],
         out_dir,
-        val=val_df[["key", "label", *[m for m in methods if m in val_df.columns]]],
-        methods=methods,
+        val=val_df[["key", "label", *scored]],
+        methods=scored,
         target_sensitivity=ev.target_sensitivity,
         level=ev.confidence,
         timing=timing,
         hardware=hw,
         slice_level=slice_level,
-        svm=svm_info,
+        # metrics.json's `svm` section (the report renders it) is the svm method's details
+        svm=details.get("svm") or {},
         missing=missing,
         notes=notes,
-        title=f"ich3d evaluation: {config.experiment}/{run.run_id}",
-        split=split,
+        title=f"ich3d evaluation: {what}" + (", another cache" if data_dir is not None else ""),
+        split="external" if data_dir is not None else split,
         extra=extra,
+        descriptions=described,
+        unfinished={m: s for m, s in unfinished.items() if m in scored},
     )
     wandb_dir = None
-    if tracking and config.tracking.mode != "disabled" and global_rank_from_env() != 0:
-        log.info("not rank 0: the evaluation is not logged to W&B from this process")
-    elif tracking and config.tracking.mode != "disabled":
-        try:
-            wandb_dir = log_to_wandb(report, config, run.path)
-        except Exception as exc:  # the files are written; W&B trouble must not lose them
-            log.warning("W&B logging of the evaluation failed: %s", exc)
-    return EvaluationResult(out_dir=out_dir, report=report, missing=missing, wandb_dir=wandb_dir)
+    if tracking:
+        from ich3d.tracking.evaluation import log_evaluation
+
+        wandb_dir = log_evaluation(
+            report, config, run.path, job="evaluate" if data_dir is None else "evaluate-external"
+        )
+    return EvaluationResult(
+        out_dir=out_dir, report=report, missing=missing, wandb_dir=wandb_dir, unfinished=unfinished
+    )
 
 
 def _slice_level(
@@ -282,6 +334,9 @@ def _slice_level(
     table = table[["key", "slice_index", "label", "probability"]]
     result: dict[str, Any] = {}
     labeled = table["label"].isin([0, 1]).to_numpy()
+    if not labeled.any():  # e.g. another cache with study-level labels only
+        log.warning("slice-level AUC not computed: no evaluated slice has a 0/1 label")
+        return result, table
     result["all"] = slice_level_auc(table["label"][labeled], table["probability"][labeled], level)
     try:
         rule = CavityRule()

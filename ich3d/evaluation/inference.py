@@ -364,24 +364,20 @@ def _len(loader: Any) -> int | None:
 def training_image_size(config: Any) -> tuple[int, int] | None:
     """The in-plane size the run's models saw: the most common size of its training cache.
 
-    A ``VolumeDataModule`` on another cache (``predict``) crops/pads every slice to
-    this size, so a model sees the geometry it was trained on. None when the
-    training cache cannot be read (the other cache's own most common size is used).
+    A ``VolumeDataModule`` on another cache (``predict``, ``evaluate --data``)
+    crops/pads every slice to this size, so a model sees the geometry it was trained
+    on. None when the training cache cannot be read.
     """
+    from ich3d.runs.inputs import most_common_size
+
     cache_dir = getattr(config.data, "cache_dir", None)
     if cache_dir is None:
         return None
-    path = Path(cache_dir) / "volumes.csv"
-    if not path.is_file():
-        log.warning("training cache %s not found; using the input's own slice size", cache_dir)
+    if not (Path(cache_dir) / "volumes.csv").is_file():
+        log.warning("training cache %s not found; the training in-plane size is not known from it", cache_dir)
         return None
-    import pandas as pd
-
-    vols = pd.read_csv(path, usecols=["height", "width"])
-    if len(vols) == 0:
-        return None
-    sizes = vols.groupby(["height", "width"]).size().sort_values(ascending=False, kind="stable")
-    return tuple(int(v) for v in sizes.index[0])  # type: ignore[return-value]
+    size = most_common_size(cache_dir)
+    return None if size is None else (size[0], size[1])
 
 
 def build_eval_datamodule(
@@ -393,12 +389,12 @@ def build_eval_datamodule(
     image_size: tuple[int, int] | None = None,
     stage: str = "predict",
 ) -> Any:
-    """A set-up ``VolumeDataModule`` for inference: no augmentation, fixed order.
+    """A set-up ``VolumeDataModule`` for inference: no augmentation, fixed order, never an ingest.
 
     Args:
         config: the run's config.
-        cache_dir: another ingest cache (``predict``); default the run's ``data.cache_dir``
-            (never re-ingested here).
+        cache_dir: another ingest cache (``predict``, ``evaluate --data``); default the
+            run's ``data.cache_dir``.
         depth_pool: slices pooled into one; default ``data.depth_pool`` (the volume
             models'); 1 for the slice baselines.
         batch_size: volumes per batch; default ``evaluation.batch_size``.
@@ -407,22 +403,33 @@ def build_eval_datamodule(
         stage: ``setup`` stage: ``predict`` accepts unlabeled caches, ``test``
             requires labels.
     """
-    from ich3d.training.runner import build_volume_datamodule
+    from ich3d.data.datamodule import VolumeDataModule
 
+    d = config.data
     bs = int(batch_size or config.evaluation.batch_size)
-    pool = int(depth_pool or config.data.depth_pool)
-    if image_size is None and cache_dir is not None:
-        image_size = training_image_size(config)
-    if cache_dir is None and config.data.cache_dir is None:
+    pool = int(depth_pool or d.depth_pool)
+    own = cache_dir is None
+    if own and d.cache_dir is None:
         raise UserError("the run's config has no data.cache_dir to evaluate on")
-    # an explicit cache_dir: build_volume_datamodule then never runs an ingest
-    dm = build_volume_datamodule(
-        config,
-        cache_dir=config.data.cache_dir if cache_dir is None else cache_dir,
-        depth_pool=pool,
+    if image_size is None and not own:
+        image_size = training_image_size(config)
+    dm = VolumeDataModule(
+        d.cache_dir if own else cache_dir,
+        min_slices=d.min_slices,
+        windows=list(d.windows),
+        split_fractions=tuple(d.split_fractions),
+        split_seed=d.split_seed,
+        # the run's splits file lists the run's volumes, not another cache's
+        splits_file=d.splits_file if own else None,
         batch_size=bs,
         pad_batches=bs > 1,
+        num_workers=d.num_workers,
+        pin_memory=d.pin_memory,
+        persistent_workers=d.persistent_workers,
+        seed=config.seed,
         augment=False,
+        label=d.label,
+        depth_pool=pool,
         image_size=image_size,
     )
     dm.setup(stage)

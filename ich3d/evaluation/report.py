@@ -22,9 +22,9 @@ Outputs (in ``out_dir``):
   Wilson intervals, inference time per volume and the hardware, slice-level
   stage-1 AUC, SVM details and what was not evaluated.
 
-:func:`log_to_wandb` sends the per-method table, the ROC curves (curve points
-only) and the summary metrics to a W&B run of job type ``evaluate``; it never
-sends per-volume rows or keys.
+Method order and descriptions come from the scoring-method registry
+(:mod:`ich3d.evaluation.methods`), or from the caller. Sending the report to W&B
+is :mod:`ich3d.tracking.evaluation`'s job; nothing here touches a tracker.
 """
 
 from __future__ import annotations
@@ -43,42 +43,20 @@ from numpy.typing import ArrayLike
 
 from ich3d.errors import UserError
 from ich3d.evaluation.delong import DeLongResult, delong_roc
-from ich3d.evaluation.operating_points import (
-    Proportion,
-    apply_threshold,
-    threshold_for_sensitivity,
-    youden_threshold,
-)
+from ich3d.evaluation.operating_points import Proportion, apply_threshold, operating_points
 from ich3d.evaluation.plots import plot_roc_scores
 from ich3d.evaluation.roc_table import render_markdown, validate_predictions
 
 __all__ = [
-    "METHOD_ORDER",
-    "METHOD_DESCRIPTIONS",
     "EvaluationReport",
     "method_columns",
+    "method_descriptions",
     "slice_level_auc",
-    "choose_operating_points",
     "build_report",
     "render_report",
-    "summary_metrics",
-    "log_to_wandb",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Column order of the methods in ``predictions.csv`` (others follow in input order).
-METHOD_ORDER: tuple[str, ...] = ("max", "p95", "svm", "sequence", "finetune", "direct")
-
-#: One-line description of each built-in method, used in ``report.md``.
-METHOD_DESCRIPTIONS: dict[str, str] = {
-    "max": "stage-1 slice CNN, maximum slice probability",
-    "p95": "stage-1 slice CNN, percentile of slice probabilities",
-    "svm": "linear SVM on the zero-padded stage-1 slice features",
-    "sequence": "CNN (frozen) + BiLSTM after stage 2",
-    "finetune": "CNN + BiLSTM after end-to-end fine-tuning (stage 3)",
-    "direct": "CNN + BiLSTM trained end to end from scratch (ablation)",
-}
 
 _ID_COLUMNS = ("key", "label")
 
@@ -103,8 +81,22 @@ class EvaluationReport:
 # ----------------------------------------------------------------------------- helpers
 
 
+def _registry_order() -> list[str]:
+    from ich3d.evaluation.methods import method_names
+
+    return method_names()
+
+
+def method_descriptions(names: Sequence[str] | None = None) -> dict[str, str]:
+    """The registered methods' one-line descriptions (of ``names``, default all)."""
+    from ich3d.evaluation.methods import all_methods
+
+    found = {m.name: m.description for m in all_methods()}
+    return {n: found[n] for n in (names if names is not None else found) if n in found}
+
+
 def method_columns(frame: pd.DataFrame, methods: Sequence[str] | None = None) -> list[str]:
-    """The score columns of a predictions table, in :data:`METHOD_ORDER` then input order.
+    """The score columns of a predictions table, in the registry's order then input order.
 
     Args:
         frame: predictions with ``key``, ``label`` and score columns.
@@ -125,7 +117,7 @@ def method_columns(frame: pd.DataFrame, methods: Sequence[str] | None = None) ->
             for c in frame.columns
             if c not in _ID_COLUMNS and pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
         ]
-        known = [m for m in METHOD_ORDER if m in cols]
+        known = [m for m in _registry_order() if m in cols]
         cols = known + [c for c in cols if c not in known]
     if not cols:
         raise UserError("predictions have no score column besides key and label")
@@ -195,39 +187,25 @@ def slice_level_auc(labels: ArrayLike, probs: ArrayLike, level: float = 0.95) ->
     }
 
 
-def choose_operating_points(
+def _operating_point_entries(
     val_labels: ArrayLike,
     val_scores: ArrayLike,
     test_labels: ArrayLike,
     test_scores: ArrayLike,
-    target_sensitivity: float = 0.98,
-    level: float = 0.95,
+    target_sensitivity: float,
+    level: float,
 ) -> dict[str, dict[str, Any]]:
-    """Both operating points of one method: thresholds from validation, measured on test.
+    """:func:`~ich3d.evaluation.operating_points.operating_points` as ``metrics.json`` entries.
 
-    Args:
-        val_labels: 0/1 validation labels (both classes needed).
-        val_scores: validation scores.
-        test_labels: 0/1 test labels.
-        test_scores: test scores.
-        target_sensitivity: validation sensitivity to reach; default 0.98.
-        level: confidence level of the Wilson intervals; default 0.95.
-
-    Returns:
-        ``{"sensitivity": {...}, "youden": {...}}`` where each value is
-        :meth:`OperatingPoint.to_dict` plus ``"validation"``: the sensitivity,
-        specificity and accuracy at the same threshold on the validation cases,
-        and, for ``sensitivity``, ``"target"``.
+    Each rule's :meth:`OperatingPoint.to_dict` on test plus ``"validation"``: the
+    sensitivity, specificity and accuracy at the same threshold on the validation
+    cases, and, for ``sensitivity``, ``"target"``.
     """
-    thresholds = {
-        "sensitivity": threshold_for_sensitivity(val_labels, val_scores, target_sensitivity),
-        "youden": youden_threshold(val_labels, val_scores),
-    }
     out: dict[str, dict[str, Any]] = {}
-    for rule, thr in thresholds.items():
-        test_op = apply_threshold(test_labels, test_scores, thr, level)
-        val_op = apply_threshold(val_labels, val_scores, thr, level)
-        d = test_op.to_dict()
+    ops = operating_points(val_labels, val_scores, test_labels, test_scores, target_sensitivity, level)
+    for rule, op in ops.items():
+        val_op = apply_threshold(val_labels, val_scores, op.threshold, level)
+        d = op.to_dict()
         d["validation"] = {
             "sensitivity": val_op.sensitivity.to_dict(),
             "specificity": val_op.specificity.to_dict(),
@@ -259,6 +237,8 @@ def build_report(
     title: str = "ich3d evaluation",
     split: str = "test",
     extra: Mapping[str, Any] | None = None,
+    descriptions: Mapping[str, str] | None = None,
+    unfinished: Mapping[str, str] | None = None,
 ) -> EvaluationReport:
     """Compute every statistic of the report and write its files to ``out_dir``.
 
@@ -269,7 +249,7 @@ def build_report(
             are chosen on it. None (or a method without both classes / without its
             column in ``val``) skips that method's operating points, with a note.
         methods: score columns to report; default every numeric column, ordered
-            by :data:`METHOD_ORDER` then input order.
+            by the scoring-method registry's order then input order.
         target_sensitivity: validation sensitivity of the first operating point;
             default 0.98 (the method paper's).
         level: confidence level of the DeLong and Wilson intervals; default 0.95.
@@ -284,13 +264,20 @@ def build_report(
         title: report title (no identifiers).
         split: name of the evaluated split; default ``test``.
         extra: more JSON-safe entries copied into ``metrics.json``.
+        descriptions: method -> one line for the report; default the registered
+            methods' descriptions (:func:`method_descriptions`).
+        unfinished: method -> the stage it was scored from, for methods whose stage
+            did not finish (``best.ckpt`` without ``result.json``): marked
+            "unfinished" in ``metrics.json`` (``unfinished``, ``per_method``) and
+            ``report.md``.
 
     Returns:
         The :class:`EvaluationReport`. ``metrics.json`` holds ``title``, ``split``,
         ``level``, ``target_sensitivity``, ``methods``, ``best``, ``delong`` (exactly
         the ``ich3d roc --json`` schema), ``per_method`` (name -> auc, ci, var, p/z
         vs best, operating points, seconds per volume), ``operating_points``,
-        ``timing``, ``hardware``, ``slice_level``, ``svm``, ``missing``, ``notes``.
+        ``timing``, ``hardware``, ``slice_level``, ``svm``, ``missing``, ``notes``,
+        ``descriptions``, ``unfinished``.
 
     Raises:
         UserError: missing key/label columns, labels other than 0/1, NaN scores,
@@ -334,7 +321,7 @@ def build_report(
             if np.isnan(vs).any():
                 notes_l.append(f"validation scores of {c} contain NaN: no operating point")
                 continue
-            ops[c] = choose_operating_points(
+            ops[c] = _operating_point_entries(
                 vy, vs, preds.labels, test_out[c].to_numpy(dtype=np.float64), target_sensitivity, level
             )
     else:
@@ -357,6 +344,8 @@ def build_report(
             entry["operating_points"] = ops[m.name]
         if timing and m.name in timing:
             entry["seconds_per_volume"] = float(timing[m.name])
+        if unfinished and m.name in unfinished:
+            entry["unfinished"] = True
         per_method[m.name] = entry
 
     metrics: dict[str, Any] = {
@@ -378,6 +367,8 @@ def build_report(
         "svm": dict(svm or {}),
         "missing": dict(missing or {}),
         "notes": notes_l,
+        "descriptions": dict(descriptions) if descriptions is not None else method_descriptions(cols),
+        "unfinished": {m: str(unfinished[m]) for m in cols if m in unfinished} if unfinished else {},
     }
     if extra:
         metrics.update(dict(extra))
@@ -426,18 +417,27 @@ def render_report(metrics: Mapping[str, Any], result: DeLongResult) -> str:
         f"({metrics['n_pos']} positive, {metrics['n_neg']} negative). "
         f"Intervals: {pct} (AUC: DeLong, pROC conventions; proportions: Wilson)."
     )
+    unfinished = metrics.get("unfinished") or {}
+    if unfinished:
+        stages = ", ".join(f"`{s}`" for s in dict.fromkeys(unfinished.values()))
+        lines += [
+            "",
+            f"**Unfinished**: {', '.join(f'`{m}`' for m in unfinished)} scored from the best.ckpt of "
+            f"stage(s) {stages}, which did not finish training (no result.json); not a final result.",
+        ]
     lines += ["", "## Volume-level ROC AUC", ""]
     lines.append(render_markdown(result).rstrip("\n"))
     lines += ["", "![ROC curves of all methods](roc.png)", ""]
 
-    described = [m for m in metrics["methods"] if m in METHOD_DESCRIPTIONS]
+    descriptions = metrics.get("descriptions") or {}
+    described = [m for m in metrics["methods"] if m in descriptions or m in unfinished]
     if described:
         lines += ["Methods:", ""]
         for m in described:
-            desc = METHOD_DESCRIPTIONS[m]
-            if m == "p95" and "percentile" in metrics:
-                desc += f" ({metrics['percentile']:g}th)"
-            lines.append(f"- `{m}`: {desc}")
+            desc = descriptions.get(m, "")
+            if m in unfinished:
+                desc += f" (**unfinished**: {unfinished[m]} did not finish)"
+            lines.append(f"- `{m}`: {desc.strip()}")
         lines.append("")
 
     ops = metrics.get("operating_points") or {}
@@ -525,170 +525,3 @@ def render_report(metrics: Mapping[str, Any], result: DeLongResult) -> str:
             lines.append(f"- {n}")
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
-
-
-# ----------------------------------------------------------------------------- W&B
-
-
-def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Flat scalar metrics for a W&B summary: ``eval/<method>/auc``, ``.../ci_lower`` ...
-
-    Only aggregates: AUCs, intervals, p-values against the best method,
-    operating-point proportions, seconds per volume and the slice-level AUC.
-    """
-    out: dict[str, float] = {}
-
-    def put(k: str, v: Any) -> None:
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
-            out[k] = float(v)
-
-    put("eval/n_volumes", metrics.get("n_volumes"))
-    put("eval/n_pos", metrics.get("n_pos"))
-    put("eval/n_neg", metrics.get("n_neg"))
-    for m, d in (metrics.get("per_method") or {}).items():
-        for k in ("auc", "ci_lower", "ci_upper", "p_vs_best", "seconds_per_volume"):
-            put(f"eval/{m}/{k}", d.get(k))
-        for rule, op in (d.get("operating_points") or {}).items():
-            put(f"eval/{m}/{rule}/threshold", op.get("threshold"))
-            for what in ("sensitivity", "specificity", "accuracy"):
-                p = op.get(what) or {}
-                put(f"eval/{m}/{rule}/{what}", p.get("value"))
-                put(f"eval/{m}/{rule}/{what}_ci_lower", p.get("ci_lower"))
-                put(f"eval/{m}/{rule}/{what}_ci_upper", p.get("ci_upper"))
-    for k, d in (metrics.get("slice_level") or {}).items():
-        for f in ("auc", "ci_lower", "ci_upper", "n_slices"):
-            put(f"eval/slice_{k}/{f}", d.get(f))
-    return out
-
-
-def _method_table_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    columns = [
-        "method",
-        "auc",
-        "ci_lower",
-        "ci_upper",
-        "p_vs_best",
-        "sens_at_target",
-        "spec_at_target",
-        "acc_at_target",
-        "sens_youden",
-        "spec_youden",
-        "acc_youden",
-        "seconds_per_volume",
-    ]
-    rows = []
-    for m in metrics["methods"]:
-        d = metrics["per_method"][m]
-        op = d.get("operating_points") or {}
-        t, y = op.get("sensitivity") or {}, op.get("youden") or {}
-
-        def v(p: Mapping[str, Any], what: str) -> Any:
-            return (p.get(what) or {}).get("value")
-
-        rows.append(
-            [
-                m,
-                d.get("auc"),
-                d.get("ci_lower"),
-                d.get("ci_upper"),
-                d.get("p_vs_best"),
-                v(t, "sensitivity"),
-                v(t, "specificity"),
-                v(t, "accuracy"),
-                v(y, "sensitivity"),
-                v(y, "specificity"),
-                v(y, "accuracy"),
-                d.get("seconds_per_volume"),
-            ]
-        )
-    return columns, rows
-
-
-def log_to_wandb(
-    report: EvaluationReport,
-    config: Any,
-    run_path: str | Path,
-    *,
-    curves: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-) -> str | None:
-    """Log the evaluation to a W&B run of job type ``evaluate`` in the run's group.
-
-    Sent: the scrubbed resolved config, a table with one row per method (AUC, CI,
-    p vs best, operating points, seconds per volume), the ROC curves as
-    ``(fpr, tpr)`` points per method (``wandb.plot.line_series``) and the ROC image,
-    and :func:`summary_metrics` as the run summary. Never sent: per-volume rows,
-    keys, identifiers. Does nothing when ``config.tracking.mode`` is ``disabled``.
-    Call it on rank 0 only (the evaluation is single-process).
-
-    Args:
-        report: the built report.
-        config: the run's :class:`~ich3d.config.Config`.
-        run_path: the run directory (W&B files go to ``<run>/wandb/``).
-        curves: ``method -> (fpr, tpr)``; default recomputed from ``predictions.csv``.
-
-    Returns:
-        The W&B run's local directory, or None when tracking is disabled.
-    """
-    import os
-
-    tracking = config.tracking
-    if tracking.mode == "disabled":
-        return None
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")
-    if tracking.mode == "offline":
-        os.environ["WANDB_MODE"] = "offline"
-    import wandb
-
-    from ich3d.tracking.loggers import scrub_config
-
-    metrics = report.metrics
-    if curves is None:
-        from ich3d.evaluation.plots import roc_curves
-
-        frame = pd.read_csv(report.files["predictions"])
-        cs = roc_curves(frame["label"].to_numpy(), frame[metrics["methods"]].to_numpy(dtype=np.float64))
-        curves = dict(zip(metrics["methods"], cs, strict=True))
-
-    run_path = Path(run_path)
-    run_id = run_path.name
-    from ich3d.tracking.loggers import wandb_settings
-
-    settings = wandb_settings()
-    experiment = getattr(config, "experiment", "experiment")
-    run = wandb.init(
-        project=tracking.project,
-        entity=tracking.entity,
-        group=tracking.group or run_id,
-        job_type="evaluate",
-        name=f"{experiment}/{run_id}/evaluate",
-        tags=list(tracking.tags),
-        dir=str(run_path),
-        mode=tracking.mode,
-        config={"config": scrub_config(config)},
-        settings=settings,
-        reinit="create_new",
-    )
-    try:
-        columns, rows = _method_table_rows(metrics)
-        run.log({"eval/methods": wandb.Table(columns=columns, data=rows)})
-        names = [m for m in metrics["methods"] if m in curves]
-        if names:
-            xs = [np.asarray(curves[m][0], dtype=float).tolist() for m in names]
-            ys = [np.asarray(curves[m][1], dtype=float).tolist() for m in names]
-            run.log(
-                {
-                    "eval/roc": wandb.plot.line_series(
-                        xs=xs, ys=ys, keys=names, title="ROC (test)", xname="1 - specificity"
-                    ),
-                    "eval/roc_image": wandb.Image(str(report.files["roc"])),
-                }
-            )
-        for k, v in summary_metrics(metrics).items():
-            run.summary[k] = v
-        run.summary["eval/best"] = metrics["best"]
-        out_dir = run.dir
-    finally:
-        run.finish()
-    return str(out_dir)
-

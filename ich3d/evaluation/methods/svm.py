@@ -1,0 +1,71 @@
+"""``svm``: a linear SVM on the zero-padded stage-1 slice features.
+
+Fitted once per evaluation on the run's training split, C chosen on its
+validation split among ``evaluation.svm_cs``
+(:func:`~ich3d.evaluation.baselines.fit_linear_svm`); the fitted model then
+scores every role. ``metrics.json`` gets its details under ``svm``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ich3d.errors import UserError
+from ich3d.evaluation.methods.base import (
+    MethodScores,
+    MethodUnavailable,
+    ScoringMethod,
+    register_method,
+    slice_stage_name,
+)
+
+__all__ = ["LinearSVMMethod"]
+
+_NOTE = (
+    "svm: C was chosen on the validation split, so its validation-chosen operating "
+    "points are slightly optimistic"
+)
+
+
+class LinearSVMMethod(ScoringMethod):
+    """Linear SVM on the padded, flattened slice features of the stage-1 CNN."""
+
+    def _fit(self, ctx: Any) -> Any:
+        from ich3d.evaluation.baselines import fit_linear_svm
+
+        tr, va = ctx.slice_outputs("train"), ctx.slice_outputs("val")
+        try:
+            return fit_linear_svm(
+                tr.features,
+                tr.labels.astype(np.int64),
+                va.features,
+                va.labels.astype(np.int64),
+                Cs=ctx.config.evaluation.svm_cs,
+            )
+        except UserError as exc:
+            raise MethodUnavailable(f"SVM baseline not fitted: {exc}") from None
+
+    def score(self, ctx: Any, role: str) -> MethodScores:
+        svm = ctx.memo("svm.fit", lambda: self._fit(ctx))
+        out = ctx.slice_outputs(role)
+        t0 = time.perf_counter()
+        scores, n_cropped = svm.decision_function(out.features)
+        svm_secs = (time.perf_counter() - t0) / len(out.keys)
+        result = MethodScores(
+            out.keys,
+            scores,
+            seconds=ctx.slice_seconds(role) + svm_secs,
+            load_seconds=ctx.slice_load_seconds(role),
+        )
+        if role == "evaluated":
+            result.details = {**svm.to_dict(), "n_cropped_test": int(n_cropped)}
+            result.notes = [_NOTE]
+        return result
+
+
+register_method(
+    LinearSVMMethod("svm", "linear SVM on the zero-padded stage-1 slice features", needs=slice_stage_name(), order=30)
+)

@@ -1,0 +1,207 @@
+"""The evaluation's W&B run: the per-method table, ROC curve points and summary metrics.
+
+:func:`log_evaluation` is what ``ich3d evaluate`` calls: from rank 0 only, only
+when the run's ``tracking.mode`` is not ``disabled``, and a W&B failure is logged
+as a warning (the report's files are already written). :func:`log_to_wandb` does
+the logging; :func:`summary_metrics` and :func:`method_table` say what is sent.
+
+Sent: the scrubbed resolved config (:func:`~ich3d.tracking.loggers.scrub_config`),
+one table row per method (AUC, CI, p vs best, operating points, seconds per
+volume), the ROC curves as ``(fpr, tpr)`` points per method and the ROC image
+(titled without identifiers), and the summary metrics. Never sent: per-volume
+rows, keys, identifiers, file names.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["summary_metrics", "method_table", "log_to_wandb", "log_evaluation"]
+
+log = logging.getLogger(__name__)
+
+
+def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Flat scalar metrics for a W&B summary: ``eval/<method>/auc``, ``.../ci_lower`` ...
+
+    Only aggregates: AUCs, intervals, p-values against the best method,
+    operating-point proportions, seconds per volume and the slice-level AUC.
+    """
+    out: dict[str, float] = {}
+
+    def put(k: str, v: Any) -> None:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+            out[k] = float(v)
+
+    put("eval/n_volumes", metrics.get("n_volumes"))
+    put("eval/n_pos", metrics.get("n_pos"))
+    put("eval/n_neg", metrics.get("n_neg"))
+    for m, d in (metrics.get("per_method") or {}).items():
+        for k in ("auc", "ci_lower", "ci_upper", "p_vs_best", "seconds_per_volume"):
+            put(f"eval/{m}/{k}", d.get(k))
+        for rule, op in (d.get("operating_points") or {}).items():
+            put(f"eval/{m}/{rule}/threshold", op.get("threshold"))
+            for what in ("sensitivity", "specificity", "accuracy"):
+                p = op.get(what) or {}
+                put(f"eval/{m}/{rule}/{what}", p.get("value"))
+                put(f"eval/{m}/{rule}/{what}_ci_lower", p.get("ci_lower"))
+                put(f"eval/{m}/{rule}/{what}_ci_upper", p.get("ci_upper"))
+    for k, d in (metrics.get("slice_level") or {}).items():
+        for f in ("auc", "ci_lower", "ci_upper", "n_slices"):
+            put(f"eval/slice_{k}/{f}", d.get(f))
+    return out
+
+
+def method_table(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """``(columns, rows)`` of the per-method W&B table (one row per method, aggregates only)."""
+    columns = [
+        "method",
+        "auc",
+        "ci_lower",
+        "ci_upper",
+        "p_vs_best",
+        "sens_at_target",
+        "spec_at_target",
+        "acc_at_target",
+        "sens_youden",
+        "spec_youden",
+        "acc_youden",
+        "seconds_per_volume",
+        "unfinished",
+    ]
+
+    def v(p: Mapping[str, Any], what: str) -> Any:
+        return (p.get(what) or {}).get("value")
+
+    rows = []
+    for m in metrics["methods"]:
+        d = metrics["per_method"][m]
+        op = d.get("operating_points") or {}
+        t, y = op.get("sensitivity") or {}, op.get("youden") or {}
+        rows.append(
+            [
+                m,
+                d.get("auc"),
+                d.get("ci_lower"),
+                d.get("ci_upper"),
+                d.get("p_vs_best"),
+                v(t, "sensitivity"),
+                v(t, "specificity"),
+                v(t, "accuracy"),
+                v(y, "sensitivity"),
+                v(y, "specificity"),
+                v(y, "accuracy"),
+                d.get("seconds_per_volume"),
+                bool(d.get("unfinished", False)),
+            ]
+        )
+    return columns, rows
+
+
+def log_to_wandb(
+    report: Any,
+    config: Any,
+    run_path: str | Path,
+    *,
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    job: str = "evaluate",
+) -> str | None:
+    """Log an evaluation report to a W&B run of job type ``evaluate`` in the run's group.
+
+    Args:
+        report: the :class:`~ich3d.evaluation.report.EvaluationReport`.
+        config: the run's :class:`~ich3d.config.Config`.
+        run_path: the run directory (W&B files go to ``<run>/wandb/``).
+        curves: ``method -> (fpr, tpr)``; default recomputed from ``predictions.csv``.
+        job: last part of the W&B run name (``<experiment>/<run-id>/<job>``); no
+            identifiers or file names.
+
+    Returns:
+        The W&B run's local directory, or None when tracking is disabled.
+    """
+    tracking = config.tracking
+    if tracking.mode == "disabled":
+        return None
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+    if tracking.mode == "offline":
+        os.environ["WANDB_MODE"] = "offline"
+    import pandas as pd
+    import wandb
+
+    from ich3d.tracking.loggers import scrub_config, wandb_settings
+
+    metrics = report.metrics
+    if curves is None:
+        from ich3d.evaluation.plots import roc_curves
+
+        frame = pd.read_csv(report.files["predictions"])
+        cs = roc_curves(frame["label"].to_numpy(), frame[metrics["methods"]].to_numpy(dtype=np.float64))
+        curves = dict(zip(metrics["methods"], cs, strict=True))
+
+    run_path = Path(run_path)
+    run_id = run_path.name
+    experiment = getattr(config, "experiment", "experiment")
+    run = wandb.init(
+        project=tracking.project,
+        entity=tracking.entity,
+        group=tracking.group or run_id,
+        job_type="evaluate",
+        name=f"{experiment}/{run_id}/{job}",
+        tags=list(tracking.tags),
+        dir=str(run_path),
+        mode=tracking.mode,
+        config={"config": scrub_config(config)},
+        settings=wandb_settings(),
+        reinit="create_new",
+    )
+    try:
+        columns, rows = method_table(metrics)
+        run.log({"eval/methods": wandb.Table(columns=columns, data=rows)})
+        names = [m for m in metrics["methods"] if m in curves]
+        if names:
+            xs = [np.asarray(curves[m][0], dtype=float).tolist() for m in names]
+            ys = [np.asarray(curves[m][1], dtype=float).tolist() for m in names]
+            run.log(
+                {
+                    "eval/roc": wandb.plot.line_series(
+                        xs=xs, ys=ys, keys=names, title=f"ROC ({metrics.get('split', 'test')})", xname="1 - specificity"
+                    ),
+                    "eval/roc_image": wandb.Image(str(report.files["roc"])),
+                }
+            )
+        for k, v in summary_metrics(metrics).items():
+            run.summary[k] = v
+        run.summary["eval/best"] = metrics["best"]
+        out_dir = run.dir
+    finally:
+        run.finish()
+    return str(out_dir)
+
+
+def log_evaluation(report: Any, config: Any, run_path: str | Path, *, job: str = "evaluate") -> str | None:
+    """:func:`log_to_wandb` when tracking is on, from rank 0 only, never raising.
+
+    Returns:
+        The W&B run's local folder, or None (tracking disabled, not rank 0, or W&B failed:
+        the failure is logged as a warning).
+    """
+    from ich3d.runs.run_dir import global_rank_from_env
+
+    if config.tracking.mode == "disabled":
+        return None
+    if global_rank_from_env() != 0:
+        log.info("not rank 0: the evaluation is not logged to W&B from this process")
+        return None
+    try:
+        return log_to_wandb(report, config, run_path, job=job)
+    except Exception as exc:  # the files are written; W&B trouble must not lose them
+        log.warning("W&B logging of the evaluation failed: %s", exc)
+        return None
