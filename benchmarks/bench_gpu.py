@@ -83,82 +83,90 @@ def _models(args: argparse.Namespace, variant: str, dev: torch.device, checkpoin
     return speed_up(slice_model.to(dev), **opts), speed_up(volume.to(dev), **opts)
 
 
-def _compute_rows(args: argparse.Namespace, dev: torch.device, variants: list[str]) -> list[dict[str, Any]]:
-    rows = []
+def _measure(args: argparse.Namespace, dev: torch.device, precision: str, variant: str, inputs: dict) -> list[dict]:
+    """The compute rows of one precision and variant."""
+    rows: list[dict[str, Any]] = []
     bce = torch.nn.BCEWithLogitsLoss()
-    slices = torch.rand(args.batch, 3, args.size, args.size, device=dev)
-    slice_y = (torch.rand(args.batch, device=dev) > 0.5).float()
-    vol = torch.rand(1, args.slices, 3, args.size, args.size, device=dev)
-    vol_y = torch.ones(1, device=dev)
-    lengths = torch.tensor([args.slices], device=dev)
+    slices, slice_y, vol, vol_y, lengths = (inputs[k] for k in ("slices", "slice_y", "vol", "vol_y", "lengths"))
+
+    def row(stage: str, what: str, unit: str, items: int, fn: Callable[[], Any]) -> None:
+        entry = {"stage": stage, "what": what, "precision": precision, "variant": variant, "unit": unit}
+        try:
+            sec, peak = _time(fn, dev, args.warmup, args.steps)
+            entry.update(rate=items / sec, ms=sec * 1e3, peak_mib=peak)
+        except Exception as exc:  # a variant the machine cannot run: say so, go on
+            entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        rows.append(entry)
+        print(_fmt(entry), flush=True)
+
+    slice_model, frozen = _models(args, variant, dev)
+    opt1 = torch.optim.Adam(slice_model.parameters(), lr=1e-4)
+
+    def stage1() -> None:
+        with _autocast(dev, precision):
+            loss = bce(slice_model(slices).float(), slice_y)
+        opt1.zero_grad(set_to_none=True)
+        loss.backward()
+        opt1.step()
+
+    row("1 slice", "train step", "slices/s", args.batch, stage1)
+
+    frozen.freeze_encoder().train()
+    opt2 = torch.optim.RMSprop([p for p in frozen.parameters() if p.requires_grad], lr=1e-3)
+
+    def stage2() -> None:
+        with _autocast(dev, precision):
+            loss = bce(frozen(vol, lengths).float(), vol_y)
+        opt2.zero_grad(set_to_none=True)
+        loss.backward()
+        opt2.step()
+
+    row("2 sequence", "recompute frozen CNN", "volumes/s", 1, stage2)
+    with torch.no_grad(), _autocast(dev, precision):
+        feats = frozen.encode(vol, lengths).float()
+
+    def stage2_cached() -> None:
+        loss = bce(frozen.head(feats, lengths).float(), vol_y)
+        opt2.zero_grad(set_to_none=True)
+        loss.backward()
+        opt2.step()
+
+    row("2 sequence", "cached features", "volumes/s", 1, stage2_cached)
+
+    def inference() -> None:
+        with torch.no_grad(), _autocast(dev, precision):
+            frozen(vol, lengths)
+
+    row("inference", "CNN + BiLSTM per volume", "volumes/s", 1, inference)
+    for ckpt in (False, True):
+        _, model = _models(args, variant, dev, checkpoint=ckpt)
+        model.train()
+        opt3 = torch.optim.RMSprop(model.parameters(), lr=1e-4)
+
+        def stage3(model: Any = model, opt3: Any = opt3) -> None:
+            with _autocast(dev, precision):
+                loss = bce(model(vol, lengths).float(), vol_y)
+            opt3.zero_grad(set_to_none=True)
+            loss.backward()
+            opt3.step()
+
+        what = f"end to end, checkpointing per {args.chunk}" if ckpt else "end to end"
+        row("3 finetune", what, "volumes/s", 1, stage3)
+    return rows
+
+
+def _compute_rows(args: argparse.Namespace, dev: torch.device, variants: list[str]) -> list[dict[str, Any]]:
+    inputs = {
+        "slices": torch.rand(args.batch, 3, args.size, args.size, device=dev),
+        "slice_y": (torch.rand(args.batch, device=dev) > 0.5).float(),
+        "vol": torch.rand(1, args.slices, 3, args.size, args.size, device=dev),
+        "vol_y": torch.ones(1, device=dev),
+        "lengths": torch.tensor([args.slices], device=dev),
+    }
+    rows = []
     for precision in ("fp32", "bf16"):
         for variant in variants:
-            def row(stage: str, what: str, unit: str, items: int, fn: Callable[[], Any]) -> None:
-                entry = {"stage": stage, "what": what, "precision": precision, "variant": variant, "unit": unit}
-                try:
-                    sec, peak = _time(fn, dev, args.warmup, args.steps)
-                    entry.update(rate=items / sec, ms=sec * 1e3, peak_mib=peak)
-                except Exception as exc:  # a variant the machine cannot run: say so, go on
-                    entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-                rows.append(entry)
-                print(_fmt(entry), flush=True)
-
-            slice_model, volume_model = _models(args, variant, dev)
-            opt1 = torch.optim.Adam(slice_model.parameters(), lr=1e-4)
-
-            def stage1() -> None:
-                with _autocast(dev, precision):
-                    loss = bce(slice_model(slices).float(), slice_y)
-                opt1.zero_grad(set_to_none=True)
-                loss.backward()
-                opt1.step()
-
-            row("1 slice", "train step", "slices/s", args.batch, stage1)
-
-            frozen = volume_model
-            frozen.freeze_encoder().train()
-            opt2 = torch.optim.RMSprop([p for p in frozen.parameters() if p.requires_grad], lr=1e-3)
-
-            def stage2() -> None:
-                with _autocast(dev, precision):
-                    loss = bce(frozen(vol, lengths).float(), vol_y)
-                opt2.zero_grad(set_to_none=True)
-                loss.backward()
-                opt2.step()
-
-            row("2 sequence", "recompute frozen CNN", "volumes/s", 1, stage2)
-            with torch.no_grad(), _autocast(dev, precision):
-                feats = frozen.encode(vol, lengths).float()
-
-            def stage2_cached() -> None:
-                loss = bce(frozen.head(feats, lengths).float(), vol_y)
-                opt2.zero_grad(set_to_none=True)
-                loss.backward()
-                opt2.step()
-
-            row("2 sequence", "cached features", "volumes/s", 1, stage2_cached)
-
-            def inference() -> None:
-                with torch.no_grad(), _autocast(dev, precision):
-                    frozen(vol, lengths)
-
-            row("inference", "CNN + BiLSTM per volume", "volumes/s", 1, inference)
-            del slice_model, volume_model, frozen, opt1, opt2, feats
-            for ckpt in (False, True):
-                _, model = _models(args, variant, dev, checkpoint=ckpt)
-                model.train()
-                opt3 = torch.optim.RMSprop(model.parameters(), lr=1e-4)
-
-                def stage3(model=model, opt3=opt3) -> None:
-                    with _autocast(dev, precision):
-                        loss = bce(model(vol, lengths).float(), vol_y)
-                    opt3.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt3.step()
-
-                what = f"end to end, checkpointing per {args.chunk}" if ckpt else "end to end"
-                row("3 finetune", what, "volumes/s", 1, stage3)
-                del model, opt3
+            rows += _measure(args, dev, precision, variant, inputs)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     return rows
@@ -246,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "rows": rows}
     ratios = {}
     for prec in ("fp32", "bf16"):
-        def rate(stage, what, variant="eager", prec=prec):
+        def rate(stage: str, what: str, variant: str = "eager", prec: str = prec) -> float | None:
             return next((r.get("rate") for r in rows if (r["stage"], r["what"], r["precision"], r["variant"])
                          == (stage, what, prec, variant)), None)
         rec, cac = rate("2 sequence", "recompute frozen CNN"), rate("2 sequence", "cached features")

@@ -24,8 +24,8 @@ import torch
 
 from ich3d.config import Config
 from ich3d.errors import UserError
-from ich3d.runs.run_dir import RunDir, open_run_dir
 from ich3d.models.speed import speed_up
+from ich3d.runs.run_dir import RunDir, open_run_dir
 from ich3d.stages import get_stage, volume_stages
 
 __all__ = [

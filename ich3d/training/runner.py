@@ -131,9 +131,8 @@ def check_model(config: Config) -> None:
 
 def build_module(config: Config, stage: str) -> SliceModule | VolumeModule:
     """A freshly initialised LightningModule for ``stage`` (no weights loaded)."""
-    from ich3d.training.modules import SliceModule, VolumeModule
-
     from ich3d.models.speed import speed_up
+    from ich3d.training.modules import SliceModule, VolumeModule
 
     st = get_stage(stage)
     stage_cfg = config.stages.get(st.name)
