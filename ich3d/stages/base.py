@@ -152,19 +152,14 @@ _loaded = False
 
 
 def _discover() -> None:
-    """Import every module of :mod:`ich3d.stages` once (each registers its stage)."""
+    """Import every module of :mod:`ich3d.stages` once (each registers its entry)."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    import importlib
-    import pkgutil
+    from ich3d.plugins import import_submodules
 
-    import ich3d.stages as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name != "base":
-            importlib.import_module(f"{package.__name__}.{info.name}")
+    import_submodules("ich3d.stages")
 
 
 def register_stage(stage: Stage) -> Stage:

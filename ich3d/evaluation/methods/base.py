@@ -152,19 +152,14 @@ _loaded = False
 
 
 def _discover() -> None:
-    """Import every module of :mod:`ich3d.evaluation.methods` once (each registers its method)."""
+    """Import every module of :mod:`ich3d.evaluation.methods` once (each registers its entry)."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    import importlib
-    import pkgutil
+    from ich3d.plugins import import_submodules
 
-    import ich3d.evaluation.methods as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name != "base" and not info.name.startswith("_"):
-            importlib.import_module(f"{package.__name__}.{info.name}")
+    import_submodules("ich3d.evaluation.methods")
 
 
 def register_method(method: ScoringMethod) -> ScoringMethod:
