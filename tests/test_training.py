@@ -139,11 +139,11 @@ def test_resume_continues_global_step_then_later_stages(cache, tmp_path, capsys)
     assert run_cli("train", str(cfg), "--stage", "slice", "--run-id", "res") == 0
     run = open_run_dir(tmp_path / "runs" / "tiny" / "res")
     first = load_checkpoint(run.last_ckpt("slice"))
-    assert first["epoch"] == 0 and first["global_step"] == 4  # 40 samples / batch 10
+    assert first["epoch"] == 1 and first["global_step"] == 4  # 1 epoch done; 40 samples / batch 10
     # an "interrupted" stage: continue it for one more epoch
     assert run_cli("train", "--resume", str(run.path), "--stage", "slice", "stages.slice.max_epochs=2") == 0
     second = load_checkpoint(run.last_ckpt("slice"))
-    assert second["epoch"] == 1 and second["global_step"] == 2 * first["global_step"]
+    assert second["epoch"] == 2 and second["global_step"] == 2 * first["global_step"]
     # optimizer state continued (Adam step count), not restarted
     state = second["optimizer_states"][0]["state"]
     assert int(next(iter(state.values()))["step"]) == 8
@@ -287,8 +287,8 @@ def test_interrupted_stage_resumes_from_last_checkpoint(cache, tmp_path, monkeyp
     monkeypatch.setattr(stages, "build_trainer", real)
     run = open_run_dir(tmp_path / "runs" / "tiny" / "int")
     assert not run.is_done("slice")
-    assert load_checkpoint(run.last_ckpt("slice"))["global_step"] == 4  # end of epoch 0
+    assert load_checkpoint(run.last_ckpt("slice"))["global_step"] == 4  # start of epoch 1
     assert run_cli("train", "--resume", str(run.path), "--stage", "slice") == 0
     last = load_checkpoint(run.last_ckpt("slice"))
-    assert (last["epoch"], last["global_step"]) == (1, 8)
+    assert (last["epoch"], last["global_step"]) == (2, 8)
     assert run.is_done("slice")

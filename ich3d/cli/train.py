@@ -4,6 +4,7 @@ Usage::
 
     ich3d train CONFIG [--stage all|STAGE] [--run-id ID] [key=value ...]
     ich3d train --resume RUN_DIR [--stage ...] [key=value ...]
+    ich3d train CONFIG --run-id ID --continue [--stage ...] [key=value ...]
     ich3d train --list-stages
 
 Prints the run directory at the start and the end, and the best validation AUC of
@@ -71,6 +72,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="continue RUN_DIR: the interrupted stage from last.ckpt, then the later stages of --stage all",
     )
     p.add_argument(
+        "--continue",
+        dest="continue_run",
+        action="store_true",
+        help="with --run-id: skip the stages already done (result.json), resume an interrupted "
+        "one from its newest checkpoint (last.ckpt or a requeue hpc_ckpt_N.ckpt), start the "
+        "others; the same command can be run again after any interruption (slurm/stage.sbatch runs it)",
+    )
+    p.add_argument(
         "--print-run-dir",
         action="store_true",
         help="print the run directory this command would use (needs --run-id to be "
@@ -107,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     if config_path is not None and "=" in config_path and not os.path.exists(config_path):
         overrides.insert(0, config_path)  # `ich3d train --resume RUN key=value`
         config_path = None
+    if args.continue_run and (args.run_id is None or args.resume is not None):
+        raise UserError("--continue needs --run-id ID (the run to continue) and excludes --resume")
     if args.resume is not None:
         if args.run_id is not None:
             raise UserError("--run-id and --resume exclude each other (the run id is RUN_DIR's)")
@@ -135,7 +146,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"ich3d: run directory {run_dir.path}", flush=True)
 
     run_dir, _ = train(
-        config, args.stage, run_id=args.run_id, resume_dir=args.resume, on_run_dir=announce
+        config,
+        args.stage,
+        run_id=args.run_id,
+        resume_dir=args.resume,
+        continue_run=args.continue_run,
+        on_run_dir=announce,
     )
     if chatty:
         print(f"ich3d: run directory {run_dir.path}")

@@ -1,5 +1,11 @@
 """Experiment loggers for a training stage: a CSV logger always, W&B unless disabled.
 
+The CSV logger (:class:`StageCSVLogger`) keeps every row of the stage, across
+attempts: a resumed stage starts from the rows stored in the checkpoint it resumes
+(:func:`ich3d.training.preemption.metrics_rows`), so a row is neither lost nor
+repeated however often the stage is preempted, and ``metrics.csv`` is rewritten
+whole and atomically at each flush.
+
 Every stage of a run logs to its own W&B run; the runs of one ``ich3d train`` run
 share a W&B *group* (the run id, unless ``tracking.group`` is set) and have the stage
 as *job type*. ``tracking.mode: offline`` (default) writes the W&B run under
@@ -27,11 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from ich3d.config import Config
 
 __all__ = [
+    "StageCSVLogger",
     "wandb_settings",
+    "wandb_run_id",
     "build_loggers",
     "scrub_config",
     "scrub_value",
@@ -103,19 +112,104 @@ def wandb_settings():  # -> wandb.Settings
         save_code=False,
     )
 
-def build_loggers(config: Config, run_path: os.PathLike | str, stage: str) -> list[Logger]:
-    """Loggers of one stage: ``[CSVLogger]`` plus a ``WandbLogger`` unless disabled.
+class _HistoryWriter(ExperimentWriter):
+    """Lightning's CSV writer, but it keeps every row and rewrites ``metrics.csv`` whole.
+
+    Lightning's writer deletes an existing ``metrics.csv`` when it starts and then
+    appends: a resumed stage would lose its earlier rows, and a process killed between
+    flushes leaves the rows since the last flush out. This one starts from ``rows``
+    (those of the checkpoint being resumed) and writes all rows to a temporary file
+    replaced atomically.
+    """
+
+    def __init__(self, log_dir: str, rows: Sequence[Mapping[str, Any]] = ()) -> None:
+        self.rows: list[dict[str, Any]] = [dict(r) for r in rows]
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:  # never delete the previous metrics.csv
+        return
+
+    def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics_dict, step)
+        self.rows.append(self.metrics[-1])
+
+    def save(self) -> None:
+        if not self.metrics and os.path.isfile(self.metrics_file_path):
+            return
+        import csv
+
+        keys = sorted({k for row in self.rows for k in row})
+        tmp = self.metrics_file_path + ".tmp"
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.metrics_file_path)
+        self.metrics = []
+
+
+class StageCSVLogger(CSVLogger):
+    """``CSVLogger`` writing ``<stage dir>/metrics.csv`` that continues the rows of a resumed stage.
+
+    Args:
+        stage_dir: the stage folder.
+        rows: the rows logged before the checkpoint the stage resumes from (``[]``
+            for a fresh stage).
+    """
+
+    def __init__(self, stage_dir: str, rows: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(save_dir=stage_dir, name="", version="")
+        self._initial_rows = list(rows)
+
+    @property
+    def experiment(self) -> _HistoryWriter:  # type: ignore[override]
+        if self._experiment is None:
+            from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+            if rank_zero_only.rank != 0:  # other ranks log nothing (as Lightning's)
+                return super().experiment
+            os.makedirs(self.root_dir or ".", exist_ok=True)
+            self._experiment = _HistoryWriter(self.log_dir, self._initial_rows)
+        return self._experiment
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row so far (previous attempts' included); ``[]`` on ranks other than 0."""
+        exp = self._experiment
+        return list(exp.rows) if isinstance(exp, _HistoryWriter) else []
+
+
+def wandb_run_id(experiment: str, run_id: str, stage: str) -> str:
+    """The W&B run id of one stage of one run: the same for every attempt (resumed, requeued).
+
+    A hash, so no path or name reaches W&B through it.
+    """
+    return hashlib.sha256(f"ich3d/{experiment}/{run_id}/{stage}".encode()).hexdigest()[:16]
+
+
+def build_loggers(
+    config: Config,
+    run_path: os.PathLike | str,
+    stage: str,
+    *,
+    rows: Sequence[Mapping[str, Any]] = (),
+    resume: bool = False,
+) -> list[Logger]:
+    """Loggers of one stage: ``[StageCSVLogger]`` plus a ``WandbLogger`` unless disabled.
 
     Args:
         config: the experiment config (``tracking`` section).
         run_path: the run directory; CSV goes to ``<run>/<stage>/metrics.csv``, W&B
             files to ``<run>/wandb/``.
         stage: stage name, the W&B job type.
+        rows: CSV rows already logged by the attempts before the checkpoint resumed.
+        resume: the stage continues a checkpoint: the W&B run of the earlier attempts
+            is continued (same id, ``resume="allow"``) rather than a new one started.
     """
     run_path = os.fspath(run_path)
     stage_dir = os.path.join(run_path, stage)
     warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
-    loggers: list[Logger] = [CSVLogger(save_dir=stage_dir, name="", version="")]
+    loggers: list[Logger] = [StageCSVLogger(stage_dir, rows)]
     tracking = config.tracking
     if tracking.mode == "disabled":
         return loggers
@@ -139,6 +233,8 @@ def build_loggers(config: Config, run_path: os.PathLike | str, stage: str) -> li
             tags=list(tracking.tags),
             log_model=False,
             settings=settings,
+            id=wandb_run_id(config.experiment, run_id, stage),
+            resume="allow" if resume else None,
         )
     )
     return loggers
@@ -152,18 +248,24 @@ def log_config(loggers: Sequence[Logger], config: Config) -> None:
 
 
 def finish_loggers(loggers: Sequence[Logger], status: str = "success") -> None:
-    """Flush every logger and close the W&B run so the next stage opens a new one."""
+    """Flush every logger and close the W&B run so the next stage opens a new one.
+
+    Never raises: it runs in the ``finally`` of a stage, also while the process is
+    being stopped by SIGTERM (preemption, ``scancel``), when W&B's service process
+    may already be gone; a logger that fails is logged as a warning, and the others
+    (the CSV logger first) are still flushed.
+    """
     for logger in loggers:
         try:
             logger.finalize(status)
         except Exception as exc:  # a logger failing to flush must not lose the checkpoints
             log.warning("logger %s did not finalize: %s", type(logger).__name__, exc)
         experiment = getattr(logger, "_experiment", None)
-        if experiment is not None and hasattr(experiment, "finish"):
+        if experiment is not None and callable(getattr(experiment, "finish", None)):
             try:
-                experiment.finish(exit_code=0 if status == "success" else 1, quiet=True)
-            except TypeError:
-                experiment.finish()
+                experiment.finish(exit_code=0 if status == "success" else 1)
+            except Exception as exc:
+                log.warning("W&B run did not finish cleanly (%s: %s)", type(exc).__name__, exc)
 
 
 def _log_records(data: bytes) -> Iterator[bytes]:

@@ -8,9 +8,19 @@ names a stage. Built in (``METHOD.md`` section 1): ``slice`` (stage 1),
 ablation); ``ich3d train --list-stages`` prints them.
 
 ``all`` runs the chain (the stages declared ``in_chain``) in order; each later
-stage finds its starting checkpoint in the run directory. Resuming continues a
-stage from its ``last.ckpt`` through ``Trainer.fit(ckpt_path=..., weights_only=True)``
-(global step, epoch, optimizer and callback states continue).
+stage finds its starting checkpoint in the run directory, and starts only from a
+stage that finished (its ``result.json`` exists). Resuming continues a stage from
+its newest checkpoint, ``last.ckpt`` or a requeue checkpoint ``hpc_ckpt_<n>.ckpt``
+(:mod:`ich3d.training.preemption`), through ``Trainer.fit(ckpt_path=...,
+weights_only=True)`` (global step, epoch, optimizer and callback states continue,
+and ``metrics.csv`` continues from the rows stored in that checkpoint).
+``continue_run`` (``ich3d train --continue``, what ``slurm/stage.sbatch`` runs)
+makes a command idempotent: finished stages are skipped, an interrupted one
+resumes, the others start.
+
+Batch sizes are global: ``stages.<name>.batch_size`` is divided over the
+processes of a DDP run (``trainer.devices`` x ``trainer.num_nodes``), so the
+optimisation is the same on 1 GPU or 8; a batch that does not divide is an error.
 
 Every checkpoint records the inputs it was trained on
 (:mod:`ich3d.runs.inputs`); a stage that starts from another refuses a
@@ -25,8 +35,9 @@ Public API::
     build_trainer(config, stage, run, loggers=None) -> Trainer
     check_data_paths(config)
     plan_stages(stage, run=None, resume=False) -> list[str]
+    per_process_batch(config, stage, world_size) -> int
     run_stage(config, run, stage, resume=False) -> dict
-    train(config, stage="all", run_id=None, resume_dir=None, overrides=()) -> (RunDir, dict)
+    train(config, stage="all", run_id=None, resume_dir=None, continue_run=False) -> (RunDir, dict)
 """
 
 from __future__ import annotations
@@ -58,6 +69,7 @@ __all__ = [
     "check_data_paths",
     "check_model",
     "plan_stages",
+    "per_process_batch",
     "run_stage",
     "stage_result",
     "train",
@@ -73,6 +85,7 @@ _NOISE = (
     r".*exists and is not empty.*",
     r".*does not have many workers.*",
     r".*anonymous setting has no effect.*",
+    r".*`srun` command is available.*",  # ich3d train outside srun on a SLURM login node
 )
 
 
@@ -167,6 +180,12 @@ def _starting_checkpoint(config: Config, run: RunDir, st: Stage) -> tuple[Path, 
         raise UserError(
             f"stage {st.name!r} starts from {st.starts_from}/best.ckpt, which {run.path} does not have; "
             f"run --stage {st.starts_from} (or --stage all) first"
+        )
+    if not run.is_done(st.starts_from):
+        raise UserError(
+            f"stage {st.name!r} starts from {st.starts_from}, which has no result.json in {run.path}: "
+            f"it was interrupted or failed, so its best.ckpt is from an unfinished training; "
+            f"finish it first (ich3d train --resume {run.path} --stage {st.starts_from})"
         )
     ckpt = load_checkpoint(path)
     prev_spec = ckpt.get("hyper_parameters", {}).get("model", {})
@@ -383,7 +402,11 @@ def check_data_paths(config: Config) -> None:
 def build_trainer(config: Config, stage: str, run: RunDir, loggers: list | None = None) -> pl.Trainer:
     """The Lightning ``Trainer`` of one stage (checkpoints, early stopping, LR monitor)."""
     import pytorch_lightning as pl
+    from lightning_fabric.plugins.environments import SLURMEnvironment
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    from ich3d.tracking.loggers import StageCSVLogger
+    from ich3d.training.preemption import LastCheckpoint, MetricsInCheckpoint, RequeueOnSignal
 
     s = config.stages.get(stage)
     t = config.trainer
@@ -399,19 +422,17 @@ def build_trainer(config: Config, stage: str, run: RunDir, loggers: list | None 
             auto_insert_metric_name=False,
             enable_version_counter=False,
         ),
-        # Lightning 2.6 refreshes ``save_last`` only when the top-k file changed, so
-        # ``last.ckpt`` is its own monitor-free checkpoint, rewritten every validation
-        ModelCheckpoint(
-            dirpath=run.stage_dir(stage),
-            filename="last",
-            monitor=None,
-            save_top_k=1,
-            auto_insert_metric_name=False,
-            enable_version_counter=False,
-        ),
+        # last.ckpt: at each epoch start and at the end (ich3d.training.preemption)
+        LastCheckpoint(run.last_ckpt(stage)),
     ]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        callbacks += [MetricsInCheckpoint(lg) for lg in loggers if isinstance(lg, StageCSVLogger)]
+    plugins: list[Any] = []
+    if SLURMEnvironment.detect():
+        # Lightning's own SIGUSR1 handler saves mid-step: ours saves at the next batch start
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+        callbacks.append(RequeueOnSignal())
     if s.early_stopping_patience is not None:
         callbacks.append(
             EarlyStopping(monitor="val/auc", mode="max", patience=s.early_stopping_patience, check_finite=False)
@@ -435,6 +456,8 @@ def build_trainer(config: Config, stage: str, run: RunDir, loggers: list | None 
         "gradient_clip_val": s.gradient_clip_val,
         "accumulate_grad_batches": s.accumulate_grad_batches,
     }
+    if plugins:
+        kwargs["plugins"] = plugins
     if t.limit_train_batches is not None:
         kwargs["limit_train_batches"] = t.limit_train_batches
     if t.limit_val_batches is not None:
@@ -470,7 +493,7 @@ def stage_result(run: RunDir, stage: str, seconds: float | None = None) -> dict[
         "best_epoch": info.get("epoch"),
         "best_global_step": (best or {}).get("global_step"),
         "global_step": (last or {}).get("global_step"),
-        "epochs": ((last or {}).get("epoch", -1) + 1) if last else 0,
+        "epochs": (last or {}).get("epoch", 0),  # written at train end: epochs completed
         "best_ckpt": "best.ckpt" if best else None,
     }
     if seconds is not None:
@@ -478,38 +501,74 @@ def stage_result(run: RunDir, stage: str, seconds: float | None = None) -> dict[
     return result
 
 
-def _set_aside_metrics(stage_dir: Path, ckpt_path: str | None) -> Path | None:
-    """On resume, move ``metrics.csv`` aside (Lightning's CSV logger would delete it)."""
-    from ich3d.runs.run_dir import global_rank_from_env
+def per_process_batch(config: Config, stage: str, world_size: int) -> int:
+    """The batch each process loads: the stage's (global) ``batch_size`` over ``world_size``.
 
-    metrics = stage_dir / "metrics.csv"
-    if ckpt_path is None or not metrics.is_file() or global_rank_from_env() != 0:
-        return None
-    from ich3d.runs.checkpoints import load_checkpoint
+    Raises:
+        UserError: the batch does not divide over the processes.
+    """
+    batch = config.stages.get(stage).batch_size
+    if world_size <= 1:
+        return batch
+    if batch % world_size:
+        options = sorted({max(world_size, batch // world_size * world_size), (batch // world_size + 1) * world_size})
+        raise UserError(
+            f"stages.{stage}.batch_size={batch} is the global batch (all processes together) and does "
+            f"not divide over {world_size} processes (trainer.devices x trainer.num_nodes); set "
+            f"stages.{stage}.batch_size to a multiple of {world_size} (e.g. "
+            f"{' or '.join(str(o) for o in options)}) or use {world_size if batch == 1 else 'fewer'} "
+            "processes"
+            + (" (a volume stage with batch 1 runs on one process)" if batch == 1 else "")
+        )
+    return batch // world_size
 
-    kept = stage_dir / "metrics.before-resume.csv"
-    metrics.replace(kept)
-    step = int(load_checkpoint(ckpt_path).get("global_step", 0))
-    (stage_dir / ".resume-step").write_text(str(step))
-    return kept
+
+def _static_world_size(config: Config) -> int | None:
+    """``trainer.devices x trainer.num_nodes`` when the config fixes them (else ``None``)."""
+    devices = config.trainer.devices
+    if isinstance(devices, list):
+        count = len(devices)
+    elif isinstance(devices, int) and devices > 0:
+        count = devices
+    elif isinstance(devices, str) and devices.isdigit() and int(devices) > 0:
+        count = int(devices)
+    else:
+        return None  # "auto" / -1: known once the Trainer sees the machine
+    return count * int(config.trainer.num_nodes)
 
 
-def _merge_metrics(stage_dir: Path, kept: Path) -> None:
-    """Put the rows logged before the resumed checkpoint back in front of the new ones."""
-    import pandas as pd
+def _stage_datamodule(config: Config, stage: str, world_size: int) -> Any:
+    """The DataModule ``stage`` trains on, with the per-process share of the global batch."""
+    kwargs = {"batch_size": per_process_batch(config, stage, world_size)}
+    if not get_stage(stage).is_volume:
+        return build_slice_datamodule(config, stage=stage, **kwargs)
+    return build_volume_datamodule(config, stage=stage, **kwargs)
 
-    step_file = stage_dir / ".resume-step"
-    step = int(step_file.read_text()) if step_file.is_file() else None
-    old = pd.read_csv(kept)
-    if step is not None and "step" in old.columns:
-        old = old[old["step"] <= step]
-    new_path = stage_dir / "metrics.csv"
-    new = pd.read_csv(new_path) if new_path.is_file() else pd.DataFrame()
-    merged = pd.concat([old, new], ignore_index=True, sort=False)
-    columns = sorted(merged.columns, key=lambda c: (c not in ("epoch", "step"), c))
-    merged[columns].to_csv(new_path, index=False)
-    kept.unlink()
-    step_file.unlink(missing_ok=True)
+
+def _has_checkpoints(run: RunDir, stage: str) -> bool:
+    from ich3d.training.preemption import requeue_checkpoints
+
+    return (
+        run.last_ckpt(stage).is_file()
+        or run.best_ckpt(stage).is_file()
+        or bool(requeue_checkpoints(run.stage_dir(stage)))
+    )
+
+
+def _legacy_rows(stage_dir: Path, step: int) -> list[dict[str, Any]]:
+    """Rows of ``metrics.csv`` up to ``step``, for a checkpoint that does not store its rows."""
+    import csv
+
+    path = stage_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+    for row in rows:
+        for key in ("step", "epoch"):
+            if key in row:
+                row[key] = int(row[key])
+    return [r for r in rows if r.get("step", 0) <= step]
 
 
 def run_stage(config: Config, run: RunDir, stage: str, *, resume: bool = False) -> dict[str, Any]:
@@ -519,62 +578,101 @@ def run_stage(config: Config, run: RunDir, stage: str, *, resume: bool = False) 
         config: the experiment config.
         run: the run directory.
         stage: a declared stage (:mod:`ich3d.stages`).
-        resume: continue from ``<stage>/last.ckpt`` when it exists.
+        resume: continue from the stage's newest checkpoint (``last.ckpt`` or a requeue
+            checkpoint) when it has one; start it otherwise.
 
     Raises:
         UserError: missing previous checkpoint, or existing checkpoints without ``resume``.
         KeyboardInterrupt: the fit was interrupted (checkpoints so far are kept).
+        SystemExit: stopped by SIGTERM or checkpointed and requeued on SIGUSR1 (exit
+            status 0 when requeued, 143 otherwise); the checkpoints are kept.
     """
     import pytorch_lightning as pl
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from ich3d.config import dump_config
+    from ich3d.runs.checkpoints import load_checkpoint
     from ich3d.runs.run_dir import global_rank_from_env
     from ich3d.tracking.loggers import build_loggers, finish_loggers, log_config
+    from ich3d.training.preemption import (
+        RequeueOnSignal,
+        metrics_rows,
+        newest_checkpoint,
+        prune_requeue_checkpoints,
+    )
 
     quiet_lightning()
     stage_dir = run.stage_dir(stage)
-    last = run.last_ckpt(stage)
-    ckpt_path = str(last) if resume and last.is_file() else None
-    if ckpt_path is None and (last.is_file() or run.best_ckpt(stage).is_file()):
+    resume_from = newest_checkpoint(stage_dir) if resume else None
+    if resume_from is None and _has_checkpoints(run, stage):
         raise UserError(
             f"{stage_dir} already holds checkpoints; continue it with --resume {run.path} "
             f"--stage {stage}, or use a new run id"
         )
+    ckpt_path = str(resume_from) if resume_from is not None else None
+    rank0 = global_rank_from_env() == 0
     pl.seed_everything(config.seed, workers=True, verbose=False)
     module = build_module(config, stage)
+    rows: list[dict[str, Any]] = []
     if ckpt_path is None and get_stage(stage).starts_from is not None:
         _init_from_previous(config, module, run, stage)
     elif ckpt_path is not None:
         _check_resume_inputs(config, ckpt_path, stage)
-    datamodule = build_datamodule(config, stage)
+        ckpt = load_checkpoint(ckpt_path)
+        stored = metrics_rows(ckpt)
+        rows = stored if stored is not None else _legacy_rows(stage_dir, int(ckpt.get("global_step", 0)))
+        del ckpt
+        if rank0:
+            prune_requeue_checkpoints(stage_dir, keep=ckpt_path)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    if rank0:  # the config this stage trained with (the run's may change later)
+        dump_config(config, stage_dir / "config.yaml")
+    loggers = build_loggers(config, run.path, stage, rows=rows, resume=ckpt_path is not None)
+    log_config(loggers, config)
+    trainer = build_trainer(config, stage, run, loggers)
+    datamodule = _stage_datamodule(config, stage, trainer.world_size)
     st = get_stage(stage)
     if st.is_volume and config.stages.get(stage).uses_cached_features(st.freeze_encoder):
         datamodule = _feature_datamodule(config, run, stage, module, datamodule, ckpt_path)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    if global_rank_from_env() == 0:  # the config this stage trained with (the run's may change later)
-        dump_config(config, stage_dir / "config.yaml")
-    previous_metrics = _set_aside_metrics(stage_dir, ckpt_path)
-    loggers = build_loggers(config, run.path, stage)
-    log_config(loggers, config)
-    trainer = build_trainer(config, stage, run, loggers)
     log.info(
-        "stage %s: %s%s", stage, "resuming from " + ckpt_path if ckpt_path else "training", ""
+        "stage %s: %s (global batch %d = %d per process x %d)",
+        stage,
+        f"resuming from {Path(ckpt_path).name}" if ckpt_path else "training",
+        config.stages.get(stage).batch_size,
+        per_process_batch(config, stage, trainer.world_size),
+        trainer.world_size,
     )
     start = time.perf_counter()
     status = "failed"
+    stopped: SIGTERMException | None = None
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
         status = "aborted" if trainer.interrupted else "success"
+    except SIGTERMException as exc:
+        stopped = exc
     finally:
         finish_loggers(loggers, status)
-        if previous_metrics is not None and trainer.is_global_zero:
-            _merge_metrics(stage_dir, previous_metrics)
+    if stopped is not None:
+        requeue = next((c for c in trainer.callbacks if isinstance(c, RequeueOnSignal)), None)
+        saved = requeue.saved if requeue is not None else None
+        if saved is not None:
+            log.info("stage %s: checkpointed to %s at step %d and requeued", stage, saved.name, trainer.global_step)
+            if trainer.is_global_zero:
+                print(f"ich3d: stage {stage} checkpointed ({saved.name}, step {trainer.global_step}) "
+                      "and requeued; the requeued job resumes it", flush=True)
+            raise SystemExit(0)
+        log.info("stage %s: stopped by SIGTERM at step %d", stage, trainer.global_step)
+        if trainer.is_global_zero:
+            print(f"ich3d: stage {stage} stopped by SIGTERM at step {trainer.global_step}; "
+                  f"continue with: ich3d train --resume {run.path} --stage {stage}", flush=True)
+        raise SystemExit(143)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"stage {stage} interrupted; continue with --resume {run.path}")
     if not run.best_ckpt(stage).is_file():
         raise UserError(f"stage {stage} wrote no best.ckpt (was validation skipped?)")
     result = stage_result(run, stage, time.perf_counter() - start)
     if trainer.is_global_zero:
+        prune_requeue_checkpoints(stage_dir)  # last.ckpt is the final state
         run.write_result(stage, result)
     log.info("stage %s done: best val AUC %s", stage, result["best_val_auc"])
     return result
@@ -586,20 +684,25 @@ def train(
     *,
     run_id: str | None = None,
     resume_dir: str | Path | None = None,
+    continue_run: bool = False,
     on_run_dir: Any = None,
 ) -> tuple[RunDir, dict[str, dict[str, Any]]]:
     """Validate, create/open the run directory and run the stages of ``--stage``.
 
     Everything that can be checked (config, data paths, model options, the previous
-    stage's checkpoint) is checked before a run directory is created.
+    stage's checkpoint, the batch over the processes) is checked before a run
+    directory is created.
 
     Args:
         config: the experiment config (for a resume, the run's config plus overrides).
         stage: ``all`` or a declared stage (:mod:`ich3d.stages`).
         run_id: run id (default: a new one); an existing run id is reused, which lets
             ``--stage sequence --run-id X`` continue run X after its slice stage.
-        resume_dir: continue this run directory (interrupted stage from ``last.ckpt``,
-            then the later stages of ``all``).
+        resume_dir: continue this run directory (interrupted stage from its newest
+            checkpoint, then the later stages of ``all``).
+        continue_run: with ``run_id``: skip the stages already done (``result.json``),
+            resume an interrupted one, start the others; running the same command again
+            (a resubmitted or requeued job) continues where the last one stopped.
         on_run_dir: called with the :class:`RunDir` once it exists (the CLI prints it).
 
     Returns:
@@ -612,36 +715,46 @@ def train(
         open_run_dir,
         write_config,
     )
+    from ich3d.training.preemption import newest_checkpoint
 
-    resume = resume_dir is not None
-    run = open_run_dir(resume_dir) if resume else None
+    if continue_run and (run_id is None or resume_dir is not None):
+        raise UserError("--continue needs --run-id (and no --resume)")
+    resume = resume_dir is not None or continue_run
+    run = open_run_dir(resume_dir) if resume_dir is not None else None
     if run is None and run_id is not None:
         existing = RunDir(Path(config.run.root) / config.experiment / run_id)
         run = existing if existing.config_path.is_file() else None
     stages = plan_stages(stage, run, resume)
+    skipped: list[str] = []
+    if continue_run and run is not None:
+        skipped = [s for s in stages if run.is_done(s)]
+        stages = [s for s in stages if not run.is_done(s)]
     check_data_paths(config)
     check_model(config)
+    world = _static_world_size(config)
+    if world is not None:
+        for s in stages:
+            per_process_batch(config, s, world)
     if stages:
         first = get_stage(stages[0])
-        starts_fresh = not (resume and run is not None and run.last_ckpt(first.name).is_file())
-        if first.starts_from is not None and starts_fresh:
+        resumable = newest_checkpoint(run.stage_dir(first.name)) if (resume and run is not None) else None
+        if first.starts_from is not None and resumable is None:
             if run is None or not run.best_ckpt(first.starts_from).is_file():
                 raise UserError(
                     f"stage {first.name!r} starts from {first.starts_from}/best.ckpt of an existing run: "
                     f"pass --run-id of that run or --resume RUN_DIR (or train --stage all)"
                 )
-            _starting_checkpoint(config, run, first)  # model and inputs agree: before any write
-        elif not starts_fresh:
-            assert run is not None
-            _check_resume_inputs(config, run.last_ckpt(first.name), first.name)
+            _starting_checkpoint(config, run, first)  # done, model and inputs agree: before any write
+        elif resumable is not None:
+            _check_resume_inputs(config, resumable, first.name)
         if not resume and run is not None:
             for s in stages:
-                if run.last_ckpt(s).is_file() or run.best_ckpt(s).is_file():
+                if _has_checkpoints(run, s):
                     raise UserError(
                         f"{run.stage_dir(s)} already holds checkpoints; continue it with "
-                        f"--resume {run.path} --stage {s}, or use a new run id"
+                        f"--resume {run.path} --stage {s} (or --continue), or use a new run id"
                     )
-    if resume:
+    if resume_dir is not None:
         assert run is not None
         write_config(run, config)
     else:
@@ -651,6 +764,8 @@ def train(
     try:
         if on_run_dir is not None:
             on_run_dir(run)
+        for s in skipped:
+            log.info("stage %s of %s is done (result.json); skipped", s, run.path)
         if not stages:
             log.info("every stage of %s is done; nothing to resume", run.path)
         for s in stages:
