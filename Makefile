@@ -8,7 +8,7 @@ ifndef DEMO_RUN
 DEMO_RUN := demo-$(shell date -u +%Y%m%d-%H%M%S)
 endif
 
-.PHONY: help install demo test test-all lint bench clean
+.PHONY: help install demo test test-all test-slurm docker-check lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,10 +31,16 @@ demo: $(STAMP) ## the main job: synthetic RSNA data -> ingest -> 3 training stag
 	@echo "ich3d demo: run directory runs/demo/$(DEMO_RUN) (report: runs/demo/$(DEMO_RUN)/evaluation/report.md)"
 
 test: $(STAMP) ## the test suite without the slow tests (what CI runs)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow and not slurm" -q
 
-test-all: $(STAMP) ## every test, slow ones included
-	$(BIN)/python -m pytest -q
+test-all: $(STAMP) ## every test, slow ones included (not the Slurm suite)
+	$(BIN)/python -m pytest -m "not slurm" -q
+
+test-slurm: $(STAMP) ## slurm/ against a real single-node Slurm it starts (root; apt-get installs slurm-wlm if absent)
+	$(BIN)/python -m pytest -m slurm -q -p no:cacheprovider tests/test_slurm.py
+
+docker-check: ## build docker/Dockerfile on a local Debian base (CPU) and run ich3d --help + tests inside
+	docker/build-check.sh
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check ich3d tests benchmarks

@@ -16,7 +16,11 @@ cd "$(dirname "$0")/.."
 BASE_IMAGE=${BASE_IMAGE:-local/debian-python:bookworm}
 TAG=${TAG:-ich3d:cpu-check}
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
-TORCH_WHEEL=${TORCH_WHEEL:-$(ls /opt/wheels/torch-*+cpu-*.whl 2>/dev/null | head -1 || true)}
+if [ -z "${TORCH_WHEEL:-}" ]; then
+    wheels=(/opt/wheels/torch-*+cpu-*.whl)
+    TORCH_WHEEL=${wheels[0]}
+    [ -f "${TORCH_WHEEL}" ] || TORCH_WHEEL=none
+fi
 
 if ! docker image inspect "${BASE_IMAGE}" >/dev/null 2>&1; then
     [ "${BASE_IMAGE}" = local/debian-python:bookworm ] || { echo "no image ${BASE_IMAGE}" >&2; exit 1; }

@@ -1,32 +1,83 @@
 #!/bin/bash
-# Submit a whole staged experiment as a chain of SLURM jobs:
-#   the stages of `ich3d train --stage all` (built in: slice -> sequence -> finetune), then evaluate,
-#   each starting only if the previous one succeeded. The chain is read from `ich3d train --list-stages`.
+# Submit a staged experiment as a chain of SLURM jobs: the stages of `ich3d train --stage all`
+# (read from `ich3d train --list-stages`; built in: slice -> sequence -> finetune), then evaluate.
 #
-#   slurm/submit.sh configs/patel2019.yaml [RUN_ID] [key=value ...]
+#   slurm/submit.sh CONFIG [RUN_ID] [key=value ...]
 #
-# Stages find the previous stage's best.ckpt in the shared run directory by themselves.
-# Extra sbatch options for every job: SBATCH_EXTRA="--partition=gpu --account=me" slurm/submit.sh ...
+# Each job starts only when the previous one completed (afterok); a job that fails cancels the
+# jobs after it (--kill-on-invalid-dep=yes) instead of leaving them pending. Submitting the same
+# RUN_ID again continues the run: stages with a result.json are not submitted again, an
+# interrupted stage resumes from its newest checkpoint, the others start.
+#
+# Resources (environment; nothing GPU-specific unless asked, so it runs on CPU-only clusters):
+#   GPUS_PER_NODE    GPUs per node for the stages (default 0: none requested)
+#   NODES            nodes per stage (default: trainer.num_nodes of the config)
+#   TASKS_PER_NODE   processes per node (default: trainer.devices of the config; when that is
+#                    'auto', GPUS_PER_NODE, or 1 without GPUs)
+#   CPUS_PER_TASK, MEM, TIME   --cpus-per-task, --mem, --time of the stages (default: the cluster's)
+#   EVAL_GPUS        GPUs of the evaluate job (default 1 if GPUS_PER_NODE > 0, else 0)
+#   SBATCH_EXTRA       extra sbatch options for every job      (e.g. "--partition=gpu --account=me")
+#   STAGE_SBATCH_ARGS  extra sbatch options for the stage jobs (e.g. "--time=24:00:00 --mem=0")
+#   SBATCH_ARGS_<stage> extra options for one stage            (e.g. SBATCH_ARGS_sequence="--ntasks-per-node=1")
+#   EVAL_SBATCH_ARGS   extra sbatch options for the evaluate job (e.g. "--time=2:00:00 --cpus-per-task=8")
+#   ICH3D, ICH3D_SETUP the command and the compute-node setup (see slurm/stage.sbatch)
+# Later options win, so the *_ARGS override the computed ones. Example, 2 nodes x 4 GPUs:
+#   GPUS_PER_NODE=4 NODES=2 CPUS_PER_TASK=8 STAGE_SBATCH_ARGS="--time=24:00:00" \
+#       slurm/submit.sh configs/patel2019.yaml exp1 stages.slice.batch_size=24
+# The batch sizes are global (divided over the processes): a volume stage with batch 1 runs on
+# one process, e.g. SBATCH_ARGS_sequence="--nodes=1 --ntasks-per-node=1 --gpus-per-node=1".
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-config=${1:?usage: slurm/submit.sh CONFIG [RUN_ID] [key=value ...]}
+usage="usage: slurm/submit.sh CONFIG [RUN_ID] [key=value ...]"
+config=${1:?${usage}}
 shift
 run_id=${1:-}
 if [ -n "${run_id}" ] && [[ "${run_id}" != *=* ]]; then shift; else run_id=$(date -u +%Y%m%d-%H%M%S)-$$; fi
-ICH3D=${ICH3D:-ich3d}
-export CONFIG="${config}" RUN_ID="${run_id}" ICH3D
-# shellcheck disable=SC2086
-submit() { sbatch --parsable ${SBATCH_EXTRA:-} "$@"; }
+read -r -a ich3d <<< "${ICH3D:-ich3d}"
+export ICH3D="${ICH3D:-ich3d}"
+[ -z "${ICH3D_SETUP:-}" ] || export ICH3D_SETUP
 
-run_dir=$("${ICH3D}" train "${config}" --run-id "${run_id}" --print-run-dir "$@")
-mapfile -t chain < <("${ICH3D}" train --list-stages | awk -F'\t' 'NR > 1 && $6 == "yes" {print $1}')
+run_dir=$("${ich3d[@]}" train "${config}" --run-id "${run_id}" --print-run-dir "$@")
+IFS=$'\t' read -r cfg_nodes cfg_devices < <("${ich3d[@]}" train "${config}" --print-scale "$@")
+gpus=${GPUS_PER_NODE:-0}
+nodes=${NODES:-${cfg_nodes}}
+if [ -n "${TASKS_PER_NODE:-}" ]; then tasks=${TASKS_PER_NODE}
+elif [[ "${cfg_devices}" =~ ^[0-9]+$ ]] && [ "${cfg_devices}" -gt 0 ]; then tasks=${cfg_devices}
+elif [ "${gpus}" -gt 0 ]; then tasks=${gpus}
+else tasks=1
+fi
+stage_res=(--nodes="${nodes}" --ntasks-per-node="${tasks}")
+if [ "${gpus}" -gt 0 ]; then stage_res+=(--gpus-per-node="${gpus}"); fi
+if [ -n "${CPUS_PER_TASK:-}" ]; then stage_res+=(--cpus-per-task="${CPUS_PER_TASK}"); fi
+if [ -n "${MEM:-}" ]; then stage_res+=(--mem="${MEM}"); fi
+if [ -n "${TIME:-}" ]; then stage_res+=(--time="${TIME}"); fi
+eval_gpus=${EVAL_GPUS:-$(( gpus > 0 ? 1 : 0 ))}
+eval_res=()
+if [ "${eval_gpus}" -gt 0 ]; then eval_res+=(--gpus="${eval_gpus}"); fi
+read -r -a extra <<< "${SBATCH_EXTRA:-}"
+read -r -a stage_extra <<< "${STAGE_SBATCH_ARGS:-}"
+read -r -a eval_extra <<< "${EVAL_SBATCH_ARGS:-}"
+
+submit() { sbatch --parsable --kill-on-invalid-dep=yes "$@" | cut -d';' -f1; }
+
+mapfile -t chain < <("${ich3d[@]}" train --list-stages | awk -F'\t' 'NR > 1 && $6 == "yes" {print $1}')
 jid=""
 for stage in "${chain[@]}"; do
+    if [ -f "${run_dir}/${stage}/result.json" ]; then
+        printf '%-9s done (result.json), not submitted\n' "${stage}"
+        continue
+    fi
     dep=()
     if [ -n "${jid}" ]; then dep=(--dependency="afterok:${jid}"); fi
-    jid=$(STAGE=${stage} submit --job-name="ich3d-${stage}" "${dep[@]}" "${here}/stage.sbatch" "$@")
+    per_stage_var="SBATCH_ARGS_${stage}"
+    read -r -a per_stage <<< "${!per_stage_var:-}"
+    jid=$(submit --job-name="ich3d-${stage}" "${dep[@]}" "${stage_res[@]}" "${extra[@]}" \
+        "${stage_extra[@]}" "${per_stage[@]}" "${here}/stage.sbatch" "${stage}" "${config}" "${run_id}" "$@")
     printf '%-9s job %s\n' "${stage}" "${jid}"
 done
-jid=$(RUN_DIR="${run_dir}" submit --dependency="afterok:${jid}" "${here}/evaluate.sbatch")
+dep=()
+if [ -n "${jid}" ]; then dep=(--dependency="afterok:${jid}"); fi
+jid=$(submit --job-name=ich3d-evaluate "${dep[@]}" "${eval_res[@]}" "${extra[@]}" "${eval_extra[@]}" \
+    "${here}/evaluate.sbatch" "${run_dir}")
 echo "evaluate  job ${jid}"
 echo "run directory: ${run_dir}"

@@ -85,6 +85,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="print the run directory this command would use (needs --run-id to be "
         "stable) and exit without training; slurm/submit.sh uses it",
     )
+    p.add_argument(
+        "--print-scale",
+        action="store_true",
+        help="print trainer.num_nodes and trainer.devices of the config (tab-separated; devices "
+        "may be 'auto') and exit; slurm/submit.sh sizes its jobs from it",
+    )
     p.set_defaults(func=run)
 
 
@@ -127,6 +133,13 @@ def run(args: argparse.Namespace) -> int:
         if config_path is None:
             raise UserError("give a config file (or --resume RUN_DIR)")
         config = load_config(config_path, overrides)
+
+    if args.print_scale:
+        devices = config.trainer.devices
+        if isinstance(devices, list):
+            devices = len(devices)
+        print(f"{config.trainer.num_nodes}\t{devices}")
+        return 0
 
     if args.print_run_dir:
         from pathlib import Path

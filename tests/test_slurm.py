@@ -1,0 +1,204 @@
+"""slurm/ against a real scheduler: a single-node Slurm started here (`make test-slurm`).
+
+``tests/slurm/single-node.sh`` installs Debian's slurm-wlm when it is absent (apt-get), writes a
+CPU-only, one-node configuration and starts munged, slurmctld and slurmd (root needed). The jobs
+are CPU-only with a tiny model: the chain of four jobs, a failing stage and its resubmission, a
+stage preempted mid-epoch with ``scancel --signal=USR1`` and a 2-task DDP stage.
+
+Marked ``slurm`` and ``slow``: never part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from _train_helpers import make_cache, tiny_raw_config, write_config
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+SINGLE_NODE = REPO / "tests" / "slurm" / "single-node.sh"
+ICH3D = str(Path(sys.executable).with_name("ich3d"))
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+SLICE_STEPS_PER_EPOCH, SLICE_EPOCHS = 30, 2
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.fail("the Slurm tests install (apt-get) and start slurmctld/slurmd: run them as root")
+    done = subprocess.run(["bash", str(SINGLE_NODE), "start"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "a test step ran" in done.stdout
+    return True
+
+
+@pytest.fixture(scope="module")
+def work(cluster, tmp_path_factory):
+    """A folder with a tiny cache and config; jobs run there (sbatch's working directory)."""
+    root = tmp_path_factory.mktemp("slurm")
+    cache = make_cache(root, patients=12)
+    raw = tiny_raw_config(cache, root)
+    raw["stages"]["slice"].update(
+        {"samples_per_epoch": SLICE_STEPS_PER_EPOCH * 10, "max_epochs": SLICE_EPOCHS}
+    )  # batch 10
+    raw["trainer"]["log_every_n_steps"] = 2
+    write_config(root / "tiny.yaml", raw)
+    return root
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(ICH3D=ICH3D, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", WANDB_MODE="offline")
+    env.update(extra)
+    return env
+
+
+def _submit_chain(work, *args, **env):
+    done = subprocess.run(
+        ["bash", str(REPO / "slurm" / "submit.sh"), "tiny.yaml", *args],
+        cwd=work, env=_env(**env), capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    jobs = dict(re.findall(r"^(\w+)\s+job (\d+)$", done.stdout, flags=re.M))
+    return jobs, done.stdout
+
+
+def _sbatch(work, *args):
+    done = subprocess.run(
+        ["sbatch", "--parsable", *args], cwd=work, env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().split(";")[0]
+
+
+def job(jid: str) -> dict[str, str]:
+    """``scontrol show job`` as a dict (JobState, ExitCode, Restarts, Reason ...)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", jid], capture_output=True, text=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def wait(jids, timeout=900):
+    """Wait until every job is in a final state; return their states."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        states = {j: job(j).get("JobState", "?") for j in jids}
+        if all(s in DONE for s in states.values()):
+            return states
+        time.sleep(2)
+    raise AssertionError(f"jobs still not finished after {timeout} s: {states}")
+
+
+def _logs(work):
+    return {p.name: p.read_text(errors="replace") for p in Path(work).glob("slurm-*.out")}
+
+
+def _no_traceback(work):
+    bad = [name for name, text in _logs(work).items() if "Traceback" in text]
+    assert not bad, {name: _logs(work)[name][-3000:] for name in bad}
+
+
+def _rows(path):
+    frame = pd.read_csv(path)
+    keys = collections.Counter()
+    for _, row in frame.iterrows():
+        names = tuple(sorted(k for k, v in row.items() if k != "step" and pd.notna(v)))
+        keys[(int(row["step"]), names)] += 1
+    return keys
+
+
+@pytest.fixture(scope="module")
+def chain(work):
+    jobs, out = _submit_chain(work, "c1")
+    assert list(jobs) == ["slice", "sequence", "finetune", "evaluate"], out
+    return jobs
+
+
+def test_preempted_stage_resumes_from_its_mid_epoch_checkpoint(work, chain):
+    jid = _sbatch(work, "--job-name=ich3d-pre", str(REPO / "slurm" / "stage.sbatch"), "slice", "tiny.yaml", "pre")
+    stage_dir = work / "runs" / "tiny" / "pre" / "slice"
+    end = time.monotonic() + 600
+    while not (stage_dir / "last.ckpt").is_file():  # written when epoch 1 starts
+        assert time.monotonic() < end and job(jid).get("JobState") in ("PENDING", "RUNNING"), job(jid)
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", jid], check=True)
+    states = wait([jid, chain["slice"]])
+    assert states == {jid: "COMPLETED", chain["slice"]: "COMPLETED"}
+    info = job(jid)
+    assert info["Restarts"] == "1" and info["ExitCode"] == "0:0"
+    log = _logs(work)[f"slurm-ich3d-pre-{jid}.out"]
+    saved = re.search(r"stage slice checkpointed \((hpc_ckpt_\d+\.ckpt), step (\d+)\) and requeued", log)
+    assert saved, log[-3000:]
+    step = int(saved.group(2))
+    assert SLICE_STEPS_PER_EPOCH < step < 2 * SLICE_STEPS_PER_EPOCH  # mid-epoch (epoch 1)
+    assert f"resuming from {saved.group(1)}" in log and "restart 1," in log
+    reference = work / "runs" / "tiny" / "c1" / "slice"
+    result = json.loads((stage_dir / "result.json").read_text())
+    assert result["global_step"] == json.loads((reference / "result.json").read_text())["global_step"]
+    assert result["global_step"] == SLICE_STEPS_PER_EPOCH * SLICE_EPOCHS
+    rows = _rows(stage_dir / "metrics.csv")
+    assert rows == _rows(reference / "metrics.csv")  # every step's row exactly once
+    assert all(n == 1 for n in rows.values())
+    assert not list(stage_dir.glob("hpc_ckpt_*"))  # the requeue checkpoint is gone once done
+    _no_traceback(work)
+
+
+def test_chain_on_cpu_completes_with_a_report(work, chain):
+    states = wait(list(chain.values()))
+    assert set(states.values()) == {"COMPLETED"}, states
+    run = work / "runs" / "tiny" / "c1"
+    assert all((run / s / "result.json").is_file() for s in ("slice", "sequence", "finetune"))
+    assert (run / "evaluation" / "report.md").is_file()
+    assert "finetune" in (run / "evaluation" / "report.md").read_text()
+    for jid in chain.values():
+        assert "Gres" not in job(jid).get("TresPerNode", "")  # no GPU asked on a CPU cluster
+    _no_traceback(work)
+
+
+def test_failing_stage_cancels_its_dependants_and_the_resubmission_completes(work):
+    cheap = "stages.slice.samples_per_epoch=50"
+    jobs, _ = _submit_chain(work, "f1", cheap, "stages.sequence.max_epochs=0")  # sequence fails
+    states = wait(list(jobs.values()))
+    assert states == {
+        jobs["slice"]: "COMPLETED",
+        jobs["sequence"]: "FAILED",
+        jobs["finetune"]: "CANCELLED",
+        jobs["evaluate"]: "CANCELLED",
+    }
+    assert "wrote no best.ckpt" in _logs(work)[f"slurm-ich3d-sequence-{jobs['sequence']}.out"]
+    slice_result = (work / "runs" / "tiny" / "f1" / "slice" / "result.json").read_bytes()
+    again, out = _submit_chain(work, "f1", cheap)
+    assert "slice     done (result.json), not submitted" in out and "slice" not in again
+    states = wait(list(again.values()))
+    assert set(states.values()) == {"COMPLETED"}, states
+    run = work / "runs" / "tiny" / "f1"
+    assert (run / "slice" / "result.json").read_bytes() == slice_result
+    assert (run / "evaluation" / "report.md").is_file()
+
+
+def test_ddp_stage_with_two_tasks_logs_each_validation_auc_once(work, chain):
+    jid = _sbatch(
+        work, "--job-name=ich3d-ddp", "--ntasks-per-node=2", str(REPO / "slurm" / "stage.sbatch"),
+        "slice", "tiny.yaml", "ddp",
+    )
+    assert wait([jid]) == {jid: "COMPLETED"}
+    log = _logs(work)[f"slurm-ich3d-ddp-{jid}.out"]
+    assert "global batch 10 = 5 per process x 2" in log
+    stage_dir = work / "runs" / "tiny" / "ddp" / "slice"
+    metrics = pd.read_csv(stage_dir / "metrics.csv")
+    val = metrics.dropna(subset=["val/auc"])
+    assert val["epoch"].tolist() == list(range(SLICE_EPOCHS))  # one row per validation, not per rank
+    reference = pd.read_csv(work / "runs" / "tiny" / "c1" / "slice" / "metrics.csv").dropna(subset=["val/auc"])
+    assert val["val/n"].tolist() == reference["val/n"].tolist()  # every val slice once
+    # global batch: the same number of optimizer steps as one process
+    assert json.loads((stage_dir / "result.json").read_text())["global_step"] == SLICE_STEPS_PER_EPOCH * SLICE_EPOCHS
+    _no_traceback(work)
