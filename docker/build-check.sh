@@ -6,8 +6,9 @@
 # BASE_IMAGE   default local/debian-python:bookworm; when absent it is made with debootstrap
 #              (Debian bookworm minbase + python3, pip, ca-certificates; needs root), because
 #              a machine without a registry cannot pull one.
-# TORCH_WHEEL  a local CPU torch wheel to install instead of PyPI's CUDA build (default: the
-#              first /opt/wheels/torch-*+cpu-*.whl); TORCH_WHEEL=none lets pip take PyPI's.
+# TORCH_WHEEL  a local torch wheel to install instead of PyPI's (default none: pip takes PyPI's torch,
+#              the CUDA build with its nvidia-* libraries, ~7 GB image; it runs on CPU as well). A CPU
+#              wheel needs a matching CPU torchvision too, which PyPI does not carry.
 # CA_BUNDLE    CA bundle for pip inside the build (default /etc/ssl/certs/ca-certificates.crt;
 #              needed behind a TLS-intercepting proxy; CA_BUNDLE=none to skip).
 # TAG          image tag (default ich3d:cpu-check).
@@ -16,11 +17,7 @@ cd "$(dirname "$0")/.."
 BASE_IMAGE=${BASE_IMAGE:-local/debian-python:bookworm}
 TAG=${TAG:-ich3d:cpu-check}
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
-if [ -z "${TORCH_WHEEL:-}" ]; then
-    wheels=(/opt/wheels/torch-*+cpu-*.whl)
-    TORCH_WHEEL=${wheels[0]}
-    [ -f "${TORCH_WHEEL}" ] || TORCH_WHEEL=none
-fi
+TORCH_WHEEL=${TORCH_WHEEL:-none}
 
 if ! docker image inspect "${BASE_IMAGE}" >/dev/null 2>&1; then
     [ "${BASE_IMAGE}" = local/debian-python:bookworm ] || { echo "no image ${BASE_IMAGE}" >&2; exit 1; }
@@ -41,7 +38,8 @@ if [ -n "${TORCH_WHEEL}" ] && [ "${TORCH_WHEEL}" != none ]; then cp "${TORCH_WHE
 start=$(date +%s)
 docker build -f docker/Dockerfile -t "${TAG}" "${args[@]}" .
 rm -rf docker/local
-echo "built ${TAG} from ${BASE_IMAGE} in $(( $(date +%s) - start )) s; $(docker image inspect -f '{{.Size}}' "${TAG}" | awk '{printf "%.0f MB", $1/1e6}')"
+size=$(docker image inspect -f '{{.Size}}' "${TAG}")
+echo "built ${TAG} from ${BASE_IMAGE} in $(( $(date +%s) - start )) s, $(( size / 1000000 )) MB"
 
 docker run --rm "${TAG}" ich3d --help | head -3
 docker run --rm -v "${PWD}/tests:/app/tests:ro" -e CUDA_VISIBLE_DEVICES= "${TAG}" \

@@ -131,6 +131,12 @@ def test_preempted_stage_resumes_from_its_mid_epoch_checkpoint(work, chain):
         assert time.monotonic() < end and job(jid).get("JobState") in ("PENDING", "RUNNING"), job(jid)
         time.sleep(0.2)
     subprocess.run(["scancel", "--signal=USR1", jid], check=True)
+    while (info := job(jid)).get("Restarts") != "1" or info.get("JobState") != "PENDING":
+        # ich3d checkpoints at the next batch and runs scontrol requeue
+        assert time.monotonic() < end and info.get("JobState") not in DONE, info
+        time.sleep(0.5)
+    # Slurm holds a requeued job for about two minutes (EligibleTime); start it now
+    subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], capture_output=True)
     states = wait([jid, chain["slice"]])
     assert states == {jid: "COMPLETED", chain["slice"]: "COMPLETED"}
     info = job(jid)
@@ -166,7 +172,9 @@ def test_chain_on_cpu_completes_with_a_report(work, chain):
 
 def test_failing_stage_cancels_its_dependants_and_the_resubmission_completes(work):
     cheap = "stages.slice.samples_per_epoch=50"
-    jobs, _ = _submit_chain(work, "f1", cheap, "stages.sequence.max_epochs=0")  # sequence fails
+    broken = work / "broken-node.sh"  # the sequence job's node setup fails (exit 3)
+    broken.write_text('echo "module load: cuda/99 not found" >&2\nexit 3\n')
+    jobs, _ = _submit_chain(work, "f1", cheap, SBATCH_ARGS_sequence=f"--export=ALL,ICH3D_SETUP={broken}")
     states = wait(list(jobs.values()))
     assert states == {
         jobs["slice"]: "COMPLETED",
@@ -174,7 +182,9 @@ def test_failing_stage_cancels_its_dependants_and_the_resubmission_completes(wor
         jobs["finetune"]: "CANCELLED",
         jobs["evaluate"]: "CANCELLED",
     }
-    assert "wrote no best.ckpt" in _logs(work)[f"slurm-ich3d-sequence-{jobs['sequence']}.out"]
+    assert job(jobs["sequence"])["ExitCode"] == "3:0"
+    assert "cuda/99 not found" in _logs(work)[f"slurm-ich3d-sequence-{jobs['sequence']}.out"]
+    assert job(jobs["finetune"])["Reason"] == "DependencyNeverSatisfied"
     slice_result = (work / "runs" / "tiny" / "f1" / "slice" / "result.json").read_bytes()
     again, out = _submit_chain(work, "f1", cheap)
     assert "slice     done (result.json), not submitted" in out and "slice" not in again

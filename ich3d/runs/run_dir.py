@@ -8,10 +8,12 @@ Layout::
         wandb/                 # offline W&B runs (one per stage and attempt), if tracking is on
         slice/ sequence/ finetune/ direct/
             best.ckpt          # best validation AUC so far
-            last.ckpt          # end of the last finished epoch (``--resume`` continues it)
-            metrics.csv        # CSVLogger (train/loss, val/loss, val/auc, lr ...)
+            last.ckpt          # the last finished epoch (its first next batch) or the end of training
+            hpc_ckpt_<n>.ckpt  # requeue checkpoint of a preempted job (mid-epoch; deleted once superseded)
+            metrics.csv        # CSVLogger (train/loss, val/loss, val/auc, lr ...), rows of every attempt
             hparams.yaml       # CSVLogger hyper-parameters (model/optimizer specs, counts)
             result.json        # written when the stage finished: best val AUC, steps ...
+                               # (a stage without it is not done: later stages refuse to start from it)
 
 The run id is ``--run-id`` if given, else ``$ICH3D_RUN_ID`` (set by the first process
 so that DDP processes Lightning launches agree), else ``slurm-<SLURM_JOB_ID>`` under

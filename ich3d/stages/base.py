@@ -50,7 +50,8 @@ class StageConfig:
         lr: learning rate.
         weight_decay: L2 penalty (0 = none).
         momentum: momentum for ``rmsprop``/``sgd``.
-        batch_size: samples per step per process (slices for a slice stage, volumes otherwise).
+        batch_size: samples per optimizer step over all processes (slices for a slice stage,
+            volumes otherwise); each DDP process loads batch_size / world size.
         samples_per_epoch: samples drawn (balanced) per training epoch; ``null`` = one
             pass over the training split.
         max_epochs: epochs of ``samples_per_epoch`` samples.

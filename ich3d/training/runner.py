@@ -422,7 +422,7 @@ def build_trainer(config: Config, stage: str, run: RunDir, loggers: list | None 
             auto_insert_metric_name=False,
             enable_version_counter=False,
         ),
-        # last.ckpt: at each epoch start and at the end (ich3d.training.preemption)
+        # last.ckpt: at each epoch's first batch and at the end (ich3d.training.preemption)
         LastCheckpoint(run.last_ckpt(stage)),
     ]
     if loggers:
@@ -634,7 +634,7 @@ def run_stage(config: Config, run: RunDir, stage: str, *, resume: bool = False) 
     st = get_stage(stage)
     if st.is_volume and config.stages.get(stage).uses_cached_features(st.freeze_encoder):
         datamodule = _feature_datamodule(config, run, stage, module, datamodule, ckpt_path)
-    log.info(
+    (log.info if trainer.is_global_zero else log.debug)(
         "stage %s: %s (global batch %d = %d per process x %d)",
         stage,
         f"resuming from {Path(ckpt_path).name}" if ckpt_path else "training",
