@@ -4,6 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DATA ?= runs/demo-data
+# the Slurm suite's jobs outlive pytest's rotation of /tmp/pytest-of-$USER: a folder of its own
+SLURM_TMP ?= /var/tmp/ich3d-test-slurm
 ifndef DEMO_RUN
 DEMO_RUN := demo-$(shell date -u +%Y%m%d-%H%M%S)
 endif
@@ -11,7 +13,7 @@ endif
 .PHONY: help install demo test test-all test-slurm docker-check lint bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +39,7 @@ test-all: $(STAMP) ## every test, slow ones included (not the Slurm suite)
 	$(BIN)/python -m pytest -m "not slurm" -q
 
 test-slurm: $(STAMP) ## slurm/ against a real single-node Slurm it starts (root; apt-get installs slurm-wlm if absent)
-	$(BIN)/python -m pytest -m slurm -q -p no:cacheprovider tests/test_slurm.py
+	$(BIN)/python -m pytest -m slurm -q -p no:cacheprovider --basetemp=$(SLURM_TMP) tests/test_slurm.py
 
 docker-check: ## build docker/Dockerfile on a local Debian base (CPU) and run ich3d --help + tests inside
 	docker/build-check.sh
