@@ -156,8 +156,8 @@ def _resolve_weights(
         if arch not in _WARNED_RANDOM:
             _WARNED_RANDOM.add(arch)
             logger.warning(
-                "no ImageNet weights for %s at %s: random initialisation (ich3d never downloads; "
-                "for transfer learning %s)",
+                "no ImageNet weights for %s at %s: random initialisation (a checkpoint loaded "
+                "afterwards replaces it; ich3d never downloads; for transfer learning %s)",
                 arch,
                 path,
                 where,
