@@ -22,6 +22,7 @@ STAGES = ("slice", "sequence", "finetune")
 def _second_run(tiny, run_id: str, seed: int):  # noqa: ANN001, ANN202
     """Another run of the same config and cache: the same checkpoints from other seeds."""
     from ich3d.config import dump_config
+    from ich3d.runs.inputs import input_signature
     from ich3d.runs.run_dir import RunDir, open_run_dir
     from ich3d.training.runner import build_module
 
@@ -35,7 +36,9 @@ def _second_run(tiny, run_id: str, seed: int):  # noqa: ANN001, ANN202
         path = run.best_ckpt(stage)
         path.parent.mkdir(parents=True, exist_ok=True)
         ckpt = {"state_dict": module.state_dict(), "hyper_parameters": plain(module.hparams)}
-        torch.save({**ckpt, "ich3d": {"val_auc": 0.5, "epoch": 0}, "global_step": 0, "epoch": 0}, path)
+        info = {"val_auc": 0.5, "epoch": 0, "inputs": input_signature(config.data)}
+        torch.save({**ckpt, "ich3d": info, "global_step": 0, "epoch": 0}, path)
+        run.write_result(stage, {"stage": stage, "best_val_auc": 0.5, "global_step": 0})
     return run.path
 
 
