@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pandas as pd
@@ -175,7 +176,11 @@ def test_wandb_offline_logs_the_tables_without_keys(runs, tmp_path, capsys) -> N
     assert "W&B run:" in capsys.readouterr().out
     offline = sorted((out / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
-    logged = read_offline_run(offline[0])
+    # wandb-core may still be writing the run file when finish() returns (seen with a
+    # second run in one process): wait for its summary, up to 30 s
+    deadline = time.monotonic() + 30
+    while "compare/best" not in (logged := read_offline_run(offline[0]))["summary"] and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert logged["run"]["job_type"] == "compare"
     summary = json.loads((out / "compare.json").read_text())
     assert logged["summary"]["compare/r1:finetune/auc"] == pytest.approx(summary["columns"]["r1:finetune"]["auc"])
