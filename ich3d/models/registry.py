@@ -49,6 +49,7 @@ _BUILTIN_MODULES: tuple[str, ...] = (
     "ich3d.models.sequence",
     "ich3d.models.small_cnn",
     "ich3d.models.torchvision_encoders",
+    "ich3d.models.torchvision_extra",
 )
 
 

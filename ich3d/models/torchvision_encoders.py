@@ -16,6 +16,13 @@ Weights (never downloaded)
       ``torch.hub.get_dir()/checkpoints/<name>`` (``alexnet-owt-7be5be79.pth``,
       ``vgg16-397923af.pth``, ``densenet201-c1103571.pth``). If it is not there a
       ``UserError`` says where to put it; ich3d never opens a network connection.
+    * ``pretrained="auto"``: that file when it is there, otherwise random
+      initialisation with one warning per architecture and process (the
+      published-system configs use this, so they run with or without the file).
+
+    Whether the ImageNet normalisation is on is saved in the state dict (the
+    buffer ``input_normalized``), so a checkpoint rebuilt where the weights file
+    is absent (``"auto"``) still normalises as it did in training.
 
     Files are read with ``torch.load(weights_only=True)``. Keys the encoder
     does not use (the 1000-class output layer) are ignored; a missing or
@@ -59,6 +66,7 @@ import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torchvision.models as tvm
@@ -75,6 +83,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "hub_weights_path",
+    "register_weights",
     "load_torchvision_state_dict",
     "adapt_first_conv",
 ]
@@ -85,12 +94,15 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-#: torchvision weight enums, for the standard file name and URL (metadata only: nothing is fetched).
-_WEIGHTS = {
-    "alexnet": tvm.AlexNet_Weights.IMAGENET1K_V1,
-    "vgg16": tvm.VGG16_Weights.IMAGENET1K_V1,
-    "densenet201": tvm.DenseNet201_Weights.IMAGENET1K_V1,
+#: torchvision weight entries per architecture, for the standard file names and URLs
+#: (metadata only: nothing is fetched); ``pretrained`` takes the first file present.
+_WEIGHTS: dict[str, tuple[tvm.WeightsEnum, ...]] = {
+    "alexnet": (tvm.AlexNet_Weights.IMAGENET1K_V1,),
+    "vgg16": (tvm.VGG16_Weights.IMAGENET1K_V1,),
+    "densenet201": (tvm.DenseNet201_Weights.IMAGENET1K_V1,),
 }
+#: architectures whose missing ``pretrained="auto"`` file was already warned about
+_WARNED_RANDOM: set[str] = set()
 
 # Old DenseNet checkpoints (including torchvision's own file) name layers "norm.1"
 # where the module is now "norm1"; torchvision renames them the same way.
@@ -99,29 +111,61 @@ _DENSENET_OLD_KEY = re.compile(
 )
 
 
+def register_weights(arch: str, *weights: tvm.WeightsEnum) -> None:
+    """Declare the torchvision weight entries of ``arch``, preferred file first."""
+    if not weights:
+        raise ValueError(f"register_weights({arch!r}) needs at least one weight entry")
+    _WEIGHTS[arch] = tuple(weights)
+
+
+def _hub_files(arch: str) -> list[Path]:
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    return [folder / Path(w.url).name for w in _WEIGHTS[arch]]
+
+
 def hub_weights_path(arch: str) -> Path:
-    """Where torchvision caches the ImageNet weights of ``arch``: ``<hub dir>/checkpoints/<file>``."""
-    filename = Path(_WEIGHTS[arch].url).name
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+    """Where torchvision caches the (preferred) ImageNet weights of ``arch``:
+    ``<hub dir>/checkpoints/<file>``."""
+    return _hub_files(arch)[0]
 
 
-def _resolve_weights(arch: str, pretrained: bool, weights_path: str | Path | None) -> Path | None:
+def _resolve_weights(
+    arch: str, pretrained: bool | str, weights_path: str | Path | None
+) -> Path | None:
     """The weights file to load, or None for random initialisation."""
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         if not path.is_file():
             raise UserError(f"weights file for {arch} not found: {path}")
         return path
-    if not pretrained:
+    if pretrained not in (True, False, "auto"):
+        raise UserError(f"pretrained must be true, false or 'auto', got {pretrained!r}")
+    if pretrained is False:
         return None
-    path = hub_weights_path(arch)
-    if not path.is_file():
-        raise UserError(
-            f"pretrained ImageNet weights for {arch} not found at {path}; ich3d never downloads: "
-            f"copy torchvision's file {path.name} (from {_WEIGHTS[arch].url}) to {path.parent}/, "
-            f"set TORCH_HOME, or give the file with weights_path"
-        )
-    return path
+    files = _hub_files(arch)
+    for path in files:
+        if path.is_file():
+            return path
+    path = files[0]
+    where = (
+        f"copy torchvision's file {path.name} (from {_WEIGHTS[arch][0].url}"
+        + "".join(f", or {f.name}" for f in files[1:])
+        + f") to {path.parent}/, set TORCH_HOME, or give the file with weights_path"
+    )
+    if pretrained == "auto":
+        if arch not in _WARNED_RANDOM:
+            _WARNED_RANDOM.add(arch)
+            logger.warning(
+                "no ImageNet weights for %s at %s: random initialisation (a checkpoint loaded "
+                "afterwards replaces it; ich3d never downloads; for transfer learning %s)",
+                arch,
+                path,
+                where,
+            )
+        return None
+    raise UserError(
+        f"pretrained ImageNet weights for {arch} not found at {path}; ich3d never downloads: {where}"
+    )
 
 
 def load_torchvision_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -235,7 +279,9 @@ class TorchvisionEncoder(nn.Module):
     Attributes:
         out_features: Feature size.
         pretrained_from: The weights file loaded, or None.
-        normalize: Whether the ImageNet normalisation is applied in ``forward``.
+        normalize: Whether the ImageNet normalisation is applied in ``forward``
+            (mirrors the persistent buffer ``input_normalized``, which a loaded
+            state dict sets).
     """
 
     arch: str = ""
@@ -266,6 +312,8 @@ class TorchvisionEncoder(nn.Module):
         # not persistent: state dicts do not depend on the normalisation choice
         self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
+        # persistent: a checkpoint keeps the normalisation it was trained with
+        self.register_buffer("input_normalized", torch.tensor(bool(normalize)))
         if feature_dim is not None:
             if feature_dim < 1:
                 raise UserError(f"feature_dim must be >= 1, got {feature_dim}")
@@ -274,6 +322,17 @@ class TorchvisionEncoder(nn.Module):
         else:
             self.proj = nn.Identity()
         self.out_features = out_features
+
+    def _load_from_state_dict(  # type: ignore[no-untyped-def]
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        key = prefix + "input_normalized"
+        if key not in state_dict:  # a state dict from before the flag: keep the built value
+            state_dict[key] = self.input_normalized.clone()
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self.normalize = bool(state_dict[key])
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, in_channels, H, W)`` in ``[0, 1]`` -> ``(N, out_features)``."""
@@ -288,7 +347,7 @@ def _prepare(
     arch: str,
     build: Callable[[], nn.Module],
     needed: tuple[str, ...],
-    pretrained: bool,
+    pretrained: bool | str,
     weights_path: str | Path | None,
     normalize: bool | None,
 ) -> tuple[nn.Module, Path | None, bool]:
@@ -321,7 +380,8 @@ class AlexNetEncoder(TorchvisionEncoder):
     Args:
         in_channels: Input channels. Default 3.
         layer: ``"fc6"`` (AlexNet-SVM feature) or ``"fc7"``; both 4096. Default ``"fc6"``.
-        pretrained: Load ImageNet weights from the torch hub cache (never downloads). Default False.
+        pretrained: Load ImageNet weights from the torch hub cache (never downloads);
+            ``"auto"``: only if the file is there. Default False.
         weights_path: Load weights from this torchvision-format file instead. Default None.
         feature_dim: Optional projection size. Default None (no projection).
         normalize: Apply ImageNet normalisation; None: iff weights were loaded. Default None.
@@ -333,7 +393,7 @@ class AlexNetEncoder(TorchvisionEncoder):
         self,
         in_channels: int = 3,
         layer: str = "fc6",
-        pretrained: bool = False,
+        pretrained: bool | Literal["auto"] = False,
         weights_path: str | Path | None = None,
         feature_dim: int | None = None,
         normalize: bool | None = None,
@@ -363,7 +423,8 @@ class VGG16Encoder(TorchvisionEncoder):
     Args:
         in_channels: Input channels. Default 3.
         layer: ``"fc7"`` (4096), ``"fc6"`` (4096) or ``"pool"`` (512). Default ``"fc7"``.
-        pretrained: Load ImageNet weights from the torch hub cache (never downloads). Default False.
+        pretrained: Load ImageNet weights from the torch hub cache (never downloads);
+            ``"auto"``: only if the file is there. Default False.
         weights_path: Load weights from this torchvision-format file instead. Default None.
         feature_dim: Optional projection size. Default None.
         normalize: Apply ImageNet normalisation; None: iff weights were loaded. Default None.
@@ -375,7 +436,7 @@ class VGG16Encoder(TorchvisionEncoder):
         self,
         in_channels: int = 3,
         layer: str = "fc7",
-        pretrained: bool = False,
+        pretrained: bool | Literal["auto"] = False,
         weights_path: str | Path | None = None,
         feature_dim: int | None = None,
         normalize: bool | None = None,
@@ -406,7 +467,8 @@ class DenseNet201Encoder(TorchvisionEncoder):
 
     Args:
         in_channels: Input channels. Default 3.
-        pretrained: Load ImageNet weights from the torch hub cache (never downloads). Default False.
+        pretrained: Load ImageNet weights from the torch hub cache (never downloads);
+            ``"auto"``: only if the file is there. Default False.
         weights_path: Load weights from this torchvision-format file instead. Default None.
         feature_dim: Optional projection size. Default None.
         normalize: Apply ImageNet normalisation; None: iff weights were loaded. Default None.
@@ -417,7 +479,7 @@ class DenseNet201Encoder(TorchvisionEncoder):
     def __init__(
         self,
         in_channels: int = 3,
-        pretrained: bool = False,
+        pretrained: bool | Literal["auto"] = False,
         weights_path: str | Path | None = None,
         feature_dim: int | None = None,
         normalize: bool | None = None,
