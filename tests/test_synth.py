@@ -375,6 +375,45 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     ).read_bytes()
 
 
+#: sha256 over (relative path, NUL, bytes) of every file of the dataset below, computed
+#: with the generator as it was in ich3d/data/synth.py + phantom.py (commit 4e86f58),
+#: before it moved to ich3d/synth/: the move and any refactoring must keep these bytes.
+PINNED_DATASET_SHA256 = "3a9b3a10f12214092695a4cb46b461fbdbea29a3c13cefa6406d1e82a966a4d0"
+
+
+def _dataset_sha256(out: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(out.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(out)).encode())
+            h.update(b"\0")
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_pinned_bytes_every_defect_planted(tmp_path: Path) -> None:
+    """A tiny dataset with every defect planted is byte-identical to the pinned one."""
+    rates = DefectRates(**{name: 0.3 for name in DEFECT_NAMES})
+    summary = generate(
+        tmp_path / "pin",
+        patients=3,
+        size=40,
+        slices=(4, 6),
+        studies=(1, 2),
+        seed=1,
+        defects=rates,
+        progress=False,
+    )
+    assert all(summary.defects[name] > 0 for name in DEFECT_NAMES)  # every code path ran
+    assert (summary.series, summary.images, summary.files, summary.positive_series) == (
+        4,
+        18,
+        10,
+        2,
+    )
+    assert _dataset_sha256(tmp_path / "pin") == PINNED_DATASET_SHA256
+
+
 def test_patients_do_not_depend_on_each_other(tmp_path: Path) -> None:
     kw = {"size": 32, "slices": (4, 5), "positive_fraction": 1.0, "seed": 2, "progress": False}
     generate(tmp_path / "two", patients=2, defects=NO_DEFECTS, **kw)
