@@ -6,7 +6,7 @@ Run from the repository root::
                                       [--workers 1] [--data DIR]
 
 Generates ``--series`` defect-free synthetic series of ``--slices`` slices of
-``--size`` x ``--size`` (ich3d.data.synth) into a temp folder (or reuses
+``--size`` x ``--size`` (ich3d.synth) into a temp folder (or reuses
 ``--data``), then measures in the same process, on the same files, with a warm
 page cache, best of ``--repeat``:
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import pydicom
 
-    from ich3d.data import synth
+    from ich3d import synth
     from ich3d.data.dicom import read_slice
     from ich3d.data.ingest import run_ingest
 

@@ -67,7 +67,7 @@ def make_tiny_cache(
     Returns the cache folder; the DICOM is in ``root/synth``.
     """
     from ich3d.data.ingest import run_ingest
-    from ich3d.data.synth import NO_DEFECTS, generate
+    from ich3d.synth import NO_DEFECTS, generate
 
     root = Path(root)
     synth = root / "synth"

@@ -65,7 +65,7 @@ def test_cavity_rule_on_made_up_volume() -> None:
 
 
 def test_cavity_rule_on_phantom() -> None:
-    phantom = pytest.importorskip("ich3d.data.phantom")
+    phantom = pytest.importorskip("ich3d.synth.phantom")
     for seed in range(3):
         rng = np.random.default_rng(seed)
         g = phantom.sample_geometry(rng, 128, 20)
@@ -407,7 +407,7 @@ def test_splits_json_is_written_once(fake) -> None:
 
 
 def test_prepare_data_runs_ingest_on_synthetic_dicom(tmp_path) -> None:
-    synth = pytest.importorskip("ich3d.data.synth")
+    synth = pytest.importorskip("ich3d.synth")
     raw = tmp_path / "raw"
     synth.generate(raw, patients=6, size=64, slices=(8, 12), seed=2, progress=False)
     kw = dict(

@@ -515,7 +515,7 @@ _ALL_DEFECTS = dict(
 @pytest.fixture(scope="module")
 def synth_defects(tmp_path_factory):
     """A small synthetic RSNA set where every defect occurs, and its ingest."""
-    from ich3d.data import synth
+    from ich3d import synth
 
     for seed in range(11, 31):  # the first seed that plants every defect (11 today)
         root = tmp_path_factory.mktemp(f"synth_defects_{seed}")
@@ -541,7 +541,7 @@ def synth_defects(tmp_path_factory):
 @pytest.fixture(scope="module")
 def synth_clean(tmp_path_factory):
     """Defect-free synthetic series, stored ascending (one set) and descending (another)."""
-    from ich3d.data import synth
+    from ich3d import synth
 
     sets = []
     for name, rates in (
@@ -569,7 +569,7 @@ def test_synth_volumes_equal_simpleitk_reading(synth_clean, tmp_path):
     """HU and order equal SimpleITK's (its rescale, GDCM's position sort), pooled, exactly."""
     import SimpleITK as sitk
 
-    from ich3d.data import synth
+    from ich3d import synth
 
     directions = set()
     for root, truth, out in synth_clean:
@@ -610,7 +610,7 @@ def test_synth_volumes_equal_simpleitk_reading(synth_clean, tmp_path):
 
 def test_synth_defects_volumes_equal_truth(synth_defects):
     """Every kept slice holds the true HU (12-bit corrected, -2000 clipped), in the true order."""
-    from ich3d.data import synth
+    from ich3d import synth
 
     root, truth, out, _ = synth_defects
     slices, volumes, _ = _tables(out)
@@ -640,7 +640,7 @@ def test_synth_defects_volumes_equal_truth(synth_defects):
 
 
 def test_synth_defects_accounted_with_reasons(synth_defects):
-    from ich3d.data import synth
+    from ich3d import synth
 
     root, truth, out, summary = synth_defects
     slices, _, skipped = _tables(out)

@@ -15,9 +15,9 @@ import pytest
 import SimpleITK as sitk
 
 from ich3d.cli.main import main as cli_main
-from ich3d.data import phantom as ph
 from ich3d.data.schema import SUBTYPES
-from ich3d.data.synth import (
+from ich3d.errors import UserError
+from ich3d.synth import (
     DEFECT_NAMES,
     NO_DEFECTS,
     DefectRates,
@@ -26,7 +26,7 @@ from ich3d.data.synth import (
     series_hu,
     series_phantom,
 )
-from ich3d.errors import UserError
+from ich3d.synth import phantom as ph
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom: "ID_..." is no UID
 
@@ -294,10 +294,11 @@ def test_no_defect_at_rate_zero(clean: Path) -> None:
 def test_storage_variants_read_right(
     storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ich3d.data import synth
+    from ich3d.synth import generator
+    from ich3d.synth import storage as st
 
-    names = list(synth._STORAGES)
-    monkeypatch.setattr(synth, "_STORAGE_P", tuple(float(n == storage) for n in names))
+    names = list(st.STORAGES)
+    monkeypatch.setattr(generator, "STORAGE_P", tuple(float(n == storage) for n in names))
     out = tmp_path / storage
     generate(
         out, patients=1, studies=(1, 1), size=40, slices=(4, 4), defects=NO_DEFECTS, progress=False
@@ -312,7 +313,7 @@ def test_storage_variants_read_right(
         np.testing.assert_array_equal(_corrected_hu(ds), hu[k])  # the correction stays off
         arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[0]
         np.testing.assert_array_equal(arr.astype(np.int32), hu[k])
-    expect = synth._STORAGES[storage]
+    expect = st.STORAGES[storage]
     assert (ds.BitsStored, ds.PixelRepresentation, float(ds.RescaleIntercept)) == (
         expect.bits_stored,
         expect.pixel_representation,

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ich3d.data.synth import DefectRates
+    from ich3d.synth import DefectRates
 
 __all__ = ["add_parser", "run", "parse_defects"]
 
@@ -32,7 +32,7 @@ The same --seed gives byte-identical files.
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ich3d.data.synth import DEFAULT_DEFECTS, DEFECT_NAMES
+    from ich3d.synth import DEFAULT_DEFECTS, DEFECT_NAMES
 
     defaults = ", ".join(f"{k}={getattr(DEFAULT_DEFECTS, k):g}" for k in DEFECT_NAMES)
     p = subparsers.add_parser(
@@ -95,8 +95,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_defects(items: list[str], no_defects: bool) -> DefectRates:
-    """``NAME=RATE`` strings -> :class:`~ich3d.data.synth.DefectRates` (UserError if bad)."""
-    from ich3d.data.synth import DEFAULT_DEFECTS, NO_DEFECTS
+    """``NAME=RATE`` strings -> :class:`~ich3d.synth.DefectRates` (UserError if bad)."""
+    from ich3d.synth import DEFAULT_DEFECTS, NO_DEFECTS
     from ich3d.errors import UserError
 
     rates: dict[str, float] = {}
@@ -116,7 +116,7 @@ def parse_defects(items: list[str], no_defects: bool) -> DefectRates:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ich3d.data.synth import generate
+    from ich3d.synth import generate
 
     defects = parse_defects(args.defect, args.no_defects)
     summary = generate(
