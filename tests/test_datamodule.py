@@ -447,3 +447,55 @@ def test_prepare_data_runs_ingest_on_synthetic_dicom(tmp_path) -> None:
         SliceDataModule(
             cache, **{**kw, "min_slices": 5}
         ).prepare_data()  # the ingest refuses to mix
+
+
+# ----------------------------------------------------------------------------- typed seams
+
+
+def test_from_config_reads_the_config_sections(fake, tmp_path) -> None:
+    from ich3d.config import DataConfig, StageConfig
+
+    data = DataConfig(
+        cache_dir=str(fake.root),
+        images_dir=str(tmp_path / "dicom"),
+        windows=("brain", "bone"),
+        split_seed=7,
+        depth_pool=3,
+        label="subdural",
+        num_workers=0,
+    )
+    stage = StageConfig(batch_size=3, samples_per_epoch=40, augment=False)
+    dm = SliceDataModule.from_config(data, stage, 11)
+    assert type(dm) is SliceDataModule
+    assert (dm.cache_dir, dm.images_dir) == (fake.root, tmp_path / "dicom")
+    assert (dm.windows, dm.split_seed, dm.label) == (["brain", "bone"], 7, "subdural")
+    assert (dm.batch_size, dm.samples_per_epoch, dm.augment, dm.seed) == (3, 40, False, 11)
+    # another cache is never ingested from the config's images; overrides win
+    vm = VolumeDataModule.from_config(data, stage, 11, cache_dir=tmp_path / "other", augment=True)
+    assert type(vm) is VolumeDataModule
+    assert (vm.cache_dir, vm.images_dir, vm.labels_csv) == (tmp_path / "other", None, None)
+    assert (vm.depth_pool, vm.pad_batches, vm.augment) == (3, True, True)  # batch 3 pads
+    one = VolumeDataModule.from_config(data, StageConfig(batch_size=1), 0, depth_pool=1)
+    assert (one.depth_pool, one.pad_batches) == (1, False)
+    with pytest.raises(UserError, match="data.cache_dir"):
+        SliceDataModule.from_config(DataConfig(), stage, 0)
+
+
+def test_open_cache_is_the_one_read_path(fake, tmp_path) -> None:
+    from ich3d.data.cache import open_cache
+
+    cache = open_cache(fake.root)
+    assert cache.volumes_present()
+    (size, n_sizes) = cache.common_size()
+    assert size == (32, 32) and n_sizes == 1
+    first = cache.volumes["path"].iloc[0]
+    moved = tmp_path / "moved.npy"
+    (fake.root / first).rename(moved)
+    try:
+        assert not open_cache(fake.root).volumes_present()
+    finally:
+        moved.rename(fake.root / first)
+    with pytest.raises(UserError, match="not a complete ich3d cache"):
+        open_cache(tmp_path)
+    empty = open_cache(tmp_path, require_complete=False)  # inspecting: no error until a table is read
+    assert not empty.volumes_present() and empty.info == {}

@@ -96,8 +96,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_defects(items: list[str], no_defects: bool) -> DefectRates:
     """``NAME=RATE`` strings -> :class:`~ich3d.synth.DefectRates` (UserError if bad)."""
-    from ich3d.synth import DEFAULT_DEFECTS, NO_DEFECTS
     from ich3d.errors import UserError
+    from ich3d.synth import DEFAULT_DEFECTS, NO_DEFECTS
 
     rates: dict[str, float] = {}
     for item in items:

@@ -10,6 +10,10 @@ Layout of ``CACHE``:
 
 Files added by the data modules: ``splits.json`` (:mod:`ich3d.data.splits`),
 ``slice_stats.csv`` + ``slice_stats.json`` (:mod:`ich3d.data.cavity`).
+
+Every reader opens a cache through :func:`open_cache` (the DataModules,
+``predict``, evaluation and ``ingest`` when it checks an existing cache), so
+the tables are parsed one way everywhere.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import pandas as pd
 from ich3d.data.schema import LABEL_COLUMNS, SLICE_COLUMNS, UNLABELED, VOLUME_COLUMNS
 from ich3d.errors import UserError
 
-__all__ = ["IngestCache", "is_complete", "atomic_write_text", "atomic_write_csv"]
+__all__ = ["IngestCache", "open_cache", "is_complete", "atomic_write_text", "atomic_write_csv"]
 
 _STR_COLUMNS = ("key", "patient_id", "study_uid", "series_uid", "image_id", "path")
 
@@ -132,6 +136,23 @@ class IngestCache:
             self._slices = _read_table(self.root / "slices.csv", SLICE_COLUMNS)
         return self._slices
 
+    def volumes_present(self) -> bool:
+        """True when ``volumes.csv`` reads and every volume file it lists exists."""
+        try:
+            paths = self.volumes["path"]
+        except UserError:
+            return False
+        return all((self.root / p).is_file() for p in paths)
+
+    def common_size(self) -> tuple[tuple[int, int], int] | None:
+        """The most common in-plane ``(height, width)`` of the volumes (as stored) and
+        how many sizes the cache holds; None for a cache without volumes."""
+        v = self.volumes
+        if len(v) == 0:
+            return None
+        sizes = v.groupby(["height", "width"]).size().sort_values(ascending=False, kind="stable")
+        return (int(sizes.index[0][0]), int(sizes.index[0][1])), len(sizes)
+
     @property
     def labeled(self) -> bool:
         """True when every volume carries labels (no ``-1`` in the ``any`` column)."""
@@ -168,3 +189,19 @@ class IngestCache:
         while len(self._maps) > self.max_open:
             self._maps.popitem(last=False)
         return arr
+
+
+def open_cache(
+    root: str | Path, *, require_complete: bool = True, max_open: int = 64
+) -> IngestCache:
+    """Open the ingest cache in ``root``: the one read path of every cache reader.
+
+    Args:
+        root: the cache folder.
+        require_complete: raise :class:`UserError` unless ``ingest.json`` says the
+            ingest finished (default True); False to inspect an unfinished or
+            foreign cache (``ingest`` deciding what to redo, a run's training
+            cache read for its image size).
+        max_open: volume memory maps kept open (see :class:`IngestCache`).
+    """
+    return IngestCache(root, require_complete=require_complete, max_open=max_open)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -31,8 +32,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from ich3d.config import DataConfig, StageConfig
 from ich3d.data.augment import build_augment_2d, build_augment_3d
-from ich3d.data.cache import IngestCache
+from ich3d.data.cache import IngestCache, open_cache
 from ich3d.data.cavity import CavityRule, ensure_slice_stats, load_slice_stats
 from ich3d.data.datasets import (
     BalancedSampler,
@@ -56,6 +58,8 @@ from ich3d.errors import UserError
 __all__ = ["ICHDataModule", "SliceDataModule", "VolumeDataModule", "EVAL_SPLITS"]
 
 log = logging.getLogger(__name__)
+
+_DM = TypeVar("_DM", bound="ICHDataModule")
 
 #: Splits an evaluation loader accepts; ``predict`` is every volume of the cache.
 EVAL_SPLITS: tuple[str, ...] = (*SPLIT_NAMES, "predict")
@@ -179,6 +183,52 @@ class ICHDataModule(pl.LightningDataModule):
         self.size: tuple[int, int] | None = None
         self._tables: dict[str, pd.DataFrame] = {}
 
+    @classmethod
+    def from_config(
+        cls: type[_DM],
+        data: DataConfig,
+        stage: StageConfig,
+        seed: int,
+        *,
+        cache_dir: str | Path | None = None,
+        **overrides: Any,
+    ) -> _DM:
+        """The DataModule of a config's ``data`` section and one stage's settings.
+
+        Args:
+            data: the config's ``data`` section (cache, ingest, windows, splits, loaders).
+            stage: the stage whose ``batch_size``, ``samples_per_epoch`` and ``augment``
+                apply.
+            seed: the experiment seed (training draws, augmentation).
+            cache_dir: another ingest cache (prediction, evaluation elsewhere); it is
+                never re-ingested from ``data.images_dir``. Default ``data.cache_dir``
+                (ingested from ``data.images_dir`` when that is set).
+            **overrides: any constructor keyword (``batch_size=4``, ``augment=False``).
+        """
+        own_cache = cache_dir is None
+        root = data.cache_dir if own_cache else cache_dir
+        if root is None:
+            raise UserError("config key 'data.cache_dir' is required (the ingest cache folder)")
+        kwargs: dict[str, Any] = {
+            "images_dir": data.images_dir if own_cache else None,
+            "labels_csv": data.labels_csv if own_cache else None,
+            "ingest_workers": data.ingest_workers,
+            "min_slices": data.min_slices,
+            "windows": list(data.windows),
+            "split_fractions": tuple(data.split_fractions),
+            "split_seed": data.split_seed,
+            "splits_file": data.splits_file,
+            "batch_size": stage.batch_size,
+            "num_workers": data.num_workers,
+            "pin_memory": data.pin_memory,
+            "persistent_workers": data.persistent_workers,
+            "seed": seed,
+            "samples_per_epoch": stage.samples_per_epoch,
+            "augment": stage.augment,
+            "label": data.label,
+        }
+        return cls(root, **{**kwargs, **overrides})
+
     # ------------------------------------------------------------------ disk work
     def prepare_data(self) -> None:
         """Run the ingest if asked, then write the splits (and subclass files) if missing."""
@@ -193,7 +243,7 @@ class ICHDataModule(pl.LightningDataModule):
                 min_slices=self.min_slices,
                 progress=True,
             )
-        cache = IngestCache(self.cache_dir)
+        cache = open_cache(self.cache_dir)
         if cache.labeled:
             if self.splits_file is not None:
                 read_splits_file(self.splits_file, cache.volumes)
@@ -218,22 +268,20 @@ class ICHDataModule(pl.LightningDataModule):
             stage: ``fit``, ``validate``, ``test``, ``predict`` or None. Every stage
                 but ``predict`` needs a labeled cache.
         """
-        cache = IngestCache(self.cache_dir)
+        cache = open_cache(self.cache_dir)
         self.cache = cache
         vols = cache.volumes
-        if len(vols) == 0:
+        common = cache.common_size()
+        if common is None:
             raise UserError(f"{self.cache_dir / 'volumes.csv'} has no volumes")
         if self.image_size is not None:
             self.size = self.image_size
         else:
-            sizes = (
-                vols.groupby(["height", "width"]).size().sort_values(ascending=False, kind="stable")
-            )
-            self.size = tuple(int(v) for v in sizes.index[0])  # type: ignore[assignment]
-            if len(sizes) > 1:
+            self.size, n_sizes = common
+            if n_sizes > 1:
                 log.warning(
                     "the cache mixes %d in-plane sizes; cropping/padding all to %s with air",
-                    len(sizes),
+                    n_sizes,
                     self.size,
                 )
         if cache.labeled:
@@ -473,6 +521,23 @@ class VolumeDataModule(ICHDataModule):
                 f"batch_size {self.batch_size} needs pad_batches=True (volumes differ in length)"
             )
         self.collate = VolumeCollate(self.windows)
+
+    @classmethod
+    def from_config(
+        cls,
+        data: DataConfig,
+        stage: StageConfig,
+        seed: int,
+        *,
+        cache_dir: str | Path | None = None,
+        **overrides: Any,
+    ) -> VolumeDataModule:
+        """See :meth:`ICHDataModule.from_config`; adds ``depth_pool`` (``data.depth_pool``)
+        and ``pad_batches`` (True when the batch size is above 1) unless overridden."""
+        overrides.setdefault("depth_pool", data.depth_pool)
+        if "pad_batches" not in overrides:
+            overrides["pad_batches"] = int(overrides.get("batch_size", stage.batch_size)) > 1
+        return super().from_config(data, stage, seed, cache_dir=cache_dir, **overrides)
 
     def _lengths(self, n_slices: pd.Series) -> pd.Series:
         return -(-n_slices // self.depth_pool)

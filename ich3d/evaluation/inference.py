@@ -413,22 +413,16 @@ def build_eval_datamodule(
         raise UserError("the run's config has no data.cache_dir to evaluate on")
     if image_size is None and not own:
         image_size = training_image_size(config)
-    dm = VolumeDataModule(
-        d.cache_dir if own else cache_dir,
-        min_slices=d.min_slices,
-        windows=list(d.windows),
-        split_fractions=tuple(d.split_fractions),
-        split_seed=d.split_seed,
+    dm = VolumeDataModule.from_config(
+        d,
+        config.stages.get("finetune"),
+        config.seed,
+        cache_dir=d.cache_dir if own else cache_dir,  # explicit: never an ingest
         # the run's splits file lists the run's volumes, not another cache's
         splits_file=d.splits_file if own else None,
         batch_size=bs,
         pad_batches=bs > 1,
-        num_workers=d.num_workers,
-        pin_memory=d.pin_memory,
-        persistent_workers=d.persistent_workers,
-        seed=config.seed,
         augment=False,
-        label=d.label,
         depth_pool=pool,
         image_size=image_size,
     )

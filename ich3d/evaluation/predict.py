@@ -76,7 +76,7 @@ def predict_run(
     """
     import pandas as pd
 
-    from ich3d.data.cache import IngestCache, atomic_write_csv, atomic_write_text
+    from ich3d.data.cache import atomic_write_csv, atomic_write_text, open_cache
     from ich3d.errors import UserError
     from ich3d.evaluation.context import EvaluationContext
     from ich3d.evaluation.inference import hardware_info, resolve_device
@@ -132,7 +132,7 @@ def predict_run(
         )
         log.info("%s", summary.format())
         skipped = summary.skipped_total
-    cache = IngestCache(cache_dir)
+    cache = open_cache(cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labeled = cache.labeled
     label = config.data.label

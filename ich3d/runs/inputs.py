@@ -43,16 +43,12 @@ def _digest(obj: Any) -> str:
 
 def most_common_size(cache_dir: str | Path) -> list[int] | None:
     """The most common in-plane ``[H, W]`` of a cache's volumes (what the data modules pad to)."""
-    import pandas as pd
+    from ich3d.data.cache import open_cache
 
-    path = Path(cache_dir) / "volumes.csv"
-    if not path.is_file():
+    if not (Path(cache_dir) / "volumes.csv").is_file():
         return None
-    vols = pd.read_csv(path, usecols=["height", "width"])
-    if len(vols) == 0:
-        return None
-    sizes = vols.groupby(["height", "width"]).size().sort_values(ascending=False, kind="stable")
-    return [int(v) for v in sizes.index[0]]
+    common = open_cache(cache_dir, require_complete=False).common_size()
+    return None if common is None else list(common[0])
 
 
 def input_signature(data: Any, cache_dir: str | Path | None = None) -> dict[str, Any]:

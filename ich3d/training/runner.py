@@ -56,6 +56,7 @@ from ich3d.stages import Stage, chain, get_stage, stage_names
 if TYPE_CHECKING:  # heavy imports stay lazy at run time
     import pytorch_lightning as pl
 
+    from ich3d.data.datamodule import SliceDataModule, VolumeDataModule
     from ich3d.training.modules import SliceModule, VolumeModule
 
 __all__ = [
@@ -296,73 +297,29 @@ def _init_from_previous(config: Config, module: Any, run: RunDir, stage: str) ->
 # --------------------------------------------------------------------------- data
 
 
-def _datamodule_kwargs(config: Config, stage: str, cache_dir: str | Path | None) -> dict[str, Any]:
-    d = config.data
-    s = config.stages.get(stage)
-    own_cache = cache_dir is None
-    return {
-        "cache_dir": d.cache_dir if own_cache else cache_dir,
-        # another cache (predict/evaluate elsewhere) is never re-ingested from our images
-        "images_dir": d.images_dir if own_cache else None,
-        "labels_csv": d.labels_csv if own_cache else None,
-        "ingest_workers": d.ingest_workers,
-        "min_slices": d.min_slices,
-        "windows": list(d.windows),
-        "split_fractions": tuple(d.split_fractions),
-        "split_seed": d.split_seed,
-        "splits_file": d.splits_file,
-        "batch_size": s.batch_size,
-        "num_workers": d.num_workers,
-        "pin_memory": d.pin_memory,
-        "persistent_workers": d.persistent_workers,
-        "seed": config.seed,
-        "samples_per_epoch": s.samples_per_epoch,
-        "augment": s.augment,
-        "label": d.label,
-    }
-
-
 def build_slice_datamodule(
     config: Config, cache_dir: str | Path | None = None, *, stage: str = "slice", **overrides: Any
-) -> Any:
-    """The stage-1 ``SliceDataModule`` of ``config``.
-
-    Args:
-        config: the experiment config.
-        cache_dir: another ingest cache (e.g. for prediction); default ``data.cache_dir``
-            (which is ingested from ``data.images_dir`` if set).
-        stage: the stage whose batch size / samples / augmentation apply.
-        **overrides: any ``SliceDataModule`` keyword (``batch_size=...``, ``augment=False``).
-    """
+) -> SliceDataModule:
+    """The stage-1 ``SliceDataModule`` of ``config`` (:meth:`~ich3d.data.datamodule.ICHDataModule.from_config`)."""
     from ich3d.data.datamodule import SliceDataModule
 
-    kwargs = {**_datamodule_kwargs(config, stage, cache_dir), **overrides}
-    return SliceDataModule(kwargs.pop("cache_dir"), **kwargs)
+    return SliceDataModule.from_config(
+        config.data, config.stages.get(stage), config.seed, cache_dir=cache_dir, **overrides
+    )
 
 
 def build_volume_datamodule(
     config: Config, cache_dir: str | Path | None = None, *, stage: str = "finetune", **overrides: Any
-) -> Any:
-    """The ``VolumeDataModule`` of ``config`` (stages 2-3, ``direct``, predict, evaluate).
-
-    Args:
-        config: the experiment config (``data.depth_pool`` etc.).
-        cache_dir: another ingest cache; default ``data.cache_dir``.
-        stage: the stage whose batch size / samples / augmentation apply (default
-            ``finetune``).
-        **overrides: any ``VolumeDataModule`` keyword (``batch_size=4, pad_batches=True``).
-    """
+) -> VolumeDataModule:
+    """The ``VolumeDataModule`` of ``config`` (stages 2-3, ``direct``, predict, evaluate)."""
     from ich3d.data.datamodule import VolumeDataModule
 
-    kwargs = _datamodule_kwargs(config, stage, cache_dir)
-    kwargs["depth_pool"] = config.data.depth_pool
-    kwargs = {**kwargs, **overrides}
-    if "pad_batches" not in overrides:
-        kwargs["pad_batches"] = kwargs["batch_size"] > 1
-    return VolumeDataModule(kwargs.pop("cache_dir"), **kwargs)
+    return VolumeDataModule.from_config(
+        config.data, config.stages.get(stage), config.seed, cache_dir=cache_dir, **overrides
+    )
 
 
-def build_datamodule(config: Config, stage: str) -> Any:
+def build_datamodule(config: Config, stage: str) -> SliceDataModule | VolumeDataModule:
     """The DataModule a stage trains on (slice or volume, as the stage declares)."""
     if not get_stage(stage).is_volume:
         return build_slice_datamodule(config, stage=stage)
