@@ -52,6 +52,8 @@ import yaml
 
 from ich3d.errors import UserError
 from ich3d.stages.base import StageConfig
+from ich3d.typecheck import Mismatch as _Mismatch
+from ich3d.typecheck import convert
 
 __all__ = [
     "DataConfig",
@@ -334,70 +336,6 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-class _Mismatch(Exception):
-    pass
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Convert a YAML value to ``tp`` or raise :class:`_Mismatch`."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _Mismatch
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _convert(value, arg, key)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise _Mismatch
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads ``1e-4`` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch
-        args = typing.get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise _Mismatch
-            items = [_convert(v, a, key) for v, a in zip(value, args, strict=True)]
-        else:
-            inner = args[0] if args else Any
-            items = [_convert(v, inner, key) for v in value]
-        return tuple(items) if origin is tuple else list(items)
-    if origin is dict:
-        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise _Mismatch
-        return {k: _plain(v) for k, v in value.items()}
-    raise _Mismatch  # pragma: no cover - every schema type is handled above
-
-
 def _unknown_key_error(path: str, key: str, allowed: Sequence[str]) -> UserError:
     where = f"{path}.{key}" if path else key
     close = difflib.get_close_matches(key, list(allowed), n=1)
@@ -430,7 +368,7 @@ def _build(cls: Any, raw: Any, path: str, base: Any, resolve_from: Path | None) 
             values[key] = _build_stages(value, where, resolve_from)
             continue
         try:
-            converted = _convert(value, tp, where)
+            converted = convert(value, tp)
         except _Mismatch:
             raise UserError(
                 f"config key {where!r} expects {_type_name(tp)}, got {value!r}"

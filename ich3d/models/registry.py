@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from ich3d.errors import UserError
+from ich3d.typecheck import Mismatch, convert
 
 __all__ = [
     "Registry",
@@ -116,8 +117,7 @@ class Registry:
                 (the message lists the accepted keywords).
         """
         builder = self.get(name)
-        _check_kwargs(self.kind, name, builder, kwargs)
-        return builder(**kwargs)
+        return builder(**_check_kwargs(self.kind, name, builder, kwargs))
 
     def __contains__(self, name: object) -> bool:
         _import_builtins()
@@ -132,15 +132,19 @@ class Registry:
 
 def _check_kwargs(
     kind: str, name: str, builder: Callable[..., Any], kwargs: dict[str, Any]
-) -> None:
-    """Raise ``UserError`` naming any keyword ``builder`` would reject."""
+) -> dict[str, Any]:
+    """``kwargs`` converted to ``builder``'s annotations (:func:`ich3d.typecheck.convert`).
+
+    Raises:
+        UserError: naming any keyword or value ``builder`` would reject.
+    """
     try:
         sig = inspect.signature(builder)
     except (TypeError, ValueError):  # builtins without a signature: let the call decide
-        return
+        return kwargs
     params = sig.parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return
+        return kwargs
     allowed = [
         p.name
         for p in params
@@ -155,41 +159,20 @@ def _check_kwargs(
     try:
         hints = typing.get_type_hints(builder.__init__ if inspect.isclass(builder) else builder)
     except Exception:  # unresolvable annotations: let the call decide
-        return
+        return kwargs
+    out = dict(kwargs)
     for key, value in kwargs.items():
         hint = hints.get(key)
-        if hint is not None and not _matches(value, hint):
+        if hint is None:
+            continue
+        try:
+            out[key] = convert(value, hint)
+        except Mismatch:
             raise UserError(
                 f"{kind} {name!r} option {key} must be {_describe(hint)}, "
                 f"got {type(value).__name__} {value!r}"
-            )
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether ``value`` fits the annotation ``hint`` (unknown kinds of hint: True)."""
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if origin in (tuple, list, collections.abc.Sequence):
-        if not isinstance(value, (tuple, list)):
-            return False
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return len(args) != 1 or all(_matches(v, args[0]) for v in value)
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True
+            ) from None
+    return out
 
 
 def _describe(hint: Any) -> str:
