@@ -686,3 +686,21 @@ def test_compiled_encoder_keeps_outputs():
     with torch.no_grad():
         torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
     assert fast.state_dict().keys() == plain.state_dict().keys()
+
+
+@pytest.mark.parametrize(
+    ("name", "cell", "bidirectional"),
+    [("bilstm", nn.LSTM, True), ("bigru", nn.GRU, True), ("lstm", nn.LSTM, False), ("gru", nn.GRU, False)],
+)
+def test_registered_heads_are_one_class_with_checkpoint_keys(name, cell, bidirectional) -> None:
+    from ich3d.models.sequence import RecurrentHead
+
+    head = build_head(name, in_features=8, hidden=4)
+    assert type(head) is RecurrentHead and type(head.rnn) is cell
+    assert head.rnn.bidirectional is bidirectional
+    keys = ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0"]
+    if bidirectional:
+        keys += [k + "_reverse" for k in keys]
+    assert list(head.state_dict()) == [*keys, "fc.weight", "fc.bias"]  # checkpoints still load
+    with pytest.raises(UserError, match="unknown option.*cell"):
+        build_head(name, in_features=8, cell="gru")  # cell and direction are the name's

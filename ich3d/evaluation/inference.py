@@ -302,6 +302,8 @@ def predict_slices(
     Returns:
         The :class:`SliceOutputs`, in loader order.
     """
+    from ich3d.models.sequence import valid_slice_mask
+
     if chunk < 1:
         raise UserError(f"chunk must be >= 1, got {chunk}")
     dev = resolve_device(device)
@@ -324,7 +326,7 @@ def predict_slices(
                     head(model.encoder(vols[0, : min(int(lengths[0]), chunk)].to(dev)))
             _sync(dev)
             t0 = time.perf_counter()
-            mask = torch.arange(vols.shape[1])[None, :] < lengths[:, None]
+            mask = valid_slice_mask(lengths, vols.shape[1])
             slices = vols[mask]  # (sum(lengths), C, H, W), volume by volume
             f_parts, p_parts = [], []
             for part in torch.split(slices, chunk):

@@ -33,6 +33,7 @@ Initialisation (METHOD.md, stage 2), :func:`init_recurrent`:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -50,6 +51,7 @@ __all__ = [
     "GRUHead",
     "init_recurrent",
     "check_lengths",
+    "valid_slice_mask",
 ]
 
 Pooling = Literal["last", "mean", "max"]
@@ -95,6 +97,11 @@ def check_lengths(lengths: Tensor, batch: int, max_len: int) -> Tensor:
             f"lengths must be in [1, {max_len}] (the padded length), got {lengths_cpu.tolist()}"
         )
     return lengths_cpu
+
+
+def valid_slice_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """``(B, max_len)`` bool mask, True at the real slices ``t < lengths[b]`` (on ``lengths``' device)."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 class RecurrentHead(nn.Module):
@@ -178,10 +185,7 @@ class RecurrentHead(nn.Module):
             last = h_n.view(self.num_layers, self.num_directions, batch, self.hidden)[-1]
             return last.permute(1, 0, 2).reshape(batch, self.num_directions * self.hidden)
         padded, _ = pad_packed_sequence(out, batch_first=True, total_length=max_len)
-        mask = (
-            torch.arange(max_len, device=padded.device)[None, :]
-            < lengths_cpu.to(padded.device)[:, None]
-        ).unsqueeze(-1)
+        mask = valid_slice_mask(lengths_cpu.to(padded.device), max_len).unsqueeze(-1)
         if self.pooling == "mean":
             summed = (padded * mask).sum(dim=1)
             return summed / lengths_cpu.to(padded.device, padded.dtype)[:, None]
@@ -194,73 +198,38 @@ class RecurrentHead(nn.Module):
             return self.fc(self.out_dropout(pooled)).squeeze(-1)
 
 
-@HEADS.register("bilstm")
-class BiLSTMHead(RecurrentHead):
-    """Bidirectional LSTM head (Patel et al. 2019). Args as :class:`RecurrentHead`."""
+def _variant(cell: Literal["lstm", "gru"], bidirectional: bool, doc: str) -> Callable[..., RecurrentHead]:
+    """A builder of :class:`RecurrentHead` with ``cell`` and ``bidirectional`` fixed.
 
-    def __init__(
-        self,
+    The registered heads differ only by these two; their options (and
+    ``state_dict`` keys) are those of :class:`RecurrentHead`.
+    """
+
+    def build(
         in_features: int = 512,
         hidden: int = 512,
         num_layers: int = 1,
         dropout: float = 0.0,
         pooling: Pooling = "last",
         head_dropout: float = 0.0,
-    ) -> None:
-        super().__init__(
-            in_features, hidden, num_layers, dropout, "lstm", True, pooling, head_dropout
+    ) -> RecurrentHead:
+        return RecurrentHead(
+            in_features, hidden, num_layers, dropout, cell, bidirectional, pooling, head_dropout
         )
 
-
-@HEADS.register("bigru")
-class BiGRUHead(RecurrentHead):
-    """Bidirectional GRU head (Ayesha et al. 2025). Args as :class:`RecurrentHead`."""
-
-    def __init__(
-        self,
-        in_features: int = 512,
-        hidden: int = 512,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        pooling: Pooling = "last",
-        head_dropout: float = 0.0,
-    ) -> None:
-        super().__init__(
-            in_features, hidden, num_layers, dropout, "gru", True, pooling, head_dropout
-        )
+    build.__doc__ = doc + " Args as :class:`RecurrentHead` (without ``cell``, ``bidirectional``)."
+    return build
 
 
-@HEADS.register("lstm")
-class LSTMHead(RecurrentHead):
-    """Unidirectional LSTM head (reads from the first slice to the last)."""
-
-    def __init__(
-        self,
-        in_features: int = 512,
-        hidden: int = 512,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        pooling: Pooling = "last",
-        head_dropout: float = 0.0,
-    ) -> None:
-        super().__init__(
-            in_features, hidden, num_layers, dropout, "lstm", False, pooling, head_dropout
-        )
-
-
-@HEADS.register("gru")
-class GRUHead(RecurrentHead):
-    """Unidirectional GRU head (reads from the first slice to the last)."""
-
-    def __init__(
-        self,
-        in_features: int = 512,
-        hidden: int = 512,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        pooling: Pooling = "last",
-        head_dropout: float = 0.0,
-    ) -> None:
-        super().__init__(
-            in_features, hidden, num_layers, dropout, "gru", False, pooling, head_dropout
-        )
+BiLSTMHead = HEADS.register("bilstm")(
+    _variant("lstm", True, "Bidirectional LSTM head (Patel et al. 2019).")
+)
+BiGRUHead = HEADS.register("bigru")(
+    _variant("gru", True, "Bidirectional GRU head (Ayesha et al. 2025).")
+)
+LSTMHead = HEADS.register("lstm")(
+    _variant("lstm", False, "Unidirectional LSTM head (reads from the first slice to the last).")
+)
+GRUHead = HEADS.register("gru")(
+    _variant("gru", False, "Unidirectional GRU head (reads from the first slice to the last).")
+)

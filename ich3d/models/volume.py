@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ich3d.errors import UserError
 from ich3d.models.registry import build_encoder, build_head
-from ich3d.models.sequence import check_lengths
+from ich3d.models.sequence import check_lengths, valid_slice_mask
 from ich3d.models.slice_cnn import SliceClassifier
 
 __all__ = [
@@ -34,17 +34,11 @@ __all__ = [
     "VolumeClassifier",
     "build_volume_model",
     "build_slice_classifier",
-    "valid_slice_mask",
 ]
 
 
 #: Slices per checkpointed chunk when ``slice_chunk`` is None.
 CHECKPOINT_CHUNK = 8
-
-
-def valid_slice_mask(lengths: Tensor, max_len: int) -> Tensor:
-    """``(B, max_len)`` bool mask, True at the real slices ``t < lengths[b]``."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 class VolumeClassifier(nn.Module):
