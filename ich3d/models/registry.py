@@ -10,6 +10,10 @@ is one decorated class in its own module, e.g.::
     class MyCNN(nn.Module):
         def __init__(self, in_channels: int = 3) -> None: ...
 
+Every module of the ``ich3d.models`` package is imported on first registry use
+(:func:`import_package_modules`), so dropping that file into ``ich3d/models/``
+is all it takes; nothing lists the modules.
+
 Contracts
     * Encoder: ``nn.Module`` with keyword ``in_channels``, an attribute
       ``out_features: int`` and ``forward(x: Tensor[N, C, H, W]) -> Tensor[N, F]``.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import collections.abc
 import importlib
 import inspect
+import pkgutil
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -40,28 +45,46 @@ __all__ = [
     "build_encoder",
     "build_head",
     "count_parameters",
+    "import_package_modules",
+    "MODELS_PACKAGE",
 ]
 
 T = TypeVar("T", bound=Callable[..., Any])
 
-#: Modules whose import registers the built-in encoders and heads.
-_BUILTIN_MODULES: tuple[str, ...] = (
-    "ich3d.models.slice_cnn",
-    "ich3d.models.sequence",
-    "ich3d.models.small_cnn",
-    "ich3d.models.torchvision_encoders",
-    "ich3d.models.torchvision_extra",
-)
+#: The package whose modules hold the built-in encoders and heads: every module
+#: in it is imported on first registry use, so a new encoder or head is one new
+#: file in ``ich3d/models/`` with an ``@ENCODERS.register`` / ``@HEADS.register``.
+MODELS_PACKAGE = "ich3d.models"
+
+_imported: set[str] = set()
+
+
+def import_package_modules(package: str = MODELS_PACKAGE) -> list[str]:
+    """Import every module of ``package`` (not its sub-packages); idempotent, cheap after once.
+
+    Returns:
+        The names of the modules, sorted.
+
+    Raises:
+        ModuleNotFoundError: a module imports a package that is not installed
+            (the message names it).
+    """
+    pkg = importlib.import_module(package)
+    names = sorted(
+        f"{package}.{info.name}"
+        for info in pkgutil.iter_modules(pkg.__path__)
+        if not info.ispkg and not info.name.startswith("_")
+    )
+    if package not in _imported:
+        for name in names:
+            importlib.import_module(name)
+        _imported.add(package)
+    return names
 
 
 def _import_builtins() -> None:
-    """Import the modules that register the built-in entries (idempotent, cheap after once)."""
-    for module in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:  # an optional built-in module not present
-            if err.name != module:
-                raise
+    """Import the modules that register the built-in entries."""
+    import_package_modules(MODELS_PACKAGE)
 
 
 class Registry:
