@@ -13,7 +13,7 @@ from ich3d.data.augment import BRANCHES, build_augment_2d, build_augment_3d, cho
 from ich3d.data.cavity import STATS_CSV, cavity_fraction
 from ich3d.data.datamodule import SliceDataModule, VolumeDataModule
 from ich3d.data.datasets import BalancedSampler, depth_pool, fit_in_plane
-from ich3d.data.windows import WINDOWS, air_values, apply_windows
+from ich3d.data.windows import WINDOWS, air_values, apply_windows, resolve_windows
 from ich3d.errors import UserError
 
 # ----------------------------------------------------------------------------- windows
@@ -148,7 +148,7 @@ def test_bad_arguments() -> None:
 def test_slice_batches_shapes_ranges_and_cavity_only(fake) -> None:
     dm = _slice_dm(fake)
     assert (fake.root / STATS_CSV).is_file() and (fake.root / "splits.json").is_file()
-    assert dm.num_channels == 3
+    assert len(resolve_windows(dm.windows)) == 3
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (8, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert 0.0 <= float(batch["image"].min()) and float(batch["image"].max()) <= 1.0
@@ -368,13 +368,7 @@ def test_volume_train_balanced_and_augmented(fake) -> None:
         pytest.fail("no mirrored volume in the epoch")
 
 
-def test_volume_loader_keys_and_unlabeled_cache(tmp_path, fake) -> None:
-    dm = _vol_dm(fake)
-    keys = list(fake.volumes["key"][::-1][:3])
-    got = [b["key"][0] for b in dm.volume_loader(keys)]
-    assert got == keys
-    with pytest.raises(UserError, match="not in the cache"):
-        dm.volume_loader(["nope"])
+def test_unlabeled_cache(tmp_path) -> None:
     un = write_fake_cache(tmp_path / "unlabeled", patients=3, labeled=False)
     dmu = VolumeDataModule(un.root)
     dmu.prepare_data()
