@@ -491,5 +491,6 @@ def test_open_cache_is_the_one_read_path(fake, tmp_path) -> None:
         moved.rename(fake.root / first)
     with pytest.raises(UserError, match="not a complete ich3d cache"):
         open_cache(tmp_path)
-    empty = open_cache(tmp_path, require_complete=False)  # inspecting: no error until a table is read
+    # inspecting: no error until a table is read
+    empty = open_cache(tmp_path, require_complete=False)
     assert not empty.volumes_present() and empty.info == {}

@@ -690,7 +690,12 @@ def test_compiled_encoder_keeps_outputs():
 
 @pytest.mark.parametrize(
     ("name", "cell", "bidirectional"),
-    [("bilstm", nn.LSTM, True), ("bigru", nn.GRU, True), ("lstm", nn.LSTM, False), ("gru", nn.GRU, False)],
+    [
+        ("bilstm", nn.LSTM, True),
+        ("bigru", nn.GRU, True),
+        ("lstm", nn.LSTM, False),
+        ("gru", nn.GRU, False),
+    ],
 )
 def test_registered_heads_are_one_class_with_checkpoint_keys(name, cell, bidirectional) -> None:
     from ich3d.models.sequence import RecurrentHead

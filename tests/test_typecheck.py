@@ -59,7 +59,9 @@ def test_config_and_registry_apply_the_same_rules() -> None:
     # a string exponent is a float for a config field and for an encoder option alike
     config = config_from_dict({"stages": {"slice": {"lr": "1e-3"}}})
     assert config.stages.slice.lr == 1e-3
-    enc = build_encoder("patel_cnn", in_channels=1, width=4, feature_dim=8, dropout="2e-1", input_size=32)
+    enc = build_encoder(
+        "patel_cnn", in_channels=1, width=4, feature_dim=8, dropout="2e-1", input_size=32
+    )
     drops = [m.p for m in enc.modules() if isinstance(m, nn.Dropout)]
     assert drops and all(p == pytest.approx(0.2) for p in drops)
     # a bool is not an int in either

@@ -198,7 +198,9 @@ class RecurrentHead(nn.Module):
             return self.fc(self.out_dropout(pooled)).squeeze(-1)
 
 
-def _variant(cell: Literal["lstm", "gru"], bidirectional: bool, doc: str) -> Callable[..., RecurrentHead]:
+def _variant(
+    cell: Literal["lstm", "gru"], bidirectional: bool, doc: str
+) -> Callable[..., RecurrentHead]:
     """A builder of :class:`RecurrentHead` with ``cell`` and ``bidirectional`` fixed.
 
     The registered heads differ only by these two; their options (and

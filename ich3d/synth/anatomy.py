@@ -214,7 +214,6 @@ def lateral_ventricle(head: Head, side: float) -> tuple[tuple, tuple, float]:
     return c, r, side * math.radians(-12.0)
 
 
-
 # --------------------------------------------------------------------------- painting
 
 

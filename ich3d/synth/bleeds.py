@@ -188,9 +188,7 @@ def _angle_window(phi: np.ndarray, phi0: float, half: float) -> np.ndarray:
     return np.clip(1.0 - (d / half) ** 2, 0.0, None)
 
 
-def bleed_mask(
-    b: Bleed, fr: Frame, head: Head, f: Tissues
-) -> tuple[int, int, np.ndarray | None]:
+def bleed_mask(b: Bleed, fr: Frame, head: Head, f: Tissues) -> tuple[int, int, np.ndarray | None]:
     """Mask of bleed ``b`` over local slices [a, b) of the chunk (``f``: its tissues)."""
     p = b.params
     if b.subtype == "epidural":
@@ -244,14 +242,12 @@ def bleed_mask(
     raise ValueError(b.subtype)
 
 
-
 def min_bleed_pixels(pixel_spacing: float) -> int:
     """Smallest painted bleed cross-section on a slice, in pixels.
 
     ``max(3, ceil(10 mm^2 / pixel_area))``: 42 pixels at 0.49 mm, 3 at 2 mm.
     """
     return max(3, math.ceil(MIN_BLEED_AREA_MM2 / pixel_spacing**2))
-
 
 
 def paint_edema(fr: Frame, bleeds: list[Bleed], hu: np.ndarray, tissues: Tissues) -> None:

@@ -20,8 +20,6 @@ __all__ = [
     "DEFAULT_DEFECTS",
     "NO_DEFECTS",
     "DEFECT_NAMES",
-    "SERIES_DEFECTS",
-    "IMAGE_DEFECTS",
     "SeriesDefects",
     "draw_series_defects",
     "write_stray_file",
@@ -89,15 +87,6 @@ class DefectRates:
 
 
 DEFECT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(DefectRates))
-SERIES_DEFECTS: tuple[str, ...] = ("twelve_bit", "fov_minus2000", "descending", "not_dicom")
-IMAGE_DEFECTS: tuple[str, ...] = (
-    "multi_window",
-    "corrupt",
-    "blank",
-    "duplicate_rows",
-    "missing_label",
-    "orphan_label",
-)
 
 #: Small rates in the spirit of RSNA (where most are far rarer per image, but
 #: a demo dataset should show each of them now and then).

@@ -194,7 +194,6 @@ def _check(
         raise UserError("defects: expected a DefectRates")
 
 
-
 def generate(
     out: Path,
     *,

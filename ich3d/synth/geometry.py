@@ -107,9 +107,7 @@ class Geometry:
         return x, y, z
 
 
-def sample_geometry(
-    rng: np.random.Generator, size: int, n_slices: int, *, head_half_width: float = 103.0
-) -> Geometry:
+def sample_geometry(rng: np.random.Generator, size: int, n_slices: int) -> Geometry:
     """Draw a plausible series geometry.
 
     Field of view 195-500 mm (pixel spacing 0.38-0.98 mm at 512 pixels; the
@@ -125,7 +123,6 @@ def sample_geometry(
     tilt = 0.0
     if rng.random() < 0.3:
         tilt = float(rng.uniform(4.0, 20.0) * rng.choice([-1.0, 1.0]))
-    del head_half_width
     return Geometry(
         size=size,
         n_slices=n_slices,
@@ -223,4 +220,3 @@ def depth(fr: Frame, head: Head) -> np.ndarray:
     d *= f
     d /= grad
     return d
-

@@ -140,7 +140,6 @@ class Phantom:
     bleed_slices: np.ndarray
 
 
-
 def _render_chunk(
     geometry: Geometry,
     head: Head,

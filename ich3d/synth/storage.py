@@ -66,7 +66,6 @@ def twelve_bit_storage(intercept: float) -> Storage:
     return Storage("twelve_bit_defect", 12, 0, intercept)
 
 
-
 def descending_positions(geometry: Geometry) -> np.ndarray:
     """Positions of a mirrored, top-first series (see ``DefectRates.descending``)."""
     pos = geometry.positions()[::-1].copy()
