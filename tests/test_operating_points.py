@@ -10,6 +10,7 @@ import pytest
 from ich3d.errors import UserError
 from ich3d.evaluation.operating_points import (
     apply_threshold,
+    operating_points,
     proportion,
     threshold_for_sensitivity,
     wilson_interval,
@@ -98,22 +99,19 @@ def test_youden_threshold() -> None:
 
 
 def test_operating_points_on_val_then_test() -> None:
-    from ich3d.evaluation.report import choose_operating_points
-
     rng = np.random.default_rng(0)
     yv = np.r_[np.ones(100, int), np.zeros(100, int)]
     sv = yv * 2.0 + rng.normal(size=200)
     yt = np.r_[np.ones(60, int), np.zeros(90, int)]
     st = yt * 2.0 + rng.normal(size=150)
-    ops = choose_operating_points(yv, sv, yt, st, target_sensitivity=0.98)
+    ops = operating_points(yv, sv, yt, st, target_sensitivity=0.98)
     assert list(ops) == ["sensitivity", "youden"]
-    t = ops["sensitivity"]["threshold"]
+    t = ops["sensitivity"].threshold
     assert (sv[yv == 1] >= t).mean() >= 0.98
-    assert ops["sensitivity"]["validation"]["sensitivity"]["value"] >= 0.98
-    assert ops["sensitivity"]["sensitivity"]["value"] == pytest.approx((st[yt == 1] >= t).mean())
-    assert ops["youden"]["threshold"] > t
-    d = ops["youden"]
-    assert set(d) == {"threshold", "sensitivity", "specificity", "accuracy", "level", "validation"}
+    assert ops["sensitivity"].sensitivity.value == pytest.approx((st[yt == 1] >= t).mean())
+    assert ops["youden"].threshold > t
+    d = ops["youden"].to_dict()
+    assert set(d) == {"threshold", "sensitivity", "specificity", "accuracy", "level"}
     assert d["accuracy"]["n"] == 150
 
 

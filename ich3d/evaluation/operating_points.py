@@ -11,9 +11,7 @@ Two ways to choose the threshold on the *validation* split:
   ``J = sensitivity + specificity - 1``.
 
 :func:`apply_threshold` then measures sensitivity, specificity and accuracy on
-the *test* split, each with a Wilson score interval (:func:`wilson_interval`);
-:func:`ich3d.evaluation.report.choose_operating_points` puts the two together
-for a method.
+the *test* split, each with a Wilson score interval (:func:`wilson_interval`).
 """
 
 from __future__ import annotations
@@ -36,6 +34,7 @@ __all__ = [
     "threshold_for_sensitivity",
     "youden_threshold",
     "apply_threshold",
+    "operating_points",
 ]
 
 
@@ -218,3 +217,33 @@ def apply_threshold(labels: ArrayLike, scores: ArrayLike, threshold: float, leve
         accuracy=proportion(tp + tn, pos.size + neg.size, level),
         level=float(level),
     )
+
+
+def operating_points(
+    val_labels: ArrayLike,
+    val_scores: ArrayLike,
+    test_labels: ArrayLike,
+    test_scores: ArrayLike,
+    target_sensitivity: float = 0.98,
+    level: float = 0.95,
+) -> dict[str, OperatingPoint]:
+    """Both operating points of one method, chosen on validation, measured on test.
+
+    Args:
+        val_labels: validation labels (0/1).
+        val_scores: validation scores.
+        test_labels: test labels (0/1).
+        test_scores: test scores.
+        target_sensitivity: validation sensitivity to reach; default 0.98.
+        level: confidence level of the Wilson intervals; default 0.95.
+
+    Returns:
+        ``{"sensitivity": ..., "youden": ...}`` (in that order); the first is
+        the largest threshold reaching ``target_sensitivity`` on validation.
+    """
+    t_sens = threshold_for_sensitivity(val_labels, val_scores, target_sensitivity)
+    t_youden = youden_threshold(val_labels, val_scores)
+    return {
+        "sensitivity": apply_threshold(test_labels, test_scores, t_sens, level),
+        "youden": apply_threshold(test_labels, test_scores, t_youden, level),
+    }
