@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ich3d.cli.main import main as cli
     from ich3d.data.ingest import run_ingest
-    from ich3d.data.synth import NO_DEFECTS, generate
+    from ich3d.synth import NO_DEFECTS, generate
     from ich3d.training.runner import quiet_lightning
 
     quiet_lightning()

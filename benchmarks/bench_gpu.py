@@ -175,7 +175,7 @@ def _compute_rows(args: argparse.Namespace, dev: torch.device, variants: list[st
 def _loader_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     from ich3d.data.datamodule import SliceDataModule, VolumeDataModule
     from ich3d.data.ingest import run_ingest
-    from ich3d.data.synth import NO_DEFECTS, generate
+    from ich3d.synth import NO_DEFECTS, generate
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

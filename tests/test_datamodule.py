@@ -368,7 +368,13 @@ def test_volume_train_balanced_and_augmented(fake) -> None:
         pytest.fail("no mirrored volume in the epoch")
 
 
-def test_unlabeled_cache(tmp_path) -> None:
+def test_volume_loader_keys_and_unlabeled_cache(tmp_path, fake) -> None:
+    dm = _vol_dm(fake)
+    keys = list(fake.volumes["key"][::-1][:3])
+    got = [b["key"][0] for b in dm.volume_loader(keys)]
+    assert got == keys
+    with pytest.raises(UserError, match="not in the cache"):
+        dm.volume_loader(["nope"])
     un = write_fake_cache(tmp_path / "unlabeled", patients=3, labeled=False)
     dmu = VolumeDataModule(un.root)
     dmu.prepare_data()

@@ -562,6 +562,17 @@ class VolumeDataModule(ICHDataModule):
             self._dataset(self.split_table(split)), batch_size=batch_size, collate_fn=self.collate
         )
 
+    def volume_loader(self, keys: Sequence[str], *, batch_size: int | None = None) -> DataLoader:
+        """Loader over the given volume keys, in the given order (``index`` = position in ``keys``)."""
+        table = self.split_table("predict").set_index("key")
+        missing = [k for k in keys if k not in table.index]
+        if missing:
+            raise UserError(
+                f"{len(missing)} volume key(s) not in the cache (first: {missing[0]!r})"
+            )
+        sub = table.loc[list(keys)].reset_index()
+        return self._loader(self._dataset(sub), batch_size=batch_size, collate_fn=self.collate)
+
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val")
 
