@@ -11,7 +11,7 @@ is one decorated class in its own module, e.g.::
         def __init__(self, in_channels: int = 3) -> None: ...
 
 Every module of the ``ich3d.models`` package is imported on first registry use
-(:func:`import_package_modules`), so dropping that file into ``ich3d/models/``
+(:func:`ich3d.plugins.import_submodules`), so dropping that file into ``ich3d/models/``
 is all it takes; nothing lists the modules.
 
 Contracts
@@ -25,9 +25,7 @@ Contracts
 from __future__ import annotations
 
 import collections.abc
-import importlib
 import inspect
-import pkgutil
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -45,46 +43,29 @@ __all__ = [
     "build_encoder",
     "build_head",
     "count_parameters",
-    "import_package_modules",
     "MODELS_PACKAGE",
 ]
 
 T = TypeVar("T", bound=Callable[..., Any])
 
 #: The package whose modules hold the built-in encoders and heads: every module
-#: in it is imported on first registry use, so a new encoder or head is one new
-#: file in ``ich3d/models/`` with an ``@ENCODERS.register`` / ``@HEADS.register``.
+#: in it is imported on first registry use (:func:`ich3d.plugins.import_submodules`),
+#: so a new encoder or head is one new file in ``ich3d/models/`` with an
+#: ``@ENCODERS.register`` / ``@HEADS.register``.
 MODELS_PACKAGE = "ich3d.models"
 
-_imported: set[str] = set()
-
-
-def import_package_modules(package: str = MODELS_PACKAGE) -> list[str]:
-    """Import every module of ``package`` (not its sub-packages); idempotent, cheap after once.
-
-    Returns:
-        The names of the modules, sorted.
-
-    Raises:
-        ModuleNotFoundError: a module imports a package that is not installed
-            (the message names it).
-    """
-    pkg = importlib.import_module(package)
-    names = sorted(
-        f"{package}.{info.name}"
-        for info in pkgutil.iter_modules(pkg.__path__)
-        if not info.ispkg and not info.name.startswith("_")
-    )
-    if package not in _imported:
-        for name in names:
-            importlib.import_module(name)
-        _imported.add(package)
-    return names
+_loaded = False
 
 
 def _import_builtins() -> None:
-    """Import the modules that register the built-in entries."""
-    import_package_modules(MODELS_PACKAGE)
+    """Import every module of :data:`MODELS_PACKAGE` once (each registers its entries)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from ich3d.plugins import import_submodules
+
+    import_submodules(MODELS_PACKAGE, skip=("registry",))
 
 
 class Registry:
