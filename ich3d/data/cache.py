@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ich3d.data.schema import LABEL_COLUMNS, SLICE_COLUMNS, UNLABELED, VOLUME_COLUMNS
+from ich3d.data.schema import (
+    LABEL_COLUMNS,
+    SLICE_COLUMNS,
+    UNLABELED,
+    VOLUME_COLUMNS,
+    most_common_size,
+)
 from ich3d.errors import UserError
 
 __all__ = ["IngestCache", "open_cache", "is_complete", "atomic_write_text", "atomic_write_csv"]
@@ -150,8 +156,8 @@ class IngestCache:
         v = self.volumes
         if len(v) == 0:
             return None
-        sizes = v.groupby(["height", "width"]).size().sort_values(ascending=False, kind="stable")
-        return (int(sizes.index[0][0]), int(sizes.index[0][1])), len(sizes)
+        sizes = list(zip(v["height"], v["width"], strict=True))
+        return most_common_size(sizes), len(set(sizes))
 
     @property
     def labeled(self) -> bool:

@@ -130,7 +130,7 @@ from typing import Any
 
 import numpy as np
 
-from ich3d.data.cache import atomic_write_text
+from ich3d.data.cache import atomic_write_text, open_cache
 from ich3d.data.dicom import (
     REASON_UNREADABLE_PIXELS,
     SkipSlice,
@@ -143,7 +143,7 @@ from ich3d.data.dicom import (
     slice_normal,
     superior_normal,
 )
-from ich3d.data.schema import (
+from ich3d.data.schema import (  # most_common_size: re-exported (the ingest's size rule)
     HU_MAX,
     HU_MIN,
     LABEL_COLUMNS,
@@ -152,6 +152,7 @@ from ich3d.data.schema import (
     SUBTYPES,
     UNLABELED,
     VOLUME_COLUMNS,
+    most_common_size,
     series_key,
 )
 from ich3d.errors import UserError
@@ -628,21 +629,6 @@ def _map(
 # --------------------------------------------------------------------------- planning
 
 
-def most_common_size(sizes: Iterable[tuple[int, int]]) -> tuple[int, int]:
-    """The most common (rows, columns) of ``sizes``; a tie goes to the smallest size.
-
-    The ingest keeps the slices of a series that have this size (the others are
-    skipped alone); the same rule picks one in-plane size for a whole cache.
-
-    Raises:
-        ValueError: ``sizes`` is empty.
-    """
-    counts = Counter((int(r), int(c)) for r, c in sizes)
-    if not counts:
-        raise ValueError("most_common_size() of no sizes")
-    return min(counts, key=lambda s: (-counts[s], s))
-
-
 _SHARP_KERNEL = re.compile(
     r"BONE|LUNG|SHARP|EDGE|DETAIL|HIGH|(?<![A-Z])(?:[HJBQ]|HR|BR|QR|JR)(?:[6-9]\d)", re.IGNORECASE
 )
@@ -890,16 +876,6 @@ def _summary_from_record(out: Path, record: dict[str, Any], reused: int) -> Inge
     )
 
 
-def _volumes_present(out: Path) -> bool:
-    import pandas as pd
-
-    try:
-        paths = pd.read_csv(out / "volumes.csv", usecols=["path"])["path"]
-    except Exception:  # noqa: BLE001
-        return False
-    return all((out / p).is_file() for p in paths)
-
-
 def _old_format(record: dict[str, Any]) -> int | None:
     fmt = (record.get("parameters") or {}).get("format")
     return fmt if fmt != INGEST_FORMAT else None
@@ -909,11 +885,12 @@ def _check_cache_state(
     out: Path, params: dict[str, Any], fingerprint: dict[str, Any], overwrite: bool
 ) -> IngestSummary | None:
     """Decide what to do with what ``out`` holds; a summary when it is complete already."""
-    record = _read_json(out / "ingest.json")
+    existing = open_cache(out, require_complete=False)
+    record = existing.info or None
     partial = _read_json(out / _PARTIAL)
     if record is not None and record.get("complete"):
         same = record.get("parameters") == params and record.get("input") == fingerprint
-        if same and not overwrite and _volumes_present(out):
+        if same and not overwrite and existing.volumes_present():
             summary = _summary_from_record(out, record, reused=record["counts"]["volumes"])
             (out / _PARTIAL).unlink(missing_ok=True)  # killed between ingest.json and cleanup
             log.info("ingest: %s is complete for these inputs and parameters; nothing to do", out)

@@ -7,8 +7,11 @@ read them; keeping the column lists in one place keeps the two sides in step.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
+from collections.abc import Iterable
 
 __all__ = [
+    "most_common_size",
     "SUBTYPES",
     "LABEL_COLUMNS",
     "SLICE_COLUMNS",
@@ -103,3 +106,18 @@ def series_key(series_uid: str) -> str:
 def patient_key(patient_id: str) -> str:
     """Return a hash of a PatientID, for anything that leaves the machine."""
     return _digest("patient", patient_id)
+
+
+def most_common_size(sizes: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """The most common (rows, columns) of ``sizes``; a tie goes to the smallest size.
+
+    The ingest keeps the slices of a series that have this size (the others are
+    skipped alone); the same rule picks one in-plane size for a whole cache.
+
+    Raises:
+        ValueError: ``sizes`` is empty.
+    """
+    counts = Counter((int(r), int(c)) for r, c in sizes)
+    if not counts:
+        raise ValueError("most_common_size() of no sizes")
+    return min(counts, key=lambda s: (-counts[s], s))

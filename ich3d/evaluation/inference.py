@@ -370,7 +370,7 @@ def training_image_size(config: Any) -> tuple[int, int] | None:
     crops/pads every slice to this size, so a model sees the geometry it was trained
     on. None when the training cache cannot be read.
     """
-    from ich3d.runs.inputs import most_common_size
+    from ich3d.runs.inputs import cache_image_size
 
     cache_dir = getattr(config.data, "cache_dir", None)
     if cache_dir is None:
@@ -378,7 +378,7 @@ def training_image_size(config: Any) -> tuple[int, int] | None:
     if not (Path(cache_dir) / "volumes.csv").is_file():
         log.warning("training cache %s not found; the training in-plane size is not known from it", cache_dir)
         return None
-    size = most_common_size(cache_dir)
+    size = cache_image_size(cache_dir)
     return None if size is None else (size[0], size[1])
 
 

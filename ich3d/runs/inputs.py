@@ -30,7 +30,7 @@ __all__ = [
     "input_signature",
     "check_inputs",
     "recorded_inputs",
-    "most_common_size",
+    "cache_image_size",
 ]
 
 #: The entries that describe what a network sees (as opposed to which data it saw).
@@ -41,7 +41,7 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def most_common_size(cache_dir: str | Path) -> list[int] | None:
+def cache_image_size(cache_dir: str | Path) -> list[int] | None:
     """The most common in-plane ``[H, W]`` of a cache's volumes (what the data modules pad to)."""
     from ich3d.data.cache import open_cache
 
@@ -77,7 +77,7 @@ def input_signature(data: Any, cache_dir: str | Path | None = None) -> dict[str,
     return {
         "windows": list(data.windows),
         "depth_pool": int(data.depth_pool),
-        "image_size": most_common_size(cache),
+        "image_size": cache_image_size(cache),
         "label": data.label,
         "cache": cache_hash,
         "splits": splits_hash,
