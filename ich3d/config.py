@@ -27,7 +27,7 @@ Schema (section: keys)::
                 sequence, finetune, direct built in), each with optimizer, lr, weight_decay, momentum, batch_size, samples_per_epoch,
                 max_epochs, early_stopping_patience, augment, precision,
                 gradient_clip_val, accumulate_grad_batches, cached_features, feature_views,
-                gradient_checkpointing
+                gradient_checkpointing, val_samples
     trainer:    accelerator, devices, strategy, num_nodes, precision, deterministic,
                 benchmark, log_every_n_steps, enable_progress_bar, num_sanity_val_steps,
                 limit_train_batches, limit_val_batches
@@ -431,6 +431,8 @@ def _check(config: Config) -> Config:
             raise UserError(f"config key '{where}.max_epochs' must be >= 1, got {s.max_epochs}")
         if s.samples_per_epoch is not None and s.samples_per_epoch < 1:
             raise UserError(f"config key '{where}.samples_per_epoch' must be >= 1 or null, got {s.samples_per_epoch}")
+        if s.val_samples is not None and s.val_samples < 2:
+            raise UserError(f"config key '{where}.val_samples' must be >= 2 or null, got {s.val_samples}")
         if s.feature_views < 1:
             raise UserError(f"config key '{where}.feature_views' must be >= 1, got {s.feature_views}")
         if s.early_stopping_patience is not None and s.early_stopping_patience < 1:

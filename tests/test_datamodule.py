@@ -500,3 +500,36 @@ def test_open_cache_is_the_one_read_path(fake, tmp_path) -> None:
     # inspecting: no error until a table is read
     empty = open_cache(tmp_path, require_complete=False)
     assert not empty.volumes_present() and empty.info == {}
+
+
+def test_bounded_stage1_validation_is_a_fixed_stratified_subset(tmp_path):
+    import pandas as pd
+
+    from ich3d.data.datamodule import validation_subset
+
+    table = pd.DataFrame({"key": [f"k{i:03d}" for i in range(100)], "label": [1] * 20 + [0] * 80})
+    sub = validation_subset(table, 10, seed=3)
+    assert len(sub) == 10 and int(sub["label"].sum()) == 2  # each class keeps its share
+    assert list(sub["key"]) == sorted(sub["key"])  # order kept
+    assert sub.equals(validation_subset(table, 10, seed=3))  # fixed for a seed
+    assert not sub.equals(validation_subset(table, 10, seed=4))
+    assert validation_subset(table, None, 0) is table and validation_subset(table, 500, 0) is table
+    rare = pd.DataFrame({"key": list("abcdefghij"), "label": [1] + [0] * 9})
+    assert validation_subset(rare, 3, seed=0)["label"].tolist().count(1) == 1  # the rare class stays
+
+
+def test_slice_val_loader_uses_val_samples_and_eval_loader_everything(tmp_path):
+    from _cache_helpers import write_fake_cache
+
+    from ich3d.data.datamodule import SliceDataModule
+
+    cache = tmp_path / "cache"
+    write_fake_cache(cache, patients=12, size=32, slices=(6, 10), seed=0)
+    dm = SliceDataModule(cache, split_fractions=(0.4, 0.3, 0.3), batch_size=4, val_samples=5)
+    dm.prepare_data()
+    dm.setup("fit")
+    full = dm.slice_table("val")
+    assert len(full) > 5
+    seen = sum(int(b["label"].numel()) for b in dm.val_dataloader())
+    assert seen == 5
+    assert sum(int(b["label"].numel()) for b in dm.eval_dataloader("val")) == len(full)

@@ -55,7 +55,7 @@ from ich3d.data.splits import (
 from ich3d.data.windows import WindowSpec, resolve_windows
 from ich3d.errors import UserError
 
-__all__ = ["ICHDataModule", "SliceDataModule", "VolumeDataModule", "EVAL_SPLITS"]
+__all__ = ["ICHDataModule", "SliceDataModule", "VolumeDataModule", "EVAL_SPLITS", "validation_subset"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,25 @@ _TABLE_COLUMNS = (
     "slice_spacing",
     "gap",
 )
+
+
+def validation_subset(table: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """At most ``n`` rows of ``table``, stratified by ``label``, drawn from ``seed``, order kept.
+
+    Each class keeps its share of ``n`` (at least one row of each class present),
+    so a validation AUC stays defined. ``n`` None or >= the rows: the table itself.
+    """
+    if n is None or n >= len(table):
+        return table
+    rng = np.random.default_rng([int(seed), 0x7A1])
+    labels = table["label"].to_numpy()
+    keep: list[np.ndarray] = []
+    classes = np.unique(labels)
+    for c in classes:
+        rows = np.flatnonzero(labels == c)
+        share = max(1, round(n * len(rows) / len(table)))
+        keep.append(rng.choice(rows, size=min(share, len(rows)), replace=False))
+    return table.iloc[np.sort(np.concatenate(keep))].reset_index(drop=True)
 
 
 class ICHDataModule(pl.LightningDataModule):
@@ -110,6 +129,11 @@ class ICHDataModule(pl.LightningDataModule):
         prepare_data_per_node: Lightning's flag. Default False: only global rank 0
             runs ``prepare_data`` (the ingest), right for a cache on a file system
             shared by the nodes; True when every node has its own local cache.
+        val_samples: validation items per validation run during training: a fixed
+            subset drawn once from ``seed``, stratified by label (default None: the
+            whole split). Bounds the validation of stage 1, which would otherwise
+            score every cranial-cavity slice of the validation volumes each epoch;
+            ``eval_dataloader`` (the final evaluation) always covers everything.
     """
 
     def __init__(
@@ -135,9 +159,13 @@ class ICHDataModule(pl.LightningDataModule):
         label: str = "any",
         image_size: int | Sequence[int] | None = None,
         prepare_data_per_node: bool = False,
+        val_samples: int | None = None,
     ) -> None:
         super().__init__()
         self.prepare_data_per_node = bool(prepare_data_per_node)
+        if val_samples is not None and val_samples < 2:
+            raise UserError(f"val_samples must be >= 2 or None, got {val_samples}")
+        self.val_samples = val_samples
         self.cache_dir = Path(cache_dir)
         self.images_dir = Path(images_dir) if images_dir is not None else None
         self.labels_csv = Path(labels_csv) if labels_csv is not None else None
@@ -226,6 +254,7 @@ class ICHDataModule(pl.LightningDataModule):
             "samples_per_epoch": stage.samples_per_epoch,
             "augment": stage.augment,
             "label": data.label,
+            "val_samples": stage.val_samples,
         }
         return cls(root, **{**kwargs, **overrides})
 
@@ -463,7 +492,9 @@ class SliceDataModule(ICHDataModule):
         return self._loader(dataset)
 
     def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("val")
+        """The validation slices of training: all, or the fixed ``val_samples`` subset."""
+        table = validation_subset(self.slice_table("val"), self.val_samples, self.seed)
+        return self._loader(SliceDataset(self.cache, table, self.windows, size=self.size))  # type: ignore[arg-type]
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")

@@ -68,6 +68,9 @@ class StageConfig:
             (``feature_views`` fixed augmented views per training volume); ``false``:
             the encoder runs at every step. Ignored by stages that train their encoder.
         feature_views: augmented views cached per training volume (``augment`` on).
+        val_samples: validation items scored at each validation of a slice stage: a
+            fixed subset drawn once from the seed, stratified by label (``null`` = the
+            whole split; ``ich3d evaluate`` always scores everything).
         gradient_checkpointing: for a volume stage whose encoder trains, recompute
             each chunk of slices' activations in the backward pass instead of keeping
             them (peak memory grows with ``model.slice_chunk``, not the volume).
@@ -88,6 +91,7 @@ class StageConfig:
     cached_features: bool | Literal["auto"] = "auto"
     feature_views: int = 4
     gradient_checkpointing: bool = False
+    val_samples: int | None = None
 
     def uses_cached_features(self, frozen_encoder: bool) -> bool:
         """Whether a stage with these settings trains on cached slice features."""
