@@ -31,7 +31,7 @@ Schema (section: keys)::
     trainer:    accelerator, devices, strategy, num_nodes, precision, deterministic,
                 benchmark, log_every_n_steps, enable_progress_bar, num_sanity_val_steps,
                 limit_train_batches, limit_val_batches
-    evaluation: split, percentile, target_sensitivity, confidence, svm_cs, batch_size
+    evaluation: split, percentile, target_sensitivity, confidence, svm_cs, svm_solver, batch_size
     tracking:   mode (offline|online|disabled), project, entity, group, tags
     run:        root
 """
@@ -243,6 +243,9 @@ class EvaluationConfig:
         target_sensitivity: sensitivity of the reported operating point.
         confidence: level of the DeLong confidence intervals.
         svm_cs: regularisation values tried for the linear SVM baseline.
+        svm_solver: ``auto`` (liblinear's ``LinearSVC`` for small problems, the
+            float32 L-BFGS primal solver of the same objective beyond 2e7 training
+            values, e.g. at RSNA scale), ``liblinear`` or ``lbfgs``.
         batch_size: volumes per inference batch.
     """
 
@@ -251,6 +254,7 @@ class EvaluationConfig:
     target_sensitivity: float = 0.98
     confidence: float = 0.95
     svm_cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+    svm_solver: Literal["auto", "liblinear", "lbfgs"] = "auto"
     batch_size: int = 1
 
 

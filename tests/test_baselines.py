@@ -129,3 +129,39 @@ def test_svm_errors() -> None:
         fit_linear_svm(tr, ytr, tr, ytr, Cs=())
     with pytest.raises(UserError, match="9 labels for 10"):
         fit_linear_svm(tr, ytr[:9], tr, ytr)
+
+
+def test_lbfgs_svm_solves_linearsvcs_problem():
+    """The float32 primal solver minimises LinearSVC's objective: same decisions, same AUCs."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.svm import LinearSVC
+
+    from ich3d.evaluation.baselines import PrimalLinearSVM
+
+    rng = np.random.default_rng(0)
+    n, d = 300, 40
+    w_true = rng.normal(size=d)
+    x = rng.normal(size=(n, d))
+    y = (x @ w_true + rng.normal(scale=2.0, size=n) > 0).astype(int)
+    for c in (1e-3, 1e-1, 1.0):
+        ref = LinearSVC(C=c, max_iter=100_000, tol=1e-8, random_state=0).fit(x, y)
+        ours = PrimalLinearSVM(C=c, tol=1e-6).fit(x, y)
+        assert ours.converged
+        a, b = ref.decision_function(x), ours.decision_function(x)
+        np.testing.assert_allclose(b, a, rtol=0, atol=2e-3 * np.abs(a).max())
+        assert roc_auc_score(y, b) == pytest.approx(roc_auc_score(y, a), abs=1e-3)
+
+
+def test_fit_linear_svm_lbfgs_matches_liblinear_choice():
+    rng = np.random.default_rng(1)
+    vols = [rng.normal(size=(int(rng.integers(3, 7)), 8)) + (i % 2) * 0.8 for i in range(60)]
+    y = np.array([i % 2 for i in range(60)])
+    a = fit_linear_svm(vols[:40], y[:40], vols[40:], y[40:], Cs=(1e-3, 1e-1), solver="liblinear")
+    b = fit_linear_svm(vols[:40], y[:40], vols[40:], y[40:], Cs=(1e-3, 1e-1), solver="lbfgs")
+    assert (a.solver, b.solver) == ("liblinear", "lbfgs") and a.C == b.C and a.length == b.length
+    sa, _ = a.decision_function(vols[40:])
+    sb, _ = b.decision_function(vols[40:])
+    assert np.corrcoef(sa, sb)[0, 1] > 0.999
+    assert fit_linear_svm(vols[:40], y[:40], vols[40:], y[40:], Cs=(1e-3,)).solver == "liblinear"  # auto, small
+    with pytest.raises(UserError, match="solver must be"):
+        fit_linear_svm(vols[:40], y[:40], vols[40:], y[40:], solver="sgd")

@@ -34,6 +34,8 @@ __all__ = [
     "pad_features",
     "pad_and_flatten",
     "SVMBaseline",
+    "PrimalLinearSVM",
+    "LIBLINEAR_MAX_VALUES",
     "fit_linear_svm",
 ]
 
@@ -130,33 +132,117 @@ def pad_features(feats: ArrayLike, length: int) -> tuple[np.ndarray, bool]:
     return out, False
 
 
-def pad_and_flatten(volumes: Sequence[ArrayLike], length: int) -> tuple[np.ndarray, int]:
+def pad_and_flatten(
+    volumes: Sequence[ArrayLike], length: int, dtype: Any = np.float64
+) -> tuple[np.ndarray, int]:
     """:func:`pad_features` every volume and flatten it to one row.
+
+    The matrix is allocated once and filled in place (no per-volume copies), in
+    ``dtype`` (float32 halves it for the ``lbfgs`` SVM solver).
 
     Args:
         volumes: one ``(N_i, F)`` feature array per volume (the same F for all).
         length: common number of slices.
+        dtype: dtype of the matrix (default float64).
 
     Returns:
-        ``(X of shape (n_volumes, length * F) float64, number of cropped volumes)``.
+        ``(X of shape (n_volumes, length * F), number of cropped volumes)``.
 
     Raises:
         UserError: no volume, or feature widths that differ.
     """
     if len(volumes) == 0:
         raise UserError("no volume to pad")
-    rows = []
+    if length < 1:
+        raise UserError(f"padding length must be >= 1, got {length}")
+    first = np.asarray(volumes[0])
+    if first.ndim != 2:
+        raise UserError(f"slice features must have shape (N >= 1, F), got {first.shape}")
+    width = int(first.shape[1])
+    out = np.zeros((len(volumes), length * width), dtype=dtype)
     n_cropped = 0
-    width: int | None = None
     for i, v in enumerate(volumes):
-        padded, cropped = pad_features(v, length)
-        if width is None:
-            width = padded.shape[1]
-        elif padded.shape[1] != width:
-            raise UserError(f"volume {i} has {padded.shape[1]} features per slice, volume 0 has {width}")
-        n_cropped += int(cropped)
-        rows.append(padded.reshape(-1))
-    return np.stack(rows), n_cropped
+        a = np.asarray(v)
+        if a.ndim != 2 or a.shape[0] == 0:
+            raise UserError(f"slice features must have shape (N >= 1, F), got {a.shape}")
+        if a.shape[1] != width:
+            raise UserError(f"volume {i} has {a.shape[1]} features per slice, volume 0 has {width}")
+        n = a.shape[0]
+        row = out[i].reshape(length, width)
+        if n > length:  # centre crop, as pad_features
+            start = (n - length) // 2
+            row[:] = a[start : start + length]
+            n_cropped += 1
+        else:
+            before = (length - n) // 2
+            row[before : before + n] = a
+    return out, n_cropped
+
+
+class PrimalLinearSVM:
+    """The objective of ``LinearSVC`` (L2 penalty, squared hinge, regularised intercept),
+    minimised in the primal by L-BFGS on a float32 matrix.
+
+    ``LinearSVC`` (liblinear) copies a dense float64 matrix and then builds a
+    16-byte node per non-zero value, about 30 bytes per value in all; this solver
+    reads a float32 matrix in place (4 bytes per value, plus vectors), so the
+    ``svm`` baseline fits at RSNA scale. The optimum is the same convex problem's:
+    decision values agree with ``LinearSVC``'s up to the solvers' tolerances
+    (``tests/test_baselines.py``).
+
+    Objective: ``0.5 * (|w|^2 + b^2) + C * sum(max(0, 1 - y_i (w.x_i + b))^2)``,
+    ``y_i`` in {-1, +1} (``LinearSVC`` with ``intercept_scaling=1``).
+    """
+
+    def __init__(self, C: float = 1.0, max_iter: int = 2000, tol: float = 1e-5) -> None:
+        self.C = float(C)
+        self.max_iter = int(max_iter)
+        self.tol = float(tol)
+        self.coef_: np.ndarray | None = None
+        self.intercept_: float = 0.0
+        self.converged = False
+
+    def fit(self, x: np.ndarray, y: ArrayLike) -> PrimalLinearSVM:
+        from scipy.optimize import minimize
+
+        x = np.asarray(x, dtype=np.float32)
+        sign = np.where(np.asarray(y) == 1, 1.0, -1.0)
+        d = x.shape[1]
+
+        def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            w, b = theta[:d], theta[d]
+            margin = (x @ w.astype(np.float32)).astype(np.float64) + b
+            z = np.maximum(1.0 - sign * margin, 0.0)  # active rows: z > 0
+            coefs = (2.0 * self.C) * sign * z  # d(loss)/d(margin) = -coefs; 0 where inactive
+            f = 0.5 * (float(w @ w) + b * b) + self.C * float(z @ z)
+            gw = w - (coefs.astype(np.float32) @ x).astype(np.float64)  # no copy of the active rows
+            gb = b - float(coefs.sum())
+            return f, np.concatenate([gw, [gb]])
+
+        theta0 = np.zeros(d + 1)
+        # relative stopping rule: the float32 products make an absolute gradient bound
+        # unreachable on large problems
+        gtol = self.tol * max(1.0, float(np.abs(objective(theta0)[1]).max()))
+        res = minimize(
+            objective, theta0, jac=True, method="L-BFGS-B",
+            options={"maxiter": self.max_iter, "gtol": gtol, "ftol": 1e-12},
+        )
+        self.coef_ = res.x[:d]
+        self.intercept_ = float(res.x[d])
+        # float32 rounding can end the line search next to the optimum ("ABNORMAL"):
+        # that counts as converged when the gradient is within 100x the tolerance
+        self.converged = bool(res.success) or float(np.abs(res.jac).max()) <= 100 * gtol
+        return self
+
+    def decision_function(self, x: ArrayLike) -> np.ndarray:
+        if self.coef_ is None:
+            raise RuntimeError("fit first")
+        x = np.asarray(x, dtype=np.float32)
+        return (x @ self.coef_.astype(np.float32)).astype(np.float64) + self.intercept_
+
+
+#: ``svm_solver="auto"`` uses liblinear up to this many training values (n x length x F).
+LIBLINEAR_MAX_VALUES = 20_000_000
 
 
 @dataclass
@@ -171,6 +257,7 @@ class SVMBaseline:
         val_auc: validation AUC for each C tried, in the order tried.
         n_cropped_train: training volumes cropped to ``length`` (0 with the default length).
         n_cropped_val: validation volumes cropped to ``length``.
+        solver: ``liblinear`` or ``lbfgs`` (see :func:`fit_linear_svm`).
     """
 
     model: Any
@@ -180,6 +267,7 @@ class SVMBaseline:
     val_auc: dict[float, float] = field(default_factory=dict)
     n_cropped_train: int = 0
     n_cropped_val: int = 0
+    solver: str = "liblinear"
 
     def decision_function(self, volumes: Sequence[ArrayLike]) -> tuple[np.ndarray, int]:
         """Signed distance to the hyperplane of each volume (higher = more likely positive).
@@ -190,7 +278,8 @@ class SVMBaseline:
         Returns:
             ``(scores (n_volumes,) float64, number of volumes cropped to length)``.
         """
-        x, n_cropped = pad_and_flatten(volumes, self.length)
+        dtype = np.float32 if self.solver == "lbfgs" else np.float64
+        x, n_cropped = pad_and_flatten(volumes, self.length, dtype=dtype)
         if x.shape[1] != self.length * self.n_features:
             raise UserError(
                 f"volumes have {x.shape[1] // self.length} features per slice, the SVM was fitted on {self.n_features}"
@@ -206,6 +295,7 @@ class SVMBaseline:
             "val_auc": {repr(c): a for c, a in self.val_auc.items()},
             "n_cropped_train": self.n_cropped_train,
             "n_cropped_val": self.n_cropped_val,
+            "solver": self.solver,
         }
 
 
@@ -231,6 +321,7 @@ def fit_linear_svm(
     class_weight: str | None = None,
     max_iter: int = 10_000,
     random_state: int = 0,
+    solver: str = "auto",
 ) -> SVMBaseline:
     """``svm`` baseline: fit a linear SVM per C on train, keep the best validation AUC.
 
@@ -252,6 +343,10 @@ def fit_linear_svm(
         class_weight: passed to ``LinearSVC`` (``None`` or ``"balanced"``); default None.
         max_iter: liblinear iterations; default 10000.
         random_state: liblinear seed; default 0.
+        solver: ``liblinear`` (``sklearn.svm.LinearSVC``), ``lbfgs``
+            (:class:`PrimalLinearSVM`: the same objective on a float32 matrix, for
+            large problems) or ``auto`` (default): liblinear up to
+            :data:`LIBLINEAR_MAX_VALUES` training values, lbfgs beyond.
 
     Returns:
         The :class:`SVMBaseline`.
@@ -270,10 +365,16 @@ def fit_linear_svm(
         raise UserError("fit_linear_svm needs training and validation volumes")
     ytr = _labels(train_y, len(train_feats), "SVM training set")
     yva = _labels(val_y, len(val_feats), "SVM validation set")
+    if solver not in ("auto", "liblinear", "lbfgs"):
+        raise UserError(f"svm solver must be auto, liblinear or lbfgs, got {solver!r}")
     if length is None:
         length = max(int(np.shape(v)[0]) for v in train_feats)
-    xtr, n_crop_tr = pad_and_flatten(train_feats, length)
-    xva, n_crop_va = pad_and_flatten(val_feats, length)
+    n_values = len(train_feats) * length * int(np.shape(train_feats[0])[1])
+    if solver == "auto":
+        solver = "liblinear" if n_values <= LIBLINEAR_MAX_VALUES else "lbfgs"
+    dtype = np.float64 if solver == "liblinear" else np.float32
+    xtr, n_crop_tr = pad_and_flatten(train_feats, length, dtype=dtype)
+    xva, n_crop_va = pad_and_flatten(val_feats, length, dtype=dtype)
     if xtr.shape[1] != xva.shape[1]:
         raise UserError(
             f"validation volumes have {xva.shape[1] // length} features per slice, "
@@ -282,13 +383,21 @@ def fit_linear_svm(
 
     val_auc: dict[float, float] = {}
     best: tuple[float, float, Any] | None = None
+    if solver == "lbfgs" and class_weight is not None:
+        raise UserError("the lbfgs SVM solver has no class_weight; use solver='liblinear'")
+    log.info("SVM: %d training volumes x %d values, solver %s", len(train_feats), xtr.shape[1], solver)
     for c in cs:
-        model = LinearSVC(C=c, class_weight=class_weight, max_iter=max_iter, random_state=random_state)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            model.fit(xtr, ytr)
-        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-            log.warning("LinearSVC with C=%g did not converge in %d iterations", c, max_iter)
+        if solver == "lbfgs":
+            model: Any = PrimalLinearSVM(C=c).fit(xtr, ytr)
+            if not model.converged:
+                log.warning("the lbfgs SVM with C=%g did not converge", c)
+        else:
+            model = LinearSVC(C=c, class_weight=class_weight, max_iter=max_iter, random_state=random_state)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                model.fit(xtr, ytr)
+            if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+                log.warning("LinearSVC with C=%g did not converge in %d iterations", c, max_iter)
         auc = float(roc_auc_score(yva, model.decision_function(xva)))
         val_auc[c] = auc
         log.info("SVM C=%g: validation AUC %.4f", c, auc)
@@ -305,4 +414,5 @@ def fit_linear_svm(
         val_auc=val_auc,
         n_cropped_train=n_crop_tr,
         n_cropped_val=n_crop_va,
+        solver=solver,
     )

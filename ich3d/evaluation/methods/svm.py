@@ -44,6 +44,7 @@ class LinearSVMMethod(ScoringMethod):
                 va.features,
                 va.labels.astype(np.int64),
                 Cs=ctx.config.evaluation.svm_cs,
+                solver=ctx.config.evaluation.svm_solver,
             )
         except UserError as exc:
             raise MethodUnavailable(f"SVM baseline not fitted: {exc}") from None
