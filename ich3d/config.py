@@ -20,14 +20,14 @@ Schema (section: keys)::
     experiment: str              # name; runs go to <run.root>/<experiment>/<run-id>/
     seed: int                    # global seed (Lightning seed_everything)
     data:       cache_dir, images_dir, labels_csv, windows, split_fractions, split_seed,
-                splits_file, min_slices, ingest_workers, depth_pool, label,
-                num_workers, pin_memory, persistent_workers
+                splits_file, min_slices, ingest_workers, depth_pool, label, targets,
+                target_weights, num_workers, pin_memory, persistent_workers
     model:      encoder, encoder_args, head, head_args, slice_chunk, channels_last, compile
     stages:     one section per declared stage (``ich3d train --list-stages``: slice,
                 sequence, finetune, direct built in), each with optimizer, lr, weight_decay, momentum, batch_size, samples_per_epoch,
                 max_epochs, early_stopping_patience, augment, precision,
                 gradient_clip_val, accumulate_grad_batches, cached_features, feature_views,
-                gradient_checkpointing, val_samples
+                gradient_checkpointing, val_samples, select_by
     trainer:    accelerator, devices, strategy, num_nodes, precision, deterministic,
                 benchmark, log_every_n_steps, enable_progress_bar, num_sanity_val_steps,
                 limit_train_batches, limit_val_batches
@@ -93,7 +93,13 @@ class DataConfig:
         ingest_workers: processes for the ingest.
         depth_pool: max-filter factor along z for the volume models (2 = 2x2x2 with
             the cache's 2x2 in-plane filter).
-        label: label column the model learns (``any`` = any hemorrhage).
+        label: label column the model learns (``any`` = any hemorrhage); with
+            ``targets``, the label the balanced samplers and ``val/auc`` use.
+        targets: ``null`` (default: one output, ``label``, the paper's binary method),
+            ``all`` (the six RSNA labels) or a list of labels: one output per target
+            and a weighted BCE (:mod:`ich3d.data.targets`).
+        target_weights: per-target loss weights over the challenge's (``any`` 2,
+            each subtype 1), e.g. ``{any: 1}``.
         num_workers: DataLoader workers per process.
         pin_memory: DataLoader ``pin_memory``.
         persistent_workers: DataLoader ``persistent_workers`` (needs num_workers > 0).
@@ -110,6 +116,8 @@ class DataConfig:
     ingest_workers: int = 1
     depth_pool: int = 2
     label: str = "any"
+    targets: str | tuple[str, ...] | None = None
+    target_weights: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 0
     pin_memory: bool = False
     persistent_workers: bool = False
@@ -423,6 +431,13 @@ def _check(config: Config) -> Config:
     for name in ("min_slices", "ingest_workers", "depth_pool"):
         if getattr(config.data, name) < 1:
             raise UserError(f"config key 'data.{name}' must be >= 1, got {getattr(config.data, name)}")
+    from ich3d.data.targets import resolve_targets, target_weights
+
+    targets = resolve_targets(config.data.targets)
+    if targets is None and config.data.target_weights:
+        raise UserError("config key 'data.target_weights' needs 'data.targets' (the binary default has one output)")
+    if targets is not None:
+        target_weights(targets, config.data.target_weights)
     if config.data.num_workers < 0:
         raise UserError(f"config key 'data.num_workers' must be >= 0, got {config.data.num_workers}")
     for stage, s in config.stages.items():
@@ -441,6 +456,11 @@ def _check(config: Config) -> Config:
             raise UserError(f"config key '{where}.feature_views' must be >= 1, got {s.feature_views}")
         if s.early_stopping_patience is not None and s.early_stopping_patience < 1:
             raise UserError(f"config key '{where}.early_stopping_patience' must be >= 1 or null")
+        if s.select_by != "auc" and targets is None:
+            raise UserError(
+                f"config key '{where}.select_by: {s.select_by}' needs 'data.targets' (the binary "
+                "default selects by the AUC of data.label)"
+            )
     if config.model.slice_chunk is not None and config.model.slice_chunk < 1:
         raise UserError("config key 'model.slice_chunk' must be >= 1 or null")
     if config.trainer.num_nodes < 1:

@@ -122,7 +122,10 @@ class ICHDataModule(pl.LightningDataModule):
         samples_per_epoch: training items per epoch over all processes (default:
             twice the number of positive training items).
         augment: augment training items (default True).
-        label: label column to train on (default ``any``).
+        label: label column to train on (default ``any``); the balanced samplers
+            are defined on it also when there are ``targets``.
+        targets: label columns given per item as ``target`` ``(K,)`` (one output per
+            target, :mod:`ich3d.data.targets`); default None (binary, ``label`` only).
         image_size: in-plane ``(H, W)`` (or one int) every slice is cropped/padded
             to with air; default None: the most common size of the cache (as
             stored, i.e. after the 2x2 filter). Needed when a cache mixes sizes.
@@ -157,6 +160,7 @@ class ICHDataModule(pl.LightningDataModule):
         samples_per_epoch: int | None = None,
         augment: bool = True,
         label: str = "any",
+        targets: Sequence[str] | None = None,
         image_size: int | Sequence[int] | None = None,
         prepare_data_per_node: bool = False,
         val_samples: int | None = None,
@@ -195,6 +199,11 @@ class ICHDataModule(pl.LightningDataModule):
         if label not in LABEL_COLUMNS:
             raise UserError(f"unknown label {label!r}; expected one of {', '.join(LABEL_COLUMNS)}")
         self.label = label
+        if targets is not None:
+            bad = [t for t in targets if t not in LABEL_COLUMNS]
+            if bad or not targets:
+                raise UserError(f"unknown target {bad[0] if bad else None!r}; expected names from {', '.join(LABEL_COLUMNS)}")
+        self.targets: list[str] | None = list(targets) if targets is not None else None
         if image_size is not None:
             size = (
                 (int(image_size),) * 2
@@ -233,6 +242,8 @@ class ICHDataModule(pl.LightningDataModule):
                 (ingested from ``data.images_dir`` when that is set).
             **overrides: any constructor keyword (``batch_size=4``, ``augment=False``).
         """
+        from ich3d.data.targets import resolve_targets
+
         own_cache = cache_dir is None
         root = data.cache_dir if own_cache else cache_dir
         if root is None:
@@ -254,6 +265,7 @@ class ICHDataModule(pl.LightningDataModule):
             "samples_per_epoch": stage.samples_per_epoch,
             "augment": stage.augment,
             "label": data.label,
+            "targets": resolve_targets(getattr(data, "targets", None)),
             "val_samples": stage.val_samples,
         }
         return cls(root, **{**kwargs, **overrides})
@@ -452,9 +464,9 @@ class SliceDataModule(ICHDataModule):
     def _setup_extra(self, stage: str | None) -> None:
         assert self.cache is not None
         stats = load_slice_stats(self.cache, self.rule)
-        sl = self.cache.slices[["key", "slice_index", self.label]].rename(
-            columns={self.label: "label"}
-        )
+        extra = [t for t in (self.targets or []) if t != self.label]
+        sl = self.cache.slices[["key", "slice_index", self.label, *extra]].copy()
+        sl["label"] = sl[self.label]
         sl = sl.merge(stats, on=["key", "slice_index"], how="left", validate="one_to_one")
         sl = sl[sl["cavity_fraction"].fillna(0.0) >= self.rule.min_fraction]
         self._slice_tables = {}
@@ -464,11 +476,14 @@ class SliceDataModule(ICHDataModule):
             )
             t = t.sort_values(["key", "slice_index"], kind="stable").reset_index(drop=True)
             self._slice_tables[split] = t[
-                ["key", "slice_index", "label", "volume_label", "cavity_fraction"]
+                ["key", "slice_index", "label", "volume_label", "cavity_fraction", *(self.targets or [])]
             ]
 
     def slice_table(self, split: str) -> pd.DataFrame:
-        """Cranial-cavity slices of a split: ``key, slice_index, label, volume_label, cavity_fraction``."""
+        """Cranial-cavity slices of a split: ``key, slice_index, label, volume_label, cavity_fraction``.
+
+        With ``targets``, one more column per target (its slice label).
+        """
         self.split_table(split)  # validates the name
         return self._slice_tables[split].copy()
 
@@ -483,12 +498,13 @@ class SliceDataModule(ICHDataModule):
             self.windows,
             transform=build_augment_2d() if self.augment else None,
             size=self.size,
+            targets=self.targets,
         )
         return self._loader(dataset, sampler=BalancedSampler(pos, neg, n, seed=self.seed))
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Every cranial-cavity slice of ``split`` once, fixed order, no augmentation."""
-        dataset = SliceDataset(self.cache, self.slice_table(split), self.windows, size=self.size)  # type: ignore[arg-type]
+        dataset = SliceDataset(self.cache, self.slice_table(split), self.windows, size=self.size, targets=self.targets)  # type: ignore[arg-type]
         return self._loader(dataset)
 
     def val_dataloader(self) -> DataLoader:
@@ -577,6 +593,7 @@ class VolumeDataModule(ICHDataModule):
             depth_pool=self.depth_pool,
             transform=transform,
             size=self.size,
+            targets=self.targets if self.cache.labeled else None,  # type: ignore[union-attr]
         )
 
     def train_dataloader(self) -> DataLoader:

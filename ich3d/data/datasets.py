@@ -24,6 +24,7 @@ from ich3d.data.augment import AIR_OFFSET, augment
 from ich3d.data.cache import IngestCache
 from ich3d.data.schema import HU_MIN
 from ich3d.data.windows import WindowSpec, air_values, apply_windows
+from ich3d.errors import UserError
 
 __all__ = [
     "depth_pool",
@@ -85,6 +86,16 @@ def _split_item(item: int | tuple[int, int]) -> tuple[int, int | None]:
     return int(item), None
 
 
+def _target_array(table: pd.DataFrame, targets: Sequence[str] | None) -> np.ndarray | None:
+    """``(N, K)`` float32 target labels of ``table`` (None without targets)."""
+    if targets is None:
+        return None
+    missing = [t for t in targets if t not in table.columns]
+    if missing:
+        raise UserError(f"the table has no label column {missing[0]!r} for the targets")
+    return np.ascontiguousarray(table[list(targets)].to_numpy(dtype=np.float32))
+
+
 class SliceDataset(Dataset):
     """One windowed axial slice per item.
 
@@ -95,9 +106,11 @@ class SliceDataset(Dataset):
         transform: 2D augmentation (:func:`~ich3d.data.augment.build_augment_2d`),
             applied only to ``(row, seed)`` items; None disables it.
         size: in-plane ``(H, W)`` every slice is cropped/padded to (None: as stored).
+        targets: label columns of ``table`` given as ``target`` (None: no ``target``).
 
     Items are dicts: ``image`` float32 ``(C, H, W)`` in [0, 1], ``label`` float32
-    scalar, ``key`` str, ``slice_index`` int64, ``index`` int64 (row of ``table``).
+    scalar, ``key`` str, ``slice_index`` int64, ``index`` int64 (row of ``table``),
+    and with ``targets`` ``target`` float32 ``(K,)``.
     """
 
     def __init__(
@@ -107,6 +120,7 @@ class SliceDataset(Dataset):
         windows: Sequence[WindowSpec],
         transform=None,
         size: tuple[int, int] | None = None,
+        targets: Sequence[str] | None = None,
     ) -> None:
         self.cache = cache
         self.table = table.reset_index(drop=True)
@@ -116,6 +130,7 @@ class SliceDataset(Dataset):
         self._keys = self.table["key"].to_numpy()
         self._slice = self.table["slice_index"].to_numpy(dtype=np.int64)
         self._label = self.table["label"].to_numpy(dtype=np.float32)
+        self._targets = _target_array(self.table, targets)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -128,13 +143,16 @@ class SliceDataset(Dataset):
         x = torch.from_numpy(hu.astype(np.float32))
         if self.transform is not None and seed is not None:
             x = augment(self.transform, x[None] + AIR_OFFSET, seed)[0] - AIR_OFFSET
-        return {
+        out = {
             "image": apply_windows(x, self.windows, channel_axis=0),
             "label": torch.tensor(self._label[row]),
             "key": key,
             "slice_index": torch.tensor(self._slice[row], dtype=torch.long),
             "index": torch.tensor(row, dtype=torch.long),
         }
+        if self._targets is not None:
+            out["target"] = torch.from_numpy(self._targets[row])
+        return out
 
 
 class VolumeDataset(Dataset):
@@ -148,9 +166,11 @@ class VolumeDataset(Dataset):
         transform: 3D augmentation (:func:`~ich3d.data.augment.build_augment_3d`),
             applied to the pooled HU volume of ``(row, seed)`` items only.
         size: in-plane ``(H, W)`` every volume is cropped/padded to (None: as stored).
+        targets: label columns of ``table`` given as ``target`` (None: no ``target``).
 
     Items are dicts: ``volume`` float32 ``(T, C, H, W)`` in [0, 1], ``length``
-    int64 ``T``, ``label`` float32, ``key`` str, ``index`` int64 (row of ``table``).
+    int64 ``T``, ``label`` float32, ``key`` str, ``index`` int64 (row of ``table``),
+    and with ``targets`` ``target`` float32 ``(K,)``.
     """
 
     def __init__(
@@ -161,6 +181,7 @@ class VolumeDataset(Dataset):
         depth_pool: int = 2,
         transform=None,
         size: tuple[int, int] | None = None,
+        targets: Sequence[str] | None = None,
     ) -> None:
         self.cache = cache
         self.table = table.reset_index(drop=True)
@@ -170,6 +191,7 @@ class VolumeDataset(Dataset):
         self.size = size
         self._keys = self.table["key"].to_numpy()
         self._label = self.table["label"].to_numpy(dtype=np.float32)
+        self._targets = _target_array(self.table, targets)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -182,13 +204,16 @@ class VolumeDataset(Dataset):
         x = torch.from_numpy(hu.astype(np.float32))
         if self.transform is not None and seed is not None:
             x = augment(self.transform, x[None] + AIR_OFFSET, seed)[0] - AIR_OFFSET
-        return {
+        out = {
             "volume": apply_windows(x, self.windows, channel_axis=1),
             "length": torch.tensor(x.shape[0], dtype=torch.long),
             "label": torch.tensor(self._label[row]),
             "key": key,
             "index": torch.tensor(row, dtype=torch.long),
         }
+        if self._targets is not None:
+            out["target"] = torch.from_numpy(self._targets[row])
+        return out
 
 
 class BalancedSampler(DistributedSampler):
@@ -330,13 +355,16 @@ class VolumeCollate:
                 pad = self.air.view(1, -1, 1, 1).expand(t_max - v.shape[0], -1, *v.shape[2:])
                 v = torch.cat([v, pad.to(v.dtype)], dim=0)
             vols.append(v)
-        return {
+        out = {
             "volume": torch.stack(vols),
             "length": torch.stack([it["length"] for it in items]),
             "label": torch.stack([it["label"] for it in items]),
             "key": [it["key"] for it in items],
             "index": torch.stack([it["index"] for it in items]),
         }
+        if "target" in items[0]:
+            out["target"] = torch.stack([it["target"] for it in items])
+        return out
 
 
 def worker_init_fn(worker_id: int) -> None:

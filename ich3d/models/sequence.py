@@ -156,6 +156,22 @@ class RecurrentHead(nn.Module):
         self.out_dropout = nn.Dropout(head_dropout) if head_dropout > 0 else nn.Identity()
         self.fc = nn.Linear(self.num_directions * hidden, 1)
 
+    @property
+    def num_outputs(self) -> int:
+        """Logits per volume (1: ``forward`` gives ``(B,)``; more: ``(B, K)``)."""
+        return int(self.fc.out_features)
+
+    def set_num_outputs(self, num_outputs: int) -> None:
+        """Replace the output layer by a fresh ``Linear -> num_outputs`` (one logit per target).
+
+        Raises:
+            UserError: ``num_outputs < 1``.
+        """
+        if num_outputs < 1:
+            raise UserError(f"num_outputs must be >= 1, got {num_outputs}")
+        if num_outputs != self.num_outputs:
+            self.fc = nn.Linear(self.fc.in_features, num_outputs)
+
     def volume_features(self, feats: Tensor, lengths: Tensor) -> Tensor:
         """The pooled volume vector ``(B, directions * hidden)`` before the output layer.
 
@@ -192,10 +208,11 @@ class RecurrentHead(nn.Module):
         return padded.masked_fill(~mask, float("-inf")).amax(dim=1)
 
     def forward(self, feats: Tensor, lengths: Tensor) -> Tensor:
-        """``(B, T, F), (B,) -> (B,)`` volume logits (float32, also under autocast)."""
+        """``(B, T, F), (B,) -> (B,)`` volume logits (``(B, K)`` with K outputs; float32, also under autocast)."""
         pooled = self.volume_features(feats, lengths)
         with torch.autocast(device_type=pooled.device.type, enabled=False):
-            return self.fc(self.out_dropout(pooled)).squeeze(-1)
+            logits = self.fc(self.out_dropout(pooled))
+            return logits.squeeze(-1) if self.num_outputs == 1 else logits
 
 
 def _variant(

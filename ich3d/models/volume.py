@@ -209,6 +209,7 @@ def build_volume_model(
     head: str | Mapping[str, Any] | nn.Module,
     slice_chunk: int | None = None,
     checkpoint_chunks: bool = False,
+    num_outputs: int = 1,
 ) -> VolumeClassifier:
     """Build a :class:`VolumeClassifier` from registry names or specs.
 
@@ -218,6 +219,9 @@ def build_volume_model(
             encoder's ``out_features``.
         slice_chunk: See :class:`VolumeClassifier`. Default None.
         checkpoint_chunks: See :class:`VolumeClassifier`. Default False.
+        num_outputs: Logits per volume (one per target, :mod:`ich3d.data.targets`);
+            a built head must already have them. Default 1 (``(B,)`` logits); more
+            gives ``(B, num_outputs)``.
 
     Example:
         ``build_volume_model({"name": "patel_cnn", "in_channels": 3}, {"name": "bilstm", "num_layers": 2})``
@@ -229,4 +233,9 @@ def build_volume_model(
         name, kwargs = _split_spec(head, "head")
         kwargs.setdefault("in_features", encoder.out_features)
         head = build_head(name, **kwargs)
+        if num_outputs != 1:
+            set_outputs = getattr(head, "set_num_outputs", None)
+            if set_outputs is None:
+                raise UserError(f"head {name!r} has one output; it cannot predict {num_outputs} targets")
+            set_outputs(num_outputs)
     return VolumeClassifier(encoder, head, slice_chunk=slice_chunk, checkpoint_chunks=checkpoint_chunks)

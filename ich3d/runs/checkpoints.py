@@ -111,7 +111,12 @@ def load_volume_model(
         raise UserError(f"{stage!r} is not a volume stage; expected one of {names}")
     ckpt = load_checkpoint(run.best_ckpt(stage))
     spec = ckpt["hyper_parameters"]["model"]
-    model = build_volume_model(dict(spec["encoder"]), dict(spec["head"]), slice_chunk=spec.get("slice_chunk"))
+    model = build_volume_model(
+        dict(spec["encoder"]),
+        dict(spec["head"]),
+        slice_chunk=spec.get("slice_chunk"),
+        num_outputs=len(spec.get("targets") or [None]),
+    )
     model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
     model.eval()
     speed_up(model, channels_last=config.model.channels_last, compile=config.model.compile)
@@ -133,7 +138,7 @@ def load_slice_model(run_dir: str | Path | RunDir, stage: str = "slice") -> torc
         raise UserError(f"{stage!r} is a volume stage, not a slice classifier")
     ckpt = load_checkpoint(run.best_ckpt(stage))
     spec = ckpt["hyper_parameters"]["model"]
-    model = build_slice_classifier(dict(spec["encoder"]))
+    model = build_slice_classifier(dict(spec["encoder"]), num_outputs=len(spec.get("targets") or [None]))
     model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
     model.eval()
     m = run.load_config().model

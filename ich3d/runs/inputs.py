@@ -2,7 +2,8 @@
 
 A checkpoint's weights only mean something for the inputs they were trained on:
 the HU windows stacked as channels, the depth max-filter of the volume models,
-the in-plane size, the label learnt, the ingest cache and the patient split. Every
+the in-plane size, the label learnt, the targets output (``[any]`` for the binary
+method, the six RSNA labels with ``data.targets: all``), the ingest cache and the patient split. Every
 checkpoint records them (``checkpoint["ich3d"]["inputs"]``, see
 :func:`input_signature`); a stage that starts from another stage's checkpoint, a
 resumed stage and ``ich3d evaluate`` compare them with what the config asks for
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ich3d.data.targets import model_targets
 from ich3d.errors import UserError
 
 __all__ = [
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 #: The entries that describe what a network sees (as opposed to which data it saw).
-MODEL_INPUTS: tuple[str, ...] = ("windows", "depth_pool", "image_size", "label")
+MODEL_INPUTS: tuple[str, ...] = ("windows", "depth_pool", "image_size", "label", "targets")
 
 
 def _digest(obj: Any) -> str:
@@ -59,7 +61,8 @@ def input_signature(data: Any, cache_dir: str | Path | None = None) -> dict[str,
         cache_dir: the cache (default ``data.cache_dir``).
 
     Returns:
-        ``{"windows", "depth_pool", "image_size", "label", "cache", "splits"}``; ``cache``
+        ``{"windows", "depth_pool", "image_size", "label", "targets", "cache", "splits"}``
+        (``targets``: the labels the model outputs, ``[label]`` when binary); ``cache``
         and ``splits`` are ``None`` when the cache's ``ingest.json`` or the splits file
         does not exist yet.
     """
@@ -79,6 +82,7 @@ def input_signature(data: Any, cache_dir: str | Path | None = None) -> dict[str,
         "depth_pool": int(data.depth_pool),
         "image_size": cache_image_size(cache),
         "label": data.label,
+        "targets": model_targets(data),
         "cache": cache_hash,
         "splits": splits_hash,
     }
@@ -113,6 +117,8 @@ def check_inputs(
     """
     if recorded is None:
         return
+    if "targets" not in recorded and recorded.get("label") is not None:
+        recorded = {**recorded, "targets": [recorded["label"]]}  # pinned before targets: binary
     names = list(keys) if keys is not None else list(current)
     diffs = []
     for k in names:

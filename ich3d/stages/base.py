@@ -74,6 +74,11 @@ class StageConfig:
         gradient_checkpointing: for a volume stage whose encoder trains, recompute
             each chunk of slices' activations in the backward pass instead of keeping
             them (peak memory grows with ``model.slice_chunk``, not the volume).
+        select_by: the validation metric that picks ``best.ckpt`` (and early
+            stopping): ``auc`` (default, the AUC of ``data.label``, ``val/auc``),
+            ``mean_auc`` (mean AUC over the targets, ``val/mean_auc``) or
+            ``log_loss`` (the weighted log loss over the targets, ``val/log_loss``,
+            lower is better).
     """
 
     optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
@@ -92,6 +97,7 @@ class StageConfig:
     feature_views: int = 4
     gradient_checkpointing: bool = False
     val_samples: int | None = None
+    select_by: Literal["auc", "mean_auc", "log_loss"] = "auc"
 
     def uses_cached_features(self, frozen_encoder: bool) -> bool:
         """Whether a stage with these settings trains on cached slice features."""

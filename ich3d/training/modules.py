@@ -111,32 +111,40 @@ def gather_unique(
 
     Works with unequal per-process counts (rows are padded to the largest count for
     the collective and trimmed after). Every rank returns the same arrays, sorted by id.
+    ``probs`` and ``labels`` are ``(N,)`` (one target) or ``(N, K)`` (one column per
+    target); the result keeps their shape.
 
     Returns:
-        ``(ids (N, 2) int64, probs (N,) float64, labels (N,) int64)``, numpy.
+        ``(ids (N, 2) int64, probs (N,) or (N, K) float64, labels (N,) or (N, K) int64)``, numpy.
     """
+    width_k = 1 if probs.ndim == 1 else int(probs.shape[1])
     n_local = torch.tensor([ids.shape[0]], dtype=torch.long, device=module.device)
     if module.trainer is not None and module.trainer.world_size > 1:
         counts = module.all_gather(n_local).reshape(-1).cpu()
         width = int(counts.max())
         pad = width - ids.shape[0]
-        packed = torch.stack([probs.double(), labels.double()], dim=1).to(module.device)
+        packed = torch.cat(
+            [probs.double().reshape(-1, width_k), labels.double().reshape(-1, width_k)], dim=1
+        ).to(module.device)
         ids_local = ids.to(module.device)
         if pad:
-            packed = torch.cat([packed, packed.new_zeros((pad, 2))], dim=0)
+            packed = torch.cat([packed, packed.new_zeros((pad, 2 * width_k))], dim=0)
             ids_local = torch.cat([ids_local, ids_local.new_zeros((pad, 2))], dim=0)
         # ids (< 2**60) travel as int64: float64 is exact only below 2**53
-        rows_g = module.all_gather(packed).reshape(-1, width, 2).cpu()
+        rows_g = module.all_gather(packed).reshape(-1, width, 2 * width_k).cpu()
         ids_g = module.all_gather(ids_local).reshape(-1, width, 2).cpu()
         rows = torch.cat([rows_g[r, : int(counts[r])] for r in range(rows_g.shape[0])], dim=0)
         all_ids = torch.cat([ids_g[r, : int(counts[r])] for r in range(ids_g.shape[0])], dim=0)
-        all_probs = rows[:, 0]
-        all_labels = rows[:, 1].long()
+        all_probs = rows[:, :width_k]
+        all_labels = rows[:, width_k:].long()
+        if probs.ndim == 1:
+            all_probs, all_labels = all_probs[:, 0], all_labels[:, 0]
     else:
         all_ids, all_probs, all_labels = ids.cpu(), probs.double().cpu(), labels.long().cpu()
     ids_np = all_ids.numpy().astype(np.int64).reshape(-1, 2)
     if ids_np.shape[0] == 0:
-        return ids_np, np.zeros(0), np.zeros(0, dtype=np.int64)
+        shape = (0,) if probs.ndim == 1 else (0, width_k)
+        return ids_np, np.zeros(shape), np.zeros(shape, dtype=np.int64)
     _, first = np.unique(ids_np, axis=0, return_index=True)
     first = np.sort(first)
     order = np.lexsort((ids_np[first, 1], ids_np[first, 0]))
@@ -152,19 +160,48 @@ def auc_or_nan(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 class _BinaryModule(pl.LightningModule):
-    """Shared training/validation logic: one logit per sample, BCE, gathered val AUC."""
+    """Shared training/validation logic: BCE, gathered validation metrics.
+
+    Binary (``targets=None``, the method): one logit per sample, plain BCE on
+    ``batch["label"]``, ``val/auc``. With ``targets`` (:mod:`ich3d.data.targets`):
+    one logit per target, BCE weighted per target on ``batch["target"]`` ``(B, K)``
+    (the mean over samples of ``sum_k w_k BCE_k / sum_k w_k``); ``val/auc`` is the
+    AUC of target ``primary`` (``data.label``), plus ``val/auc_<target>``,
+    ``val/mean_auc`` (the mean over the targets with both classes) and
+    ``val/log_loss`` (the challenge's weighted log loss).
+    """
 
     input_keys: tuple[str, ...] = ()
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        targets: Sequence[str] | None = None,
+        target_weights: Sequence[float] | None = None,
+        primary: int = 0,
+    ) -> None:
         super().__init__()
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.train_auc = BinaryAUROC()
+        self.targets = list(targets) if targets is not None else None
+        if self.targets is not None:
+            weights = list(target_weights) if target_weights is not None else [1.0] * len(self.targets)
+            if len(weights) != len(self.targets):
+                raise UserError(f"{len(weights)} target weights for {len(self.targets)} targets")
+            self.register_buffer("target_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+            if not 0 <= primary < len(self.targets):
+                raise UserError(f"primary target {primary} out of range for {len(self.targets)} targets")
+        self.primary = int(primary)
         self._val_ids: list[Tensor] = []
         self._val_probs: list[Tensor] = []
         self._val_labels: list[Tensor] = []
         self.last_val_auc: float = float("nan")
+        self.last_val_metrics: dict[str, float] = {}
         self.val_predictions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def num_targets(self) -> int:
+        """Outputs per sample (1 when binary)."""
+        return 1 if self.targets is None else len(self.targets)
 
     # subclasses: logits for a batch
     def _logits(self, batch: Mapping[str, Any]) -> Tensor:  # pragma: no cover - abstract
@@ -174,13 +211,31 @@ class _BinaryModule(pl.LightningModule):
     def _labels(batch: Mapping[str, Any]) -> Tensor:
         return torch.as_tensor(batch["label"]).reshape(-1)
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+    def _outputs(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        """``(logits, labels)``: ``(B,)`` binary, ``(B, K)`` with targets."""
         logits = self._logits(batch).float()
-        y = self._labels(batch).to(logits.device)
-        loss = self.loss_fn(logits, y.float())
-        n = int(y.numel())
+        if self.targets is None:
+            return logits, self._labels(batch).to(logits.device)
+        logits = logits.reshape(logits.shape[0], self.num_targets)
+        y = torch.as_tensor(batch["target"]).reshape(logits.shape[0], self.num_targets)
+        return logits, y.to(logits.device)
+
+    def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        if self.targets is None:
+            return self.loss_fn(logits, y.float())
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, y.float(), reduction="none")
+        w = self.target_weights.to(bce.device)
+        return (bce * w).sum(dim=1).mean() / w.sum()
+
+    def _primary(self, t: Tensor) -> Tensor:
+        return t if self.targets is None else t[:, self.primary]
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        logits, y = self._outputs(batch)
+        loss = self._loss(logits, y)
+        n = int(y.shape[0])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
-        self.train_auc.update(torch.sigmoid(logits.detach()), y.long())
+        self.train_auc.update(torch.sigmoid(self._primary(logits).detach()), self._primary(y).long())
         self.log("train/auc", self.train_auc, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
@@ -188,10 +243,9 @@ class _BinaryModule(pl.LightningModule):
         self._val_ids, self._val_probs, self._val_labels = [], [], []
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        logits = self._logits(batch).float()
-        y = self._labels(batch).to(logits.device)
-        loss = self.loss_fn(logits, y.float())
-        n = int(y.numel())
+        logits, y = self._outputs(batch)
+        loss = self._loss(logits, y)
+        n = int(y.shape[0])
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         self._val_ids.append(sample_ids(batch, n, logits.device))
         self._val_probs.append(torch.sigmoid(logits).detach())
@@ -204,17 +258,39 @@ class _BinaryModule(pl.LightningModule):
             probs = torch.cat(self._val_probs)
             labels = torch.cat(self._val_labels)
         else:
+            shape = (0,) if self.targets is None else (0, self.num_targets)
             ids = torch.zeros((0, 2), dtype=torch.long, device=self.device)
-            probs = torch.zeros(0, device=self.device)
-            labels = torch.zeros(0, dtype=torch.long, device=self.device)
+            probs = torch.zeros(shape, device=self.device)
+            labels = torch.zeros(shape, dtype=torch.long, device=self.device)
         self.val_predictions = gather_unique(self, ids, probs, labels)
-        auc = auc_or_nan(self.val_predictions[1], self.val_predictions[2])
+        p, y = self.val_predictions[1], self.val_predictions[2]
+        if self.targets is None:
+            auc = auc_or_nan(p, y)
+            metrics: dict[str, float] = {}
+        else:
+            metrics = self._target_metrics(p, y)
+            auc = metrics[f"auc_{self.targets[self.primary]}"]
         if not self.trainer.sanity_checking:
             self.last_val_auc = auc
+            self.last_val_metrics = metrics
         # identical on every rank by construction: no reduction
         self.log("val/auc", torch.tensor(auc, dtype=torch.float32), prog_bar=True, sync_dist=False)
-        self.log("val/n", float(self.val_predictions[1].size), sync_dist=False)
+        for name, value in metrics.items():
+            self.log(f"val/{name}", torch.tensor(value, dtype=torch.float32), sync_dist=False)
+        self.log("val/n", float(p.shape[0]), sync_dist=False)
         self._val_ids, self._val_probs, self._val_labels = [], [], []
+
+    def _target_metrics(self, probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Per-target AUCs, their mean and the weighted log loss of ``(N, K)`` predictions."""
+        from ich3d.evaluation.log_loss import weighted_log_loss
+
+        assert self.targets is not None
+        out = {f"auc_{t}": auc_or_nan(probs[:, k], labels[:, k]) for k, t in enumerate(self.targets)}
+        finite = [v for v in out.values() if np.isfinite(v)]
+        out["mean_auc"] = float(np.mean(finite)) if finite else float("nan")
+        weights = self.target_weights.cpu().numpy()
+        out["log_loss"] = weighted_log_loss(labels, probs, weights) if labels.shape[0] else float("nan")
+        return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         trainable = [p for p in self.parameters() if p.requires_grad]
@@ -228,13 +304,15 @@ class _BinaryModule(pl.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint.setdefault("ich3d", {}).update(  # callbacks (the pinned inputs) wrote first
-            {
-                "val_auc": float(self.last_val_auc),
-                "epoch": int(self.current_epoch),
-                "global_step": int(self.global_step),
-            }
-        )
+        info = {
+            "val_auc": float(self.last_val_auc),
+            "epoch": int(self.current_epoch),
+            "global_step": int(self.global_step),
+        }
+        if self.targets is not None:
+            info["targets"] = list(self.targets)
+            info["val_metrics"] = {k: float(v) for k, v in self.last_val_metrics.items()}
+        checkpoint.setdefault("ich3d", {}).update(info)  # callbacks (the pinned inputs) wrote first
 
 
 class SliceModule(_BinaryModule):
@@ -245,14 +323,23 @@ class SliceModule(_BinaryModule):
             only ``encoder`` is used here (the rest rides along so the stage-2 model can
             be checked against it).
         optimizer: ``{"name": "adam", "lr": 1e-4, "weight_decay": 0.0, "momentum": 0.0}``.
+        target_weights: with ``model["targets"]`` (one output per target), the BCE
+            weight of each target (default 1 each).
+        primary: the target ``val/auc`` is computed on (``data.label``).
 
     Batches: ``{"image": (B, C, H, W), "label": (B,), "key": [str], "slice_index": (B,)}``.
     """
 
-    def __init__(self, model: dict[str, Any], optimizer: dict[str, Any]) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optimizer: dict[str, Any],
+        target_weights: list[float] | None = None,
+        primary: int = 0,
+    ) -> None:
+        super().__init__(model.get("targets"), target_weights, primary)
         self.save_hyperparameters()
-        self.model = build_slice_classifier(dict(model["encoder"]))
+        self.model = build_slice_classifier(dict(model["encoder"]), num_outputs=self.num_targets)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C, H, W) -> (N,)`` slice logits."""
@@ -269,6 +356,7 @@ class VolumeModule(_BinaryModule):
         model: ``{"encoder": {"name", **kwargs}, "head": {"name", **kwargs},
             "slice_chunk": int | None}``.
         optimizer: as for :class:`SliceModule` (RMSprop 1e-3 in stage 2).
+        target_weights, primary: as for :class:`SliceModule`.
         freeze_encoder: stage 2: encoder without gradients, outside the optimizer,
             in eval mode.
         gradient_checkpointing: checkpoint the encoder per chunk of slices (stage 3,
@@ -286,14 +374,17 @@ class VolumeModule(_BinaryModule):
         optimizer: dict[str, Any],
         freeze_encoder: bool = False,
         gradient_checkpointing: bool = False,
+        target_weights: list[float] | None = None,
+        primary: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(model.get("targets"), target_weights, primary)
         self.save_hyperparameters()
         self.model = build_volume_model(
             dict(model["encoder"]),
             dict(model["head"]),
             slice_chunk=model.get("slice_chunk"),
             checkpoint_chunks=gradient_checkpointing,
+            num_outputs=self.num_targets,
         )
         if freeze_encoder:
             self.model.freeze_encoder()
@@ -320,10 +411,13 @@ class VolumeModule(_BinaryModule):
             self.model.encoder.eval()
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        """``{"key": [...], "prob": (B,), "label": (B,) if present}``."""
+        """``{"key": [...], "prob": (B,) or (B, K), "label": (B,) if present}``."""
+        logits = self._logits(batch).float()
+        if self.targets is not None:
+            logits = logits.reshape(logits.shape[0], self.num_targets)
         out: dict[str, Any] = {
             "key": list(batch["key"]) if "key" in batch else None,
-            "prob": torch.sigmoid(self._logits(batch).float()).cpu(),
+            "prob": torch.sigmoid(logits).cpu(),
         }
         if "label" in batch:
             out["label"] = self._labels(batch).cpu()

@@ -29,6 +29,8 @@ checkpoint trained on other inputs before anything is written.
 Public API::
 
     model_spec(config) -> dict
+    target_spec(config) -> dict
+    selection_metric(stage_config) -> (monitor, mode)
     build_module(config, stage) -> SliceModule | VolumeModule
     build_slice_datamodule(config, cache_dir=None, *, stage="slice", **overrides)
     build_volume_datamodule(config, cache_dir=None, *, stage="finetune", **overrides)
@@ -49,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ich3d.config import Config, StageConfig, resolve_precision
+from ich3d.data.targets import primary_index, resolve_targets, target_weights
 from ich3d.errors import UserError
 from ich3d.runs.run_dir import RunDir
 from ich3d.stages import Stage, chain, get_stage, stage_names
@@ -67,6 +70,8 @@ __all__ = [
     "build_volume_datamodule",
     "build_datamodule",
     "build_trainer",
+    "selection_metric",
+    "target_spec",
     "check_data_paths",
     "check_model",
     "plan_stages",
@@ -122,7 +127,22 @@ def model_spec(config: Config) -> dict[str, Any]:
             f"gives {n_windows} channels; drop in_channels or make them agree"
         )
     head = {"name": config.model.head, **config.model.head_args}
-    return {"encoder": encoder, "head": head, "slice_chunk": config.model.slice_chunk}
+    spec: dict[str, Any] = {"encoder": encoder, "head": head, "slice_chunk": config.model.slice_chunk}
+    targets = resolve_targets(config.data.targets)
+    if targets is not None:  # one output per target; the binary spec stays as it was
+        spec["targets"] = list(targets)
+    return spec
+
+
+def target_spec(config: Config) -> dict[str, Any]:
+    """``{"target_weights", "primary"}`` of the modules with ``data.targets`` (``{}`` when binary)."""
+    targets = resolve_targets(config.data.targets)
+    if targets is None:
+        return {}
+    return {
+        "target_weights": list(target_weights(targets, config.data.target_weights)),
+        "primary": primary_index(targets, config.data.label),
+    }
 
 
 def optimizer_spec(stage_cfg: StageConfig) -> dict[str, Any]:
@@ -140,7 +160,12 @@ def check_model(config: Config) -> None:
     from ich3d.models.volume import build_volume_model
 
     spec = model_spec(config)
-    build_volume_model(dict(spec["encoder"]), dict(spec["head"]), slice_chunk=spec["slice_chunk"])
+    build_volume_model(
+        dict(spec["encoder"]),
+        dict(spec["head"]),
+        slice_chunk=spec["slice_chunk"],
+        num_outputs=len(spec.get("targets") or [None]),
+    )
 
 
 def build_module(config: Config, stage: str) -> SliceModule | VolumeModule:
@@ -153,13 +178,14 @@ def build_module(config: Config, stage: str) -> SliceModule | VolumeModule:
     spec = model_spec(config)
     module: SliceModule | VolumeModule
     if not st.is_volume:
-        module = SliceModule(model=spec, optimizer=optimizer_spec(stage_cfg))
+        module = SliceModule(model=spec, optimizer=optimizer_spec(stage_cfg), **target_spec(config))
     else:
         module = VolumeModule(
             model=spec,
             optimizer=optimizer_spec(stage_cfg),
             freeze_encoder=st.freeze_encoder,
             gradient_checkpointing=stage_cfg.gradient_checkpointing,
+            **target_spec(config),
         )
     speed_up(module.model, channels_last=config.model.channels_last, compile=config.model.compile)
     return module
@@ -356,6 +382,15 @@ def check_data_paths(config: Config) -> None:
 # --------------------------------------------------------------------------- trainer
 
 
+def selection_metric(stage_cfg: StageConfig) -> tuple[str, str]:
+    """``(monitor, mode)`` of a stage's ``select_by``: the logged metric and ``max``/``min``."""
+    return {
+        "auc": ("val/auc", "max"),
+        "mean_auc": ("val/mean_auc", "max"),
+        "log_loss": ("val/log_loss", "min"),
+    }[stage_cfg.select_by]
+
+
 def build_trainer(config: Config, stage: str, run: RunDir, loggers: list | None = None) -> pl.Trainer:
     """The Lightning ``Trainer`` of one stage (checkpoints, early stopping, LR monitor)."""
     import pytorch_lightning as pl
@@ -367,13 +402,14 @@ def build_trainer(config: Config, stage: str, run: RunDir, loggers: list | None 
 
     s = config.stages.get(stage)
     t = config.trainer
+    monitor, mode = selection_metric(s)
     callbacks: list[Any] = [
         _pin_inputs_callback(config),
         ModelCheckpoint(
             dirpath=run.stage_dir(stage),
             filename="best",
-            monitor="val/auc",
-            mode="max",
+            monitor=monitor,
+            mode=mode,
             save_top_k=1,
             save_last=False,
             auto_insert_metric_name=False,
@@ -392,7 +428,7 @@ def build_trainer(config: Config, stage: str, run: RunDir, loggers: list | None 
         callbacks.append(RequeueOnSignal())
     if s.early_stopping_patience is not None:
         callbacks.append(
-            EarlyStopping(monitor="val/auc", mode="max", patience=s.early_stopping_patience, check_finite=False)
+            EarlyStopping(monitor=monitor, mode=mode, patience=s.early_stopping_patience, check_finite=False)
         )
     kwargs: dict[str, Any] = {
         "default_root_dir": str(run.stage_dir(stage)),
@@ -453,6 +489,8 @@ def stage_result(run: RunDir, stage: str, seconds: float | None = None) -> dict[
         "epochs": (last or {}).get("epoch", 0),  # written at train end: epochs completed
         "best_ckpt": "best.ckpt" if best else None,
     }
+    if info.get("val_metrics"):
+        result["best_val_metrics"] = info["val_metrics"]
     if seconds is not None:
         result["seconds"] = round(seconds, 1)
     return result

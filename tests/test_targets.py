@@ -1,0 +1,245 @@
+"""The six RSNA labels as targets: config, weighted BCE, the challenge's log loss, six-output stages."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _train_helpers import make_cache, run_cli, tiny_raw_config, write_config
+from sklearn.metrics import log_loss
+
+from ich3d.config import config_from_dict
+from ich3d.data.schema import LABEL_COLUMNS, SUBTYPES
+from ich3d.data.splits import load_or_create_splits
+from ich3d.data.targets import RSNA_TARGETS, resolve_targets, target_weights
+from ich3d.errors import UserError
+from ich3d.evaluation.log_loss import per_target_log_loss, weighted_log_loss
+from ich3d.runs.checkpoints import load_checkpoint, load_slice_model, load_volume_model
+from ich3d.runs.run_dir import open_run_dir
+from ich3d.training.runner import build_module, build_trainer
+
+BLEEDS = SUBTYPES[:5]
+SIX_FRACTIONS = (0.4, 0.4, 0.2)
+
+
+# --------------------------------------------------------------------------- the metric
+
+
+def test_weighted_log_loss_by_hand():
+    y = np.array([[1, 0], [0, 0]])
+    p = np.array([[0.8, 0.3], [0.4, 0.1]])
+    w = [1.0, 2.0]
+    # sum_ik w_k * ll_ik / (N * sum_k w_k)
+    hand = (-math.log(0.8) - 2 * math.log(0.7) - math.log(0.6) - 2 * math.log(0.9)) / (2 * 3)
+    assert weighted_log_loss(y, p, w) == pytest.approx(hand, rel=1e-14)
+    np.testing.assert_allclose(
+        per_target_log_loss(y, p), [(-math.log(0.8) - math.log(0.6)) / 2, (-math.log(0.7) - math.log(0.9)) / 2]
+    )
+    # unweighted = plain mean over every (sample, target)
+    assert weighted_log_loss(y, p) == pytest.approx(log_loss(y.ravel(), p.ravel()), rel=1e-14)
+
+
+def test_weighted_log_loss_is_sklearns_with_sample_weights():
+    rng = np.random.default_rng(3)
+    n, k = 200, 6
+    y = (rng.random((n, k)) < 0.3).astype(int)
+    p = rng.random((n, k))
+    p[0, 0], p[1, 1], p[2, 2] = 0.0, 1.0, 1.0  # clipped as scikit-learn clips
+    y[1, 1], y[2, 2] = 1, 0
+    w = np.array([1, 1, 1, 1, 1, 2.0])
+    ref = log_loss(y.ravel(), p.ravel(), sample_weight=np.tile(w, n), labels=[0, 1])
+    assert weighted_log_loss(y, p, w) == pytest.approx(ref, rel=1e-12)
+    assert np.isfinite(weighted_log_loss(y, p, w))
+    with pytest.raises(ValueError, match="weights"):
+        weighted_log_loss(y, p, [1, 2])
+    with pytest.raises(ValueError, match="0 or 1"):
+        weighted_log_loss(y + 1, p)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_targets_config(tmp_path):
+    assert resolve_targets(None) is None
+    assert resolve_targets("all") == RSNA_TARGETS == (
+        "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any",
+    )
+    assert resolve_targets(["subdural", "any"]) == ("subdural", "any")
+    assert target_weights(RSNA_TARGETS) == (1, 1, 1, 1, 1, 2)
+    assert target_weights(("subdural", "any"), {"any": 1}) == (1, 1)
+    c = config_from_dict({"data": {"targets": "all", "target_weights": {"subdural": 3}}})
+    assert c.data.targets == "all"
+    for bad, msg in [
+        ({"data": {"targets": ["subdurall"]}}, "unknown label 'subdurall'"),
+        ({"data": {"targets": ["any", "any"]}}, "repeats"),
+        ({"data": {"target_weights": {"any": 1}}}, "needs 'data.targets'"),
+        ({"data": {"targets": "all", "target_weights": {"any": -1}}}, ">= 0"),
+        ({"data": {"targets": ["any"], "target_weights": {"subdural": 1}}}, "not a target"),
+        ({"stages": {"slice": {"select_by": "log_loss"}}}, "needs 'data.targets'"),
+        ({"stages": {"slice": {"select_by": "loss"}}}, "expects one of"),
+    ]:
+        with pytest.raises(UserError, match=msg):
+            config_from_dict(bad)
+
+
+def test_weighted_bce_of_the_module(tmp_path):
+    cache = make_cache(tmp_path, patients=4)
+    config = config_from_dict(tiny_raw_config(cache, tmp_path, data={"targets": "all"}))
+    module = build_module(config, "slice")
+    assert module.num_targets == 6 and module.primary == 5
+    logits = torch.tensor([[0.3, -1.0, 2.0, 0.0, 0.5, 1.0], [-0.2, 0.1, 0.0, -3.0, 1.5, -0.5]])
+    y = torch.tensor([[0, 0, 1, 0, 1, 1], [1, 0, 0, 0, 0, 1]], dtype=torch.float32)
+    p = torch.sigmoid(logits).numpy().astype(np.float64)
+    w = np.array([1, 1, 1, 1, 1, 2.0])
+    hand = weighted_log_loss(y.numpy(), p, w)
+    assert float(module._loss(logits, y)) == pytest.approx(hand, rel=1e-6)
+    # the binary default: plain BCE, one logit
+    binary = build_module(config_from_dict(tiny_raw_config(cache, tmp_path)), "slice")
+    assert binary.targets is None and binary.model.classifier.out_features == 1
+
+
+# --------------------------------------------------------------------------- six-output training
+
+
+def _plant_subtypes(cache_dir) -> None:
+    """Give each positive volume of the fake cache one bleed subtype, cycling per split.
+
+    The bleed of subtype ``k`` (epidural ... subdural) is drawn brighter for higher
+    ``k``; every split's positives cycle through the five subtypes, so each is present
+    in the validation split.
+    """
+    vols = pd.read_csv(cache_dir / "volumes.csv", dtype={"key": str, "patient_id": str})
+    slices = pd.read_csv(cache_dir / "slices.csv", dtype={"key": str, "patient_id": str})
+    splits = load_or_create_splits(cache_dir, vols, fractions=SIX_FRACTIONS, seed=0)
+    subtype_of = {}
+    for split in ("train", "val", "test"):
+        pos = sorted(k for k in splits.keys[split] if int(vols.set_index("key").loc[k, "any"]) == 1)
+        for i, key in enumerate(pos):
+            subtype_of[key] = BLEEDS[i % 5]
+    for key, subtype in subtype_of.items():
+        k = BLEEDS.index(subtype)
+        vol = np.load(cache_dir / "volumes" / f"{key}.npy")
+        rows = slices.index[(slices["key"] == key) & (slices["any"] == 1)]
+        for r in rows:
+            sl = vol[int(slices.loc[r, "slice_index"])]
+            sl[sl == 75] = 60 + 12 * k
+        np.save(cache_dir / "volumes" / f"{key}.npy", vol)
+        for name in BLEEDS:
+            slices.loc[rows, name] = int(name == subtype)
+            vols.loc[vols["key"] == key, name] = int(name == subtype)
+    slices[list(LABEL_COLUMNS)] = slices[list(LABEL_COLUMNS)].astype(int)
+    vols.to_csv(cache_dir / "volumes.csv", index=False)
+    slices.to_csv(cache_dir / "slices.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def six(tmp_path_factory):
+    root = tmp_path_factory.mktemp("six")
+    cache = make_cache(root, patients=28)
+    _plant_subtypes(cache)
+    raw = tiny_raw_config(
+        cache,
+        root,
+        data={"targets": "all", "split_fractions": list(SIX_FRACTIONS)},
+        stages={
+            "slice": {"batch_size": 10, "samples_per_epoch": 100, "max_epochs": 4, "lr": 1e-3, "augment": False},
+            "sequence": {"samples_per_epoch": 8, "max_epochs": 1, "select_by": "log_loss"},
+        },
+    )
+    cfg = write_config(root / "six.yaml", raw)
+    assert run_cli("train", str(cfg), "--stage", "slice", "--run-id", "r") == 0
+    assert run_cli("train", str(cfg), "--stage", "sequence", "--run-id", "r") == 0
+    return root, cache, open_run_dir(root / "runs" / "tiny" / "r")
+
+
+def test_six_output_slice_stage_learns_every_subtype(six):
+    _, _, run = six
+    result = json.loads(run.result_path("slice").read_text())
+    metrics = result["best_val_metrics"]
+    assert set(metrics) == {*(f"auc_{t}" for t in RSNA_TARGETS), "mean_auc", "log_loss"}
+    for t in RSNA_TARGETS:  # slice level, on the validation split where every subtype is present
+        assert metrics[f"auc_{t}"] > 0.5, (t, metrics)
+    assert result["best_val_auc"] == metrics["auc_any"]
+    assert metrics["mean_auc"] == pytest.approx(np.mean([metrics[f"auc_{t}"] for t in RSNA_TARGETS]))
+    ckpt = load_checkpoint(run.best_ckpt("slice"))
+    assert ckpt["ich3d"]["inputs"]["targets"] == list(RSNA_TARGETS)
+    assert ckpt["hyper_parameters"]["model"]["targets"] == list(RSNA_TARGETS)
+    assert ckpt["hyper_parameters"]["target_weights"] == [1, 1, 1, 1, 1, 2]
+    logged = pd.read_csv(run.stage_dir("slice") / "metrics.csv")
+    assert {"val/auc_epidural", "val/mean_auc", "val/log_loss"} <= set(logged.columns)
+    model = load_slice_model(run.path)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 6)
+
+
+def test_six_output_sequence_stage_selected_by_log_loss(six):
+    _, _, run = six
+    result = json.loads(run.result_path("sequence").read_text())
+    logged = pd.read_csv(run.stage_dir("sequence") / "metrics.csv")
+    assert result["best_val_metrics"]["log_loss"] == pytest.approx(logged["val/log_loss"].min(), rel=1e-6)
+    model, _ = load_volume_model(run.path, "sequence")
+    out = model(torch.zeros(1, 4, 3, 32, 32), torch.tensor([4]))
+    assert out.shape == (1, 6)
+    # the frozen encoder is the stage-1 CNN's
+    slice_enc = load_slice_model(run.path).encoder.state_dict()
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(v, slice_enc[k])
+
+
+def test_selection_metric_mode(six, tmp_path):
+    root, cache, run = six
+    raw = tiny_raw_config(cache, root, data={"targets": "all"}, stages={"slice": {"select_by": "log_loss"}})
+    trainer = build_trainer(config_from_dict(raw), "slice", run)
+    ckpt_cb = [c for c in trainer.callbacks if getattr(c, "filename", None) == "best"][0]
+    assert (ckpt_cb.monitor, ckpt_cb.mode) == ("val/log_loss", "min")
+    trainer = build_trainer(config_from_dict(tiny_raw_config(cache, root)), "slice", run)
+    ckpt_cb = [c for c in trainer.callbacks if getattr(c, "filename", None) == "best"][0]
+    assert (ckpt_cb.monitor, ckpt_cb.mode) == ("val/auc", "max")
+
+
+def test_six_label_stage_refuses_a_binary_checkpoint(six, capsys):
+    root, cache, _ = six
+    fr = {"split_fractions": list(SIX_FRACTIONS)}
+    binary = write_config(root / "binary.yaml", tiny_raw_config(cache, root, data=fr))
+    assert run_cli("train", str(binary), "--stage", "slice", "--run-id", "b") == 0
+    six_cfg = write_config(root / "six-b.yaml", tiny_raw_config(cache, root, data={"targets": "all", **fr}))
+    capsys.readouterr()
+    assert run_cli("train", str(six_cfg), "--stage", "sequence", "--run-id", "b") == 2
+    err = capsys.readouterr().err
+    assert "targets: trained on ['any'], now ['epidural'" in err
+    assert not (root / "runs" / "tiny" / "b" / "sequence").exists()
+
+
+# --------------------------------------------------------------------------- binary default unchanged
+
+
+def test_binary_default_pinned(tmp_path):
+    """The binary default trains exactly as before targets existed (numbers of the code before)."""
+    cache = make_cache(tmp_path, patients=12)
+    cfg = write_config(tmp_path / "tiny.yaml", tiny_raw_config(cache, tmp_path))
+    assert run_cli("train", str(cfg), "--stage", "slice", "--run-id", "p") == 0
+    assert run_cli("train", str(cfg), "--stage", "sequence", "--run-id", "p") == 0
+    run = open_run_dir(tmp_path / "runs" / "tiny" / "p")
+    got = {}
+    for stage in ("slice", "sequence"):
+        ckpt = load_checkpoint(run.best_ckpt(stage))
+        logged = pd.read_csv(run.stage_dir(stage) / "metrics.csv")
+        got[stage] = (
+            ckpt["ich3d"]["val_auc"],
+            float(logged["val/loss"].dropna().iloc[-1]),
+            float(sum(v.double().sum() for v in ckpt["state_dict"].values() if v.is_floating_point())),
+        )
+    for stage, (auc, loss, weights) in PINNED_BINARY.items():
+        assert got[stage][0] == pytest.approx(auc, abs=1e-7), stage
+        assert got[stage][1] == pytest.approx(loss, rel=1e-5), stage
+        assert got[stage][2] == pytest.approx(weights, rel=1e-6), stage
+
+
+#: measured with the code before this change (commit 2504151), same test
+PINNED_BINARY = {
+    "slice": (0.13333332538604736, 0.647385835647583, -63.91965618726667),
+    "sequence": (0.8333333730697632, 0.6945056915283203, -34.88860406188164),
+}
