@@ -243,3 +243,37 @@ PINNED_BINARY = {
     "slice": (0.13333332538604736, 0.647385835647583, -63.91965618726667),
     "sequence": (0.8333333730697632, 0.6945056915283203, -34.88860406188164),
 }
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _subtype_volumes(per_subtype: int = 3, negatives: int = 15) -> pd.DataFrame:
+    rows = []
+    for k, subtype in enumerate(BLEEDS):
+        for i in range(per_subtype):
+            rows.append({"patient_id": f"P{k}{i}", "key": f"{k}{i:03d}", **{t: int(t == subtype) for t in BLEEDS}, "any": 1})
+    for i in range(negatives):
+        rows.append({"patient_id": f"N{i:02d}", "key": f"9{i:03d}", **dict.fromkeys(BLEEDS, 0), "any": 0})
+    return pd.DataFrame(rows)
+
+
+def test_splits_stratified_by_subtype_when_subtypes_are_trained(tmp_path):
+    from ich3d.data.splits import make_splits
+
+    vols = _subtype_volumes()
+    subtype_of = {r.patient_id: next((t for t in BLEEDS if getattr(r, t)), None) for r in vols.itertuples()}
+    missing_without = 0
+    for seed in range(10):
+        with_sub = make_splits(vols, fractions=(0.6, 0.2, 0.2), seed=seed, subtypes=True)
+        assert with_sub.stratified_by == "subtypes" and with_sub.to_json()["stratified_by"] == "subtypes"
+        for split in ("train", "val", "test"):
+            present = {subtype_of[p] for p in with_sub.patients[split]} - {None}
+            assert present == set(BLEEDS), (seed, split)
+            assert sum(subtype_of[p] is None for p in with_sub.patients[split]) >= 3
+        plain = make_splits(vols, fractions=(0.6, 0.2, 0.2), seed=seed)
+        assert plain.stratified_by is None and "stratified_by" not in plain.to_json()
+        missing_without += any(
+            {subtype_of[p] for p in plain.patients[s]} - {None} != set(BLEEDS) for s in ("val", "test")
+        )
+    assert missing_without > 0  # stratifying by `any` alone leaves subtypes out of some splits

@@ -204,6 +204,8 @@ class ICHDataModule(pl.LightningDataModule):
             if bad or not targets:
                 raise UserError(f"unknown target {bad[0] if bad else None!r}; expected names from {', '.join(LABEL_COLUMNS)}")
         self.targets: list[str] | None = list(targets) if targets is not None else None
+        # new splits are stratified by subtype too when subtypes are trained
+        self._stratify_subtypes = any(t != "any" for t in self.targets or [])
         if image_size is not None:
             size = (
                 (int(image_size),) * 2
@@ -295,6 +297,7 @@ class ICHDataModule(pl.LightningDataModule):
                     fractions=self.split_fractions,
                     seed=self.split_seed,
                     overwrite=self.overwrite_splits,
+                    subtypes=self._stratify_subtypes,
                 )
         self._prepare_extra(cache)
 
@@ -336,6 +339,7 @@ class ICHDataModule(pl.LightningDataModule):
                         fractions=self.split_fractions,
                         seed=self.split_seed,
                         overwrite=self.overwrite_splits,
+                        subtypes=self._stratify_subtypes,
                         write=False,
                     )
             except UserError as e:

@@ -10,6 +10,14 @@ Rules:
 - Stratified by the patient's label: a patient is positive when any of its
   volumes is positive on ``any``. Each class is shuffled with the seed and cut
   by the fractions (largest-remainder rounding).
+- With subtype targets (``data.targets`` naming a subtype, :mod:`ich3d.data.targets`)
+  a new split is stratified by subtype too: positive patients are grouped by the
+  rarest subtype they have (over the cache's patients; ``any`` without a subtype
+  label is a group of its own) and each group is cut by the fractions, so every
+  split holds each subtype when there are enough patients. ``splits.json`` then
+  records ``"stratified_by": "subtypes"``. An existing ``splits.json`` is reused
+  whatever it was stratified on, so binary and six-label runs on one cache share
+  their test set.
 - Small datasets: when a class has at least as many patients as there are
   splits with a non-zero fraction, every such split gets at least one patient
   of that class (taken from the largest split). So with >= 3 positive and >= 3
@@ -78,6 +86,7 @@ class Splits:
     seed: int | None = None
     fractions: tuple[float, float, float] | None = None
     source: Path | None = field(default=None, compare=False)
+    stratified_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``splits.json`` content."""
@@ -85,6 +94,8 @@ class Splits:
             "seed": self.seed,
             "fractions": list(self.fractions) if self.fractions is not None else None,
         }
+        if self.stratified_by is not None:
+            out["stratified_by"] = self.stratified_by
         out.update({s: list(self.patients[s]) for s in SPLIT_NAMES})
         out["keys"] = {s: list(self.keys[s]) for s in SPLIT_NAMES}
         return out
@@ -149,11 +160,27 @@ def _keys_by_split(volumes: pd.DataFrame, patients: dict[str, list[str]]) -> dic
     return {s: sorted(volumes.loc[split_of == s, "key"].tolist()) for s in SPLIT_NAMES}
 
 
+def _subtype_strata(volumes: pd.DataFrame, labels: pd.Series) -> pd.Series:
+    """Patient id -> stratum: 0 negative, 1 + index of its rarest subtype, 6 ``any`` only."""
+    from ich3d.data.schema import SUBTYPES
+
+    bleeds = [t for t in SUBTYPES if t != "any" and t in volumes.columns]
+    per_patient = volumes.groupby("patient_id")[bleeds].max().reindex(labels.index) > 0
+    counts = per_patient.sum(axis=0)
+    rarest_first = sorted(bleeds, key=lambda t: (int(counts[t]), SUBTYPES.index(t)))
+    strata = pd.Series(0, index=labels.index)
+    for pid in labels.index[labels.to_numpy() == 1]:
+        have = [t for t in rarest_first if per_patient.loc[pid, t]]
+        strata[pid] = 1 + SUBTYPES.index(have[0]) if have else len(SUBTYPES)
+    return strata
+
+
 def make_splits(
     volumes: pd.DataFrame,
     *,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
+    subtypes: bool = False,
 ) -> Splits:
     """Make stratified patient splits from the volume table.
 
@@ -161,23 +188,32 @@ def make_splits(
         volumes: ``volumes.csv`` as a DataFrame (needs ``patient_id``, ``key``, ``any``).
         fractions: (train, val, test) fractions of the patients, default 0.7/0.1/0.2.
         seed: RNG seed (numpy ``default_rng``); same seed and table, same splits.
+        subtypes: stratify the positive patients by their rarest subtype too (module
+            docstring); default False (by ``any`` only, the method).
 
     Returns:
         The :class:`Splits`.
     """
     fr = validate_fractions(fractions)
     labels = patient_labels(volumes)
+    strata = _subtype_strata(volumes, labels) if subtypes else labels
     rng = np.random.default_rng(seed)
     patients: dict[str, list[str]] = {s: [] for s in SPLIT_NAMES}
-    for cls in (0, 1):
-        members = np.array(sorted(labels.index[labels.to_numpy() == cls]), dtype=object)
+    for cls in sorted(set(strata.tolist()) | {0, 1}) if subtypes else (0, 1):
+        members = np.array(sorted(strata.index[strata.to_numpy() == cls]), dtype=object)
         members = members[rng.permutation(len(members))]
         start = 0
         for s, c in zip(SPLIT_NAMES, _allocate(len(members), fr), strict=True):
             patients[s].extend(members[start : start + c].tolist())
             start += c
     patients = {s: sorted(p) for s, p in patients.items()}
-    return Splits(patients, _keys_by_split(volumes, patients), seed=int(seed), fractions=fr)
+    return Splits(
+        patients,
+        _keys_by_split(volumes, patients),
+        seed=int(seed),
+        fractions=fr,
+        stratified_by="subtypes" if subtypes else None,
+    )
 
 
 def read_splits_file(path: str | Path, volumes: pd.DataFrame) -> Splits:
@@ -236,12 +272,14 @@ def read_splits_file(path: str | Path, volumes: pd.DataFrame) -> Splits:
         )
     seed = data.get("seed")
     fr = data.get("fractions")
+    by = data.get("stratified_by")
     return Splits(
         patients,
         _keys_by_split(volumes, patients),
         seed=int(seed) if isinstance(seed, int) else None,
         fractions=tuple(fr) if isinstance(fr, list) and len(fr) == 3 else None,  # type: ignore[arg-type]
         source=path,
+        stratified_by=by if isinstance(by, str) else None,
     )
 
 
@@ -258,6 +296,7 @@ def load_or_create_splits(
     seed: int = 0,
     overwrite: bool = False,
     write: bool = True,
+    subtypes: bool = False,
 ) -> Splits:
     """Reuse ``CACHE/splits.json`` or make and write it.
 
@@ -268,6 +307,8 @@ def load_or_create_splits(
         seed: split seed (default 0).
         overwrite: replace an existing file made with another seed/fractions.
         write: write a new file (False: return the splits only; for ``setup``).
+        subtypes: a new split is stratified by subtype too (:func:`make_splits`); an
+            existing file is reused as it is.
 
     Raises:
         UserError: the existing file was made with other parameters (and not
@@ -286,7 +327,7 @@ def load_or_create_splits(
             )
         existing.fractions = fr
         return existing
-    splits = make_splits(volumes, fractions=fr, seed=seed)
+    splits = make_splits(volumes, fractions=fr, seed=seed, subtypes=subtypes)
     if write:
         write_splits(splits, path)
         splits.source = path
