@@ -277,3 +277,49 @@ def test_splits_stratified_by_subtype_when_subtypes_are_trained(tmp_path):
             {subtype_of[p] for p in plain.patients[s]} - {None} != set(BLEEDS) for s in ("val", "test")
         )
     assert missing_without > 0  # stratifying by `any` alone leaves subtypes out of some splits
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_evaluate_six_label_run_per_target(six, tmp_path):
+    from ich3d.evaluation.evaluate import evaluate_run
+    from ich3d.tracking.evaluation import summary_metrics
+
+    _, _, run = six
+    res = evaluate_run(run.path, out=tmp_path / "e", progress=False, device="cpu", tracking=False)
+    m = res.report.metrics
+    pt = m["per_target"]
+    assert pt["targets"] == list(RSNA_TARGETS) and pt["weights"] == [1, 1, 1, 1, 1, 2]
+    # `any` is the binary evaluation's label: its per-target AUCs are the main table's
+    for method in ("max", "p95", "sequence"):
+        assert pt["volume"]["any"]["methods"][method]["auc"] == pytest.approx(m["per_method"][method]["auc"], abs=1e-12)
+    # every target's AUC is DeLong's on its predictions_<target>.csv
+    from ich3d.evaluation.delong import delong_roc
+
+    for t in RSNA_TARGETS:
+        f = pd.read_csv(tmp_path / "e" / f"predictions_{t}.csv", dtype={"key": str})
+        assert list(f.columns) == ["key", "label", "max", "p95", "svm", "sequence"]
+        assert len(f) == m["n_volumes"]
+        if f["label"].nunique() == 2:
+            ref = delong_roc(f["label"], f["max"], strict=False).models[0].auc
+            assert pt["volume"][t]["methods"]["max"]["auc"] == pytest.approx(ref, abs=1e-12)
+    # max over slices of the per-target slice probabilities
+    sl = pd.read_csv(tmp_path / "e" / "slice_predictions_targets.csv", dtype={"key": str})
+    f = pd.read_csv(tmp_path / "e" / "predictions_subdural.csv", dtype={"key": str}).set_index("key")
+    mx = sl.groupby("key")["p_subdural"].max()
+    np.testing.assert_allclose(f["max"].to_numpy(), mx.loc[f.index].to_numpy(), rtol=0, atol=1e-12)
+    # the slice-level log loss is the challenge metric on those slices
+    y = sl[list(RSNA_TARGETS)].to_numpy()
+    p = sl[[f"p_{t}" for t in RSNA_TARGETS]].to_numpy()
+    ref = log_loss(y.ravel(), p.ravel(), sample_weight=np.tile([1, 1, 1, 1, 1, 2.0], len(y)), labels=[0, 1])
+    assert pt["slice"]["log_loss"] == pytest.approx(ref, rel=1e-10)
+    assert "## Per target" in res.report.markdown and "weighted log loss" in res.report.markdown
+    flat = summary_metrics(m)
+    present = [t for t in BLEEDS if pt["volume"][t]["n_pos"] > 0]
+    assert present
+    for t in present:
+        assert flat[f"eval/{t}/max/auc"] == pt["volume"][t]["methods"]["max"]["auc"]
+    for t in set(BLEEDS) - set(present):  # a subtype absent from the split has no AUC
+        assert pt["volume"][t]["methods"] == {} and f"eval/{t}/max/auc" not in flat
+    assert flat["eval/slice/log_loss"] == pytest.approx(pt["slice"]["log_loss"])

@@ -81,6 +81,14 @@ class EvaluationContext:
         self._model: tuple[str, Any] | None = None
         self._image_size: tuple[int, int] | None = None
         self._recorded_size: tuple[int, int] | None = None
+        from ich3d.data.targets import model_targets, primary_index
+
+        #: the labels the run's models output (``[data.label]`` for the binary method)
+        self.targets: list[str] = model_targets(config.data)
+        #: the column of ``data.label`` in several-target outputs (None when binary)
+        self.primary: int | None = (
+            primary_index(self.targets, config.data.label) if getattr(config.data, "targets", None) else None
+        )
 
     # ------------------------------------------------------------------ roles
     def _source(self, role: str) -> tuple[str, str]:
@@ -227,6 +235,7 @@ class EvaluationContext:
             features=self.features,
             progress=self.progress,
             desc=f"slice CNN {self.role_name(role)}",
+            primary=self.primary,
         )
 
     def slice_seconds(self, role: str) -> float:

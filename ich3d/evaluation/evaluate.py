@@ -250,6 +250,7 @@ def evaluate_run(
         )
 
     described: dict[str, str] = {}
+    target_scores: dict[str, tuple[list[str], np.ndarray]] = {}
     for method in todo:
         try:
             got = method.score(ctx, "evaluated")
@@ -260,6 +261,8 @@ def evaluate_run(
             continue
         _put(test_df, method.name, got.keys, got.scores)
         _put(val_df, method.name, val_got.keys, val_got.scores)
+        if got.target_scores is not None:
+            target_scores[method.name] = (list(got.keys), np.asarray(got.target_scores))
         described[method.name] = method.describe(config)
         if got.seconds is not None:
             timing[method.name] = float(got.seconds)
@@ -281,6 +284,8 @@ def evaluate_run(
         slice_table.to_csv(out_dir / "slice_predictions.csv", index=False)
 
     scored = [m.name for m in todo if m.name in test_df.columns]
+    if ctx.primary is not None:  # several targets: the per-target section
+        extra["per_target"] = _per_target(ctx, config, target_scores, scored, out_dir)
     extra["load_seconds_per_volume"] = load_seconds
     extra["seconds_total"] = round(time.perf_counter() - t_start, 3)
     what = f"{config.experiment}/{run.run_id}"
@@ -314,6 +319,47 @@ def evaluate_run(
     return EvaluationResult(
         out_dir=out_dir, report=report, missing=missing, wandb_dir=wandb_dir, unfinished=unfinished
     )
+
+
+def _per_target(
+    ctx: Any, config: Any, target_scores: dict[str, tuple[list[str], np.ndarray]], scored: list[str], out_dir: Path
+) -> dict[str, Any]:
+    """Per-target volume and slice statistics (:mod:`ich3d.evaluation.per_target`) and their CSVs."""
+    from ich3d.data.targets import target_weights
+    from ich3d.evaluation import per_target as pt
+
+    targets = list(ctx.targets)
+    level = config.evaluation.confidence
+    weights = list(target_weights(targets, config.data.target_weights))
+    frames = pt.target_frames(ctx.table("evaluated"), target_scores, targets)
+    for t, f in frames.items():
+        f.to_csv(out_dir / f"predictions_{t}.csv", index=False)
+    section: dict[str, Any] = {
+        "targets": targets,
+        "weights": weights,
+        "level": level,
+        "volume": pt.volume_level(frames, [m for m in scored if m in target_scores], level),
+    }
+    if ctx.has_slice_outputs("evaluated"):
+        outs = ctx.slice_outputs("evaluated")
+        keep = set(frames[targets[0]]["key"]) | set(ctx.table("evaluated")["key"])
+        rows = []
+        for key, p in zip(outs.keys, outs.target_probs, strict=True):
+            if key in keep:
+                r = pd.DataFrame(p, columns=[f"p_{t}" for t in targets])
+                r.insert(0, "slice_index", np.arange(len(p)))
+                r.insert(0, "key", key)
+                rows.append(r)
+        if rows:
+            table = pd.concat(rows, ignore_index=True)
+            labels = ctx.datamodule("evaluated", 1).cache.slices[["key", "slice_index", *targets]]
+            table = table.merge(labels, on=["key", "slice_index"], how="left", validate="one_to_one")
+            table[targets] = table[targets].fillna(-1).astype(np.int64)
+            table[["key", "slice_index", *targets, *(f"p_{t}" for t in targets)]].to_csv(
+                out_dir / "slice_predictions_targets.csv", index=False
+            )
+            section["slice"] = pt.slice_level(table, targets, weights, level)
+    return section
 
 
 def _slice_level(

@@ -154,6 +154,8 @@ class VolumeScores:
         probs: probabilities, float64 ``(n,)``.
         seconds: forward seconds per volume (see the module docstring), ``(n,)``.
         load_seconds: seconds spent waiting for the loader, in total.
+        target_probs: with a model of several targets, ``(n, K)`` probabilities
+            (``probs`` is then its ``primary`` column); None otherwise.
     """
 
     keys: list[str]
@@ -161,6 +163,7 @@ class VolumeScores:
     probs: np.ndarray
     seconds: np.ndarray
     load_seconds: float = 0.0
+    target_probs: np.ndarray | None = None
 
     def by_key(self) -> dict[str, float]:
         """``key -> probability``."""
@@ -178,6 +181,8 @@ class SliceOutputs:
         features: per volume, slice features float32 ``(N_i, F)`` (empty when not kept).
         seconds: forward seconds per volume, ``(n,)``.
         load_seconds: seconds spent waiting for the loader, in total.
+        target_probs: with a model of several targets, per volume ``(N_i, K)``
+            slice probabilities (``probs`` is their ``primary`` column); else empty.
     """
 
     keys: list[str]
@@ -186,6 +191,7 @@ class SliceOutputs:
     features: list[np.ndarray] = field(default_factory=list)
     seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
     load_seconds: float = 0.0
+    target_probs: list[np.ndarray] = field(default_factory=list)
 
     def subset(self, keys: list[str]) -> SliceOutputs:
         """The outputs of ``keys``, in that order (``KeyError`` for an unknown key)."""
@@ -198,6 +204,7 @@ class SliceOutputs:
             features=[self.features[i] for i in idx] if self.features else [],
             seconds=self.seconds[idx],
             load_seconds=self.load_seconds,
+            target_probs=[self.target_probs[i] for i in idx] if self.target_probs else [],
         )
 
 
@@ -224,6 +231,7 @@ def predict_volumes(
     progress: bool = True,
     desc: str = "volumes",
     warmup: bool = True,
+    primary: int | None = None,
 ) -> VolumeScores:
     """Volume probabilities (``sigmoid`` of the logits) of ``model`` over ``loader``.
 
@@ -235,6 +243,8 @@ def predict_volumes(
         progress: show a progress bar (default True).
         desc: progress bar label.
         warmup: run the first volume once untimed before timing (default True).
+        primary: for a model of several targets (``(B, K)`` logits), the column that
+            is ``probs`` (``data.label``); required then.
 
     Returns:
         The :class:`VolumeScores`, in loader order.
@@ -244,6 +254,7 @@ def predict_volumes(
     keys: list[str] = []
     labels: list[np.ndarray] = []
     probs: list[np.ndarray] = []
+    multi: list[np.ndarray] = []
     secs: list[np.ndarray] = []
     load = 0.0
     total = _len(loader)
@@ -260,8 +271,12 @@ def predict_volumes(
             lengths = batch["length"].to(dev)
             with autocast_context(dev):
                 logits = model(x, lengths)
-            p = torch.sigmoid(logits.double()).cpu().numpy().reshape(-1)
+            p = torch.sigmoid(logits.double()).cpu().numpy()
             dt = time.perf_counter() - t0
+            if p.ndim == 2:
+                multi.append(p)
+                p = p[:, _primary(primary)]
+            p = p.reshape(-1)
             if p.shape[0] != n:
                 raise RuntimeError(f"the model returned {p.shape[0]} outputs for {n} volumes")
             keys.extend(str(k) for k in batch["key"])
@@ -270,7 +285,20 @@ def predict_volumes(
             secs.append(np.full(n, dt / n))
     if not keys:
         raise UserError("no volume to predict (the loader is empty)")
-    return VolumeScores(keys, np.concatenate(labels), np.concatenate(probs), np.concatenate(secs), load)
+    return VolumeScores(
+        keys,
+        np.concatenate(labels),
+        np.concatenate(probs),
+        np.concatenate(secs),
+        load,
+        np.concatenate(multi) if multi else None,
+    )
+
+
+def _primary(primary: int | None) -> int:
+    if primary is None:
+        raise ValueError("the model has several targets: pass primary (the column of data.label)")
+    return int(primary)
 
 
 def predict_slices(
@@ -283,6 +311,7 @@ def predict_slices(
     progress: bool = True,
     desc: str = "slices",
     warmup: bool = True,
+    primary: int | None = None,
 ) -> SliceOutputs:
     """Stage-1 slice probabilities (and features) of every slice of every volume.
 
@@ -298,6 +327,8 @@ def predict_slices(
         progress: show a progress bar (default True).
         desc: progress bar label.
         warmup: run the first slices once untimed before timing (default True).
+        primary: for a model of several targets, the column that is ``probs``
+            (``data.label``); required then.
 
     Returns:
         The :class:`SliceOutputs`, in loader order.
@@ -312,6 +343,7 @@ def predict_slices(
     keys: list[str] = []
     labels: list[np.ndarray] = []
     probs: list[np.ndarray] = []
+    multi: list[np.ndarray] = []
     feats: list[np.ndarray] = []
     secs: list[np.ndarray] = []
     load = 0.0
@@ -341,6 +373,9 @@ def predict_slices(
             p_all = torch.cat(p_parts).numpy().astype(np.float64)
             f_all = torch.cat(f_parts).numpy() if features else None
             bounds = np.cumsum([0, *lengths.tolist()])
+            if p_all.ndim == 2:
+                m_all, p_all = p_all, p_all[:, _primary(primary)]
+                multi.extend(m_all[bounds[b] : bounds[b + 1]] for b in range(n))
             for b in range(n):
                 probs.append(p_all[bounds[b] : bounds[b + 1]])
                 if f_all is not None:
@@ -350,7 +385,7 @@ def predict_slices(
             secs.append(np.full(n, dt / n))
     if not keys:
         raise UserError("no volume to predict (the loader is empty)")
-    return SliceOutputs(keys, np.concatenate(labels), probs, feats, np.concatenate(secs), load)
+    return SliceOutputs(keys, np.concatenate(labels), probs, feats, np.concatenate(secs), load, multi)
 
 
 def _len(loader: Any) -> int | None:

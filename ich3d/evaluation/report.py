@@ -515,6 +515,11 @@ def render_report(metrics: Mapping[str, Any], result: DeLongResult) -> str:
             )
         lines.append("")
 
+    if metrics.get("per_target"):  # a run trained on several targets (data.targets)
+        from ich3d.evaluation.per_target import render_per_target
+
+        lines += [render_per_target(metrics["per_target"])]
+
     missing = metrics.get("missing") or {}
     notes = metrics.get("notes") or []
     if missing or notes:

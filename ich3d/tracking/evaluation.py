@@ -56,6 +56,16 @@ def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     for k, d in (metrics.get("slice_level") or {}).items():
         for f in ("auc", "ci_lower", "ci_upper", "n_slices"):
             put(f"eval/slice_{k}/{f}", d.get(f))
+    per_target = metrics.get("per_target") or {}  # several targets: eval/<target>/<method>/auc ...
+    for t, d in (per_target.get("volume") or {}).items():
+        for m, a in (d.get("methods") or {}).items():
+            for f in ("auc", "ci_lower", "ci_upper"):
+                put(f"eval/{t}/{m}/{f}", a.get(f))
+    sl = per_target.get("slice") or {}
+    put("eval/slice/log_loss", sl.get("log_loss"))
+    for t, a in (sl.get("targets") or {}).items():
+        for f in ("auc", "ci_lower", "ci_upper"):
+            put(f"eval/slice_{t}/{f}", a.get(f))
     return out
 
 

@@ -74,6 +74,8 @@ class MethodScores:
         load_seconds: average seconds per volume spent loading and windowing.
         details: JSON-safe facts about the fit (e.g. the SVM's C), for ``metrics.json``.
         notes: lines for the report's notes (no identifiers).
+        target_scores: with several targets (``data.targets``), ``(n, K)`` scores, one
+            column per target of the run (``ctx.targets``); None = ``scores`` only.
     """
 
     keys: list[str]
@@ -82,6 +84,7 @@ class MethodScores:
     load_seconds: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    target_scores: np.ndarray | None = None
 
 
 class MethodUnavailable(Exception):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ich3d.evaluation.methods.base import (
     MethodScores,
     ScoringMethod,
@@ -21,8 +23,15 @@ class MaxSlice(ScoringMethod):
         from ich3d.evaluation.baselines import max_score
 
         out = ctx.slice_outputs(role)
+        per_target = None
+        if out.target_probs:  # one maximum per target
+            per_target = np.stack([max_score([p[:, k] for p in out.target_probs]) for k in range(len(ctx.targets))], 1)
         return MethodScores(
-            out.keys, max_score(out.probs), seconds=ctx.slice_seconds(role), load_seconds=ctx.slice_load_seconds(role)
+            out.keys,
+            max_score(out.probs),
+            seconds=ctx.slice_seconds(role),
+            load_seconds=ctx.slice_load_seconds(role),
+            target_scores=per_target,
         )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ich3d.evaluation.methods.base import (
     MethodScores,
     ScoringMethod,
@@ -25,11 +27,18 @@ class PercentileSlice(ScoringMethod):
         from ich3d.evaluation.baselines import percentile_score
 
         out = ctx.slice_outputs(role)
+        q = ctx.config.evaluation.percentile
+        per_target = None
+        if out.target_probs:  # one percentile per target
+            per_target = np.stack(
+                [percentile_score([p[:, k] for p in out.target_probs], q) for k in range(len(ctx.targets))], 1
+            )
         return MethodScores(
             out.keys,
-            percentile_score(out.probs, ctx.config.evaluation.percentile),
+            percentile_score(out.probs, q),
             seconds=ctx.slice_seconds(role),
             load_seconds=ctx.slice_load_seconds(role),
+            target_scores=per_target,
         )
 
 

@@ -49,6 +49,28 @@ class LinearSVMMethod(ScoringMethod):
         except UserError as exc:
             raise MethodUnavailable(f"SVM baseline not fitted: {exc}") from None
 
+    def _fit_target(self, ctx: Any, target: str) -> Any:
+        """A linear SVM on one target's volume labels (``None`` when it cannot be fitted)."""
+        from ich3d.evaluation.baselines import fit_linear_svm
+
+        tr, va = ctx.slice_outputs("train"), ctx.slice_outputs("val")
+        y_tr = ctx.table("train").set_index("key").loc[tr.keys, target].to_numpy(np.int64)
+        y_va = ctx.table("val").set_index("key").loc[va.keys, target].to_numpy(np.int64)
+        try:
+            return fit_linear_svm(tr.features, y_tr, va.features, y_va, Cs=ctx.config.evaluation.svm_cs)
+        except UserError:
+            return None
+
+    def _target_scores(self, ctx: Any, role: str, out: Any) -> np.ndarray | None:
+        """``(n, K)``: one SVM per target (NaN columns for a target that could not be fitted)."""
+        if not out.target_probs:
+            return None
+        cols = []
+        for t in ctx.targets:
+            svm_t = ctx.memo(f"svm.fit.{t}", lambda t=t: self._fit_target(ctx, t))
+            cols.append(svm_t.decision_function(out.features)[0] if svm_t is not None else np.full(len(out.keys), np.nan))
+        return np.stack(cols, 1)
+
     def score(self, ctx: Any, role: str) -> MethodScores:
         svm = ctx.memo("svm.fit", lambda: self._fit(ctx))
         out = ctx.slice_outputs(role)
@@ -60,6 +82,7 @@ class LinearSVMMethod(ScoringMethod):
             scores,
             seconds=ctx.slice_seconds(role) + svm_secs,
             load_seconds=ctx.slice_load_seconds(role),
+            target_scores=self._target_scores(ctx, role, out),
         )
         if role == "evaluated":
             result.details = {**svm.to_dict(), "n_cropped_test": int(n_cropped)}

@@ -35,12 +35,14 @@ class VolumeModelMethod(ScoringMethod):
             ctx.device,
             progress=ctx.progress,
             desc=f"{self.name} {ctx.role_name(role)}",
+            primary=ctx.primary,
         )
         return MethodScores(
             scores.keys,
             scores.probs,
             seconds=float(scores.seconds.mean()),
             load_seconds=scores.load_seconds / len(scores.keys),
+            target_scores=scores.target_probs,
         )
 
 

@@ -1,0 +1,156 @@
+"""Per-target statistics of a run trained on several labels (``data.targets``, e.g. the six RSNA labels).
+
+For every target (``epidural`` ... ``any``):
+
+* volume level, every method that scored it (the stage-1 ``max`` / ``p95``, one
+  linear SVM per target, each volume stage): AUC with its DeLong interval and the
+  paired DeLong tests between the methods (:func:`~ich3d.evaluation.delong.delong_roc`,
+  non-strict: a target with fewer than 2 positive or negative volumes gets NaN
+  intervals and a warning instead of an error);
+* slice level, the stage-1 CNN: AUC with its DeLong interval on every labelled
+  slice of the evaluated volumes, and the challenge's weighted log loss over those
+  slices (:func:`~ich3d.evaluation.log_loss.weighted_log_loss`).
+
+``ich3d evaluate`` puts the result under ``per_target`` in ``metrics.json``, renders
+it as the per-subtype table of ``report.md`` (:func:`render_per_target`) and writes
+one ``predictions_<target>.csv`` per target in the ``predictions.csv`` format, so
+``ich3d roc predictions_subdural.csv`` draws one subtype's ROC curves.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ich3d.evaluation.delong import delong_roc
+from ich3d.evaluation.log_loss import per_target_log_loss, weighted_log_loss
+
+__all__ = ["volume_level", "slice_level", "target_frames", "render_per_target"]
+
+
+def _num(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def _aucs(labels: np.ndarray, scores: Mapping[str, np.ndarray], level: float) -> dict[str, Any]:
+    names = [m for m, s in scores.items() if not np.isnan(s).any()]
+    y = labels.astype(np.int64)
+    out: dict[str, Any] = {"n_pos": int((y == 1).sum()), "n_neg": int((y == 0).sum()), "methods": {}, "pairs": []}
+    if not names or out["n_pos"] == 0 or out["n_neg"] == 0:
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = delong_roc(y, np.stack([scores[m] for m in names], 1), names=names, level=level, strict=False)
+    for m in res.models:
+        out["methods"][m.name] = {"auc": _num(m.auc), "ci_lower": _num(m.ci_lower), "ci_upper": _num(m.ci_upper)}
+    out["pairs"] = [{k: (_num(v) if isinstance(v, float) else v) for k, v in p.to_dict().items()} for p in res.pairs]
+    return out
+
+
+def target_frames(
+    table: pd.DataFrame, scores: Mapping[str, tuple[Sequence[str], np.ndarray]], targets: Sequence[str]
+) -> dict[str, pd.DataFrame]:
+    """One ``key, label, <method>...`` frame per target (the ``predictions.csv`` format).
+
+    Args:
+        table: the evaluated volumes with one 0/1 column per target (``split_table``).
+        scores: method -> ``(keys, (n, K) scores)``.
+        targets: the target names, the columns of the score matrices.
+    """
+    base = table[["key", *targets]].reset_index(drop=True)
+    frames = {}
+    for k, t in enumerate(targets):
+        f = base[["key"]].copy()
+        f["label"] = base[t].astype(np.int64)
+        for method, (keys, mat) in scores.items():
+            col = pd.Series(np.asarray(mat)[:, k], index=list(keys))
+            f[method] = col.reindex(f["key"]).to_numpy(np.float64)
+        frames[t] = f[f["label"].isin([0, 1])].reset_index(drop=True)
+    return frames
+
+
+def volume_level(frames: Mapping[str, pd.DataFrame], methods: Sequence[str], level: float = 0.95) -> dict[str, Any]:
+    """Per target: AUC + DeLong interval of each method, and the paired tests."""
+    return {
+        t: _aucs(f["label"].to_numpy(), {m: f[m].to_numpy() for m in methods if m in f}, level)
+        for t, f in frames.items()
+    }
+
+
+def slice_level(
+    slices: pd.DataFrame, targets: Sequence[str], weights: Sequence[float], level: float = 0.95
+) -> dict[str, Any]:
+    """The stage-1 CNN per target at slice level, and the weighted log loss.
+
+    Args:
+        slices: one row per slice: ``<target>`` 0/1 labels and ``p_<target>`` probabilities.
+        targets: the targets.
+        weights: the targets' weights (the challenge's: ``any`` 2, others 1).
+        level: confidence level.
+
+    Returns:
+        ``{"n_slices", "log_loss", "log_loss_per_target": {t: ...}, "targets": {t: {auc, ci...}}}``
+        over the slices labelled 0/1 on every target.
+    """
+    y = slices[list(targets)].to_numpy()
+    p = slices[[f"p_{t}" for t in targets]].to_numpy(np.float64)
+    ok = np.isin(y, (0, 1)).all(axis=1)
+    y, p = y[ok].astype(np.int64), p[ok]
+    out: dict[str, Any] = {"n_slices": int(ok.sum()), "targets": {}}
+    if not ok.any():
+        return out
+    out["log_loss"] = weighted_log_loss(y, p, weights)
+    out["log_loss_per_target"] = {t: float(v) for t, v in zip(targets, per_target_log_loss(y, p), strict=True)}
+    for k, t in enumerate(targets):
+        d = _aucs(y[:, k], {"slice": p[:, k]}, level)
+        out["targets"][t] = {"n_pos": d["n_pos"], "n_neg": d["n_neg"], **d["methods"].get("slice", {"auc": None})}
+    return out
+
+
+def _fmt(d: Mapping[str, Any] | None) -> str:
+    if not d or d.get("auc") is None:
+        return "n/a"
+    if d.get("ci_lower") is None:
+        return f"{d['auc']:.3f}"
+    return f"{d['auc']:.3f} ({d['ci_lower']:.3f}-{d['ci_upper']:.3f})"
+
+
+def render_per_target(section: Mapping[str, Any]) -> str:
+    """The per-subtype tables of ``report.md`` (markdown) from ``metrics.json``'s ``per_target``."""
+    targets = list(section["targets"])
+    volume = section.get("volume", {})
+    methods: list[str] = []
+    for t in targets:
+        for m in volume.get(t, {}).get("methods", {}):
+            if m not in methods:
+                methods.append(m)
+    lines = ["## Per target", ""]
+    weights = ", ".join(f"{t} {w:g}" for t, w in zip(targets, section.get("weights", []), strict=False))
+    lines.append(f"Volume-level AUC (DeLong {section.get('level', 0.95):.0%} CI) per target; weights {weights}.")
+    lines.append("")
+    lines.append("| target | pos/neg | " + " | ".join(methods) + " |")
+    lines.append("| --- | --- | " + " | ".join("---" for _ in methods) + " |")
+    for t in targets:
+        v = volume.get(t, {})
+        cells = [_fmt(v.get("methods", {}).get(m)) for m in methods]
+        lines.append(f"| {t} | {v.get('n_pos', 0)}/{v.get('n_neg', 0)} | " + " | ".join(cells) + " |")
+    sl = section.get("slice")
+    if sl and sl.get("targets"):
+        lines += ["", f"Slice level, stage-1 CNN, {sl['n_slices']} slices: weighted log loss "
+                  f"{sl['log_loss']:.4f} (the RSNA challenge metric).", ""]
+        lines.append("| target | pos/neg slices | AUC (CI) | log loss |")
+        lines.append("| --- | --- | --- | --- |")
+        for t in targets:
+            d = sl["targets"].get(t, {})
+            ll = sl.get("log_loss_per_target", {}).get(t)
+            lines.append(f"| {t} | {d.get('n_pos', 0)}/{d.get('n_neg', 0)} | {_fmt(d)} | "
+                         f"{'n/a' if ll is None else f'{ll:.4f}'} |")
+    lines.append("")
+    lines.append("`predictions_<target>.csv` holds each target's volume scores: "
+                 "`ich3d roc predictions_<target>.csv` draws its ROC curves.")
+    return "\n".join(lines) + "\n"
