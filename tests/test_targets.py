@@ -147,7 +147,8 @@ def six(tmp_path_factory):
         data={"targets": "all", "split_fractions": list(SIX_FRACTIONS)},
         stages={
             "slice": {"batch_size": 10, "samples_per_epoch": 100, "max_epochs": 4, "lr": 1e-3, "augment": False},
-            "sequence": {"samples_per_epoch": 8, "max_epochs": 1, "select_by": "log_loss"},
+            # augment off: the frozen CNN's features are cached (exact), targets ride along
+            "sequence": {"samples_per_epoch": 8, "max_epochs": 1, "select_by": "log_loss", "augment": False},
         },
     )
     cfg = write_config(root / "six.yaml", raw)
@@ -178,6 +179,7 @@ def test_six_output_slice_stage_learns_every_subtype(six):
 def test_six_output_sequence_stage_selected_by_log_loss(six):
     _, _, run = six
     result = json.loads(run.result_path("sequence").read_text())
+    assert (run.stage_dir("sequence") / "features").is_dir()
     logged = pd.read_csv(run.stage_dir("sequence") / "metrics.csv")
     assert result["best_val_metrics"]["log_loss"] == pytest.approx(logged["val/log_loss"].min(), rel=1e-6)
     model, _ = load_volume_model(run.path, "sequence")

@@ -117,12 +117,14 @@ class FeatureDataset(Dataset):
     gives view ``seed % views``.
     """
 
-    def __init__(self, store: FeatureStore, table: pd.DataFrame) -> None:
+    def __init__(self, store: FeatureStore, table: pd.DataFrame, targets: list[str] | None = None) -> None:
         if len(store) != len(table):
             raise RuntimeError(f"feature store has {len(store)} rows, the split {len(table)}")
         self.store = store
         self._keys = table["key"].to_numpy()
         self._label = table["label"].to_numpy(dtype=np.float32)
+        # several targets (data.targets): ``target`` (K,) as the volume items have it
+        self._targets = table[targets].to_numpy(np.float32) if targets else None
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -131,13 +133,16 @@ class FeatureDataset(Dataset):
         row, seed = (int(item[0]), item[1]) if isinstance(item, tuple) else (int(item), None)
         view = 0 if seed is None else int(seed) % self.store.views
         feats = torch.from_numpy(np.array(self.store.features(row, view)))
-        return {
+        out = {
             "features": feats,
             "length": torch.tensor(feats.shape[0], dtype=torch.long),
             "label": torch.tensor(self._label[row]),
             "key": str(self._keys[row]),
             "index": torch.tensor(row, dtype=torch.long),
         }
+        if self._targets is not None:
+            out["target"] = torch.from_numpy(self._targets[row])
+        return out
 
 
 class FeatureCollate:
@@ -148,13 +153,16 @@ class FeatureCollate:
         feats = torch.zeros((len(items), t_max, items[0]["features"].shape[-1]), dtype=torch.float32)
         for i, it in enumerate(items):
             feats[i, : it["features"].shape[0]] = it["features"]
-        return {
+        out = {
             "features": feats,
             "length": torch.stack([it["length"] for it in items]),
             "label": torch.stack([it["label"] for it in items]),
             "key": [it["key"] for it in items],
             "index": torch.stack([it["index"] for it in items]),
         }
+        if "target" in items[0]:
+            out["target"] = torch.stack([it["target"] for it in items])
+        return out
 
 
 class FeatureDataModule(pl.LightningDataModule):
@@ -285,7 +293,7 @@ class FeatureDataModule(pl.LightningDataModule):
     def _dataset(self, split: str) -> FeatureDataset:
         if split not in self._stores:
             raise RuntimeError("call setup() first")
-        return FeatureDataset(self._stores[split], self.volumes.split_table(split))
+        return FeatureDataset(self._stores[split], self.volumes.split_table(split), getattr(self.volumes, "targets", None))
 
     def train_dataloader(self) -> DataLoader:
         table = self.volumes.split_table("train")
