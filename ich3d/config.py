@@ -22,7 +22,8 @@ Schema (section: keys)::
     data:       cache_dir, images_dir, labels_csv, windows, split_fractions, split_seed,
                 splits_file, min_slices, ingest_workers, depth_pool, label, targets,
                 target_weights, num_workers, pin_memory, persistent_workers
-    model:      encoder, encoder_args, head, head_args, slice_chunk, channels_last, compile
+    model:      encoder, encoder_args, head, head_args, slice_chunk, channels_last, compile,
+                per_slice
     stages:     one section per declared stage (``ich3d train --list-stages``: slice,
                 sequence, finetune, direct built in), each with optimizer, lr, weight_decay, momentum, batch_size, samples_per_epoch,
                 max_epochs, early_stopping_patience, augment, precision,
@@ -141,6 +142,10 @@ class ModelConfig:
         channels_last: run the encoder in the ``channels_last`` memory format
             (faster convolutions on GPUs and CPUs; :mod:`ich3d.models.speed`).
         compile: ``torch.compile`` the encoder (training, evaluation, prediction).
+        per_slice: the sequence head labels every slice from its neighbours (the RSNA
+            2019 winners' recurrent labeller), trained on slice labels (max over the
+            ``data.depth_pool`` slices pooled into one); the volume prediction is the
+            maximum over slices. Default false (one pooled volume output, the method).
     """
 
     encoder: str = "patel_cnn"
@@ -150,6 +155,7 @@ class ModelConfig:
     slice_chunk: int | None = None
     channels_last: bool = False
     compile: bool = False
+    per_slice: bool = False
 
 
 class StagesConfig(Mapping[str, StageConfig]):

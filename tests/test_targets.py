@@ -325,3 +325,62 @@ def test_evaluate_six_label_run_per_target(six, tmp_path):
     for t in set(BLEEDS) - set(present):  # a subtype absent from the split has no AUC
         assert pt["volume"][t]["methods"] == {} and f"eval/{t}/max/auc" not in flat
     assert flat["eval/slice/log_loss"] == pytest.approx(pt["slice"]["log_loss"])
+
+
+# --------------------------------------------------------------------------- per-slice sequence outputs
+
+
+def test_slice_label_arrays_pool_by_max(six):
+    from ich3d.data.cache import IngestCache
+    from ich3d.data.datasets import slice_label_arrays
+
+    _, cache, _ = six
+    c = IngestCache(cache)
+    sl = c.slices
+    key = str(sl.loc[sl["any"] == 1, "key"].iloc[0])
+    raw = sl[sl["key"] == key].sort_values("slice_index")[["subdural", "any"]].to_numpy()
+    got = slice_label_arrays(c, [key], ["subdural", "any"], depth_pool=2)[key]
+    assert got.shape == (-(-len(raw) // 2), 2)
+    for i in range(got.shape[0]):
+        np.testing.assert_array_equal(got[i], raw[2 * i : 2 * i + 2].max(axis=0))
+    assert got[:, 1].sum() >= 1
+
+
+def test_per_slice_sequence_outputs(six, tmp_path):
+    root, cache, _ = six
+    raw = tiny_raw_config(
+        cache, root,
+        data={"targets": "all", "split_fractions": list(SIX_FRACTIONS)},
+        model={"per_slice": True},
+        stages={"slice": {"samples_per_epoch": 20, "max_epochs": 1},
+                "sequence": {"samples_per_epoch": 6, "max_epochs": 1, "augment": False}},
+    )
+    cfg = write_config(root / "per-slice.yaml", raw)
+    assert run_cli("train", str(cfg), "--stage", "slice", "--run-id", "ps") == 0
+    assert run_cli("train", str(cfg), "--stage", "sequence", "--run-id", "ps") == 0
+    run = open_run_dir(root / "runs" / "tiny" / "ps")
+    model, _ = load_volume_model(run.path, "sequence")
+    assert model.head.per_slice
+    x, lengths = torch.rand(2, 5, 3, 32, 32), torch.tensor([5, 3])
+    with torch.no_grad():
+        sl = model.slice_logits(x, lengths)
+        vol = model(x, lengths)
+    assert sl.shape == (2, 5, 6) and torch.isinf(sl[1, 3:]).all()
+    torch.testing.assert_close(vol, torch.stack([sl[0].amax(0), sl[1, :3].amax(0)]))
+    # the loss is the weighted BCE over the real slices, against the pooled slice labels
+    config = config_from_dict(raw)
+    module = build_module(config, "sequence")
+    module.model.load_state_dict(model.state_dict())
+    module.eval()
+    from ich3d.training.runner import build_volume_datamodule
+
+    dm = build_volume_datamodule(config, stage="sequence", augment=False)
+    dm.setup("fit")
+    batch = next(iter(dm.eval_dataloader("val")))
+    assert batch["slice_target"].shape == (1, int(batch["length"][0]), 6)
+    with torch.no_grad():
+        logits, y = module._outputs(batch)
+        loss = float(module._batch_loss(batch, logits, y))
+        p = torch.sigmoid(model.slice_logits(batch["volume"], batch["length"]))[0].numpy()
+    hand = weighted_log_loss(batch["slice_target"][0].numpy(), p.astype(np.float64), [1, 1, 1, 1, 1, 2])
+    assert loss == pytest.approx(hand, rel=1e-5)

@@ -545,6 +545,9 @@ class VolumeDataModule(ICHDataModule):
             1 keeps every slice, for the slice baselines).
         pad_batches: allow ``batch_size > 1`` by padding (default False).
         batch_size: volumes per batch (default 1).
+        slice_targets: items also carry ``slice_target`` ``(T, K)``, the labels of each
+            pooled slice (the targets, or ``label``; max over the pooled slices), for
+            the per-slice sequence outputs (``model.per_slice``). Default False.
         **kwargs: see :class:`ICHDataModule`.
     """
 
@@ -555,9 +558,11 @@ class VolumeDataModule(ICHDataModule):
         depth_pool: int = 2,
         pad_batches: bool = False,
         batch_size: int = 1,
+        slice_targets: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(cache_dir, batch_size=batch_size, **kwargs)
+        self.slice_targets = bool(slice_targets)
         if depth_pool < 1:
             raise UserError(f"depth_pool must be >= 1, got {depth_pool}")
         self.depth_pool = int(depth_pool)
@@ -598,7 +603,15 @@ class VolumeDataModule(ICHDataModule):
             transform=transform,
             size=self.size,
             targets=self.targets if self.cache.labeled else None,  # type: ignore[union-attr]
+            slice_columns=self.slice_columns,
         )
+
+    @property
+    def slice_columns(self) -> list[str] | None:
+        """The slice label columns of ``slice_target`` (None without ``slice_targets``)."""
+        if not self.slice_targets or self.cache is None or not self.cache.labeled:
+            return None
+        return list(self.targets) if self.targets is not None else [self.label]
 
     def train_dataloader(self) -> DataLoader:
         table = self.split_table("train")

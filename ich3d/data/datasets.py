@@ -27,6 +27,8 @@ from ich3d.data.windows import WindowSpec, air_values, apply_windows
 from ich3d.errors import UserError
 
 __all__ = [
+    "slice_label_arrays",
+    "pad_slice_targets",
     "depth_pool",
     "fit_in_plane",
     "SliceDataset",
@@ -94,6 +96,25 @@ def _target_array(table: pd.DataFrame, targets: Sequence[str] | None) -> np.ndar
     if missing:
         raise UserError(f"the table has no label column {missing[0]!r} for the targets")
     return np.ascontiguousarray(table[list(targets)].to_numpy(dtype=np.float32))
+
+
+def slice_label_arrays(
+    cache: IngestCache, keys: Sequence[str], columns: Sequence[str], depth_pool: int = 1
+) -> dict[str, np.ndarray]:
+    """Per volume, its slice labels ``(T, K)`` float32 after the depth max-filter.
+
+    A pooled slice is positive on a label when one of the ``depth_pool`` slices it
+    pools is (the same max as the image's); the per-slice sequence outputs
+    (``model.per_slice``) train on these.
+    """
+    wanted = set(map(str, keys))
+    sl = cache.slices[["key", "slice_index", *columns]]
+    sl = sl[sl["key"].isin(wanted)].sort_values(["key", "slice_index"], kind="stable")
+    out: dict[str, np.ndarray] = {}
+    for key, group in sl.groupby("key", sort=False):
+        a = group[list(columns)].to_numpy(np.float32)
+        out[str(key)] = np.maximum.reduceat(a, np.arange(0, len(a), int(depth_pool)), axis=0) if len(a) else a
+    return out
 
 
 class SliceDataset(Dataset):
@@ -167,6 +188,8 @@ class VolumeDataset(Dataset):
             applied to the pooled HU volume of ``(row, seed)`` items only.
         size: in-plane ``(H, W)`` every volume is cropped/padded to (None: as stored).
         targets: label columns of ``table`` given as ``target`` (None: no ``target``).
+        slice_columns: label columns given per pooled slice as ``slice_target``
+            ``(T, K)`` (:func:`slice_label_arrays`); None: none.
 
     Items are dicts: ``volume`` float32 ``(T, C, H, W)`` in [0, 1], ``length``
     int64 ``T``, ``label`` float32, ``key`` str, ``index`` int64 (row of ``table``),
@@ -182,6 +205,7 @@ class VolumeDataset(Dataset):
         transform=None,
         size: tuple[int, int] | None = None,
         targets: Sequence[str] | None = None,
+        slice_columns: Sequence[str] | None = None,
     ) -> None:
         self.cache = cache
         self.table = table.reset_index(drop=True)
@@ -192,6 +216,9 @@ class VolumeDataset(Dataset):
         self._keys = self.table["key"].to_numpy()
         self._label = self.table["label"].to_numpy(dtype=np.float32)
         self._targets = _target_array(self.table, targets)
+        self._slice_targets = (
+            slice_label_arrays(cache, list(self._keys), slice_columns, self.depth_pool) if slice_columns else None
+        )
 
     def __len__(self) -> int:
         return len(self.table)
@@ -213,6 +240,11 @@ class VolumeDataset(Dataset):
         }
         if self._targets is not None:
             out["target"] = torch.from_numpy(self._targets[row])
+        if self._slice_targets is not None:
+            st = self._slice_targets[key]
+            if st.shape[0] != x.shape[0]:
+                raise RuntimeError(f"slice labels ({st.shape[0]}) and pooled slices ({x.shape[0]}) disagree")
+            out["slice_target"] = torch.from_numpy(st)
         return out
 
 
@@ -364,7 +396,17 @@ class VolumeCollate:
         }
         if "target" in items[0]:
             out["target"] = torch.stack([it["target"] for it in items])
+        if "slice_target" in items[0]:
+            out["slice_target"] = pad_slice_targets([it["slice_target"] for it in items], t_max)
         return out
+
+
+def pad_slice_targets(items: Sequence[torch.Tensor], t_max: int) -> torch.Tensor:
+    """Stack ``(T_i, K)`` slice labels into ``(B, t_max, K)``, zero-padded (the loss masks padding)."""
+    out = torch.zeros((len(items), t_max, items[0].shape[-1]), dtype=torch.float32)
+    for i, st in enumerate(items):
+        out[i, : st.shape[0]] = st
+    return out
 
 
 def worker_init_fn(worker_id: int) -> None:

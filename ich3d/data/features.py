@@ -117,7 +117,13 @@ class FeatureDataset(Dataset):
     gives view ``seed % views``.
     """
 
-    def __init__(self, store: FeatureStore, table: pd.DataFrame, targets: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        store: FeatureStore,
+        table: pd.DataFrame,
+        targets: list[str] | None = None,
+        slice_targets: dict[str, np.ndarray] | None = None,
+    ) -> None:
         if len(store) != len(table):
             raise RuntimeError(f"feature store has {len(store)} rows, the split {len(table)}")
         self.store = store
@@ -125,6 +131,7 @@ class FeatureDataset(Dataset):
         self._label = table["label"].to_numpy(dtype=np.float32)
         # several targets (data.targets): ``target`` (K,) as the volume items have it
         self._targets = table[targets].to_numpy(np.float32) if targets else None
+        self._slice_targets = slice_targets  # key -> (T, K) pooled slice labels (model.per_slice)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -142,6 +149,8 @@ class FeatureDataset(Dataset):
         }
         if self._targets is not None:
             out["target"] = torch.from_numpy(self._targets[row])
+        if self._slice_targets is not None:
+            out["slice_target"] = torch.from_numpy(self._slice_targets[str(self._keys[row])])
         return out
 
 
@@ -162,6 +171,10 @@ class FeatureCollate:
         }
         if "target" in items[0]:
             out["target"] = torch.stack([it["target"] for it in items])
+        if "slice_target" in items[0]:
+            from ich3d.data.datasets import pad_slice_targets
+
+            out["slice_target"] = pad_slice_targets([it["slice_target"] for it in items], t_max)
         return out
 
 
@@ -293,7 +306,14 @@ class FeatureDataModule(pl.LightningDataModule):
     def _dataset(self, split: str) -> FeatureDataset:
         if split not in self._stores:
             raise RuntimeError("call setup() first")
-        return FeatureDataset(self._stores[split], self.volumes.split_table(split), getattr(self.volumes, "targets", None))
+        table = self.volumes.split_table(split)
+        columns = getattr(self.volumes, "slice_columns", None)
+        slice_targets = None
+        if columns:
+            from ich3d.data.datasets import slice_label_arrays
+
+            slice_targets = slice_label_arrays(self.volumes.cache, list(table["key"]), columns, self.volumes.depth_pool)
+        return FeatureDataset(self._stores[split], table, getattr(self.volumes, "targets", None), slice_targets)
 
     def train_dataloader(self) -> DataLoader:
         table = self.volumes.split_table("train")

@@ -161,6 +161,41 @@ class RecurrentHead(nn.Module):
         """Logits per volume (1: ``forward`` gives ``(B,)``; more: ``(B, K)``)."""
         return int(self.fc.out_features)
 
+    @property
+    def per_slice(self) -> bool:
+        """Whether the head labels every slice (:meth:`set_per_slice`)."""
+        return bool(getattr(self, "_per_slice", False))
+
+    def set_per_slice(self, per_slice: bool = True) -> None:
+        """Emit a prediction for every slice (the RSNA 2019 winners' recurrent slice labeller).
+
+        The output layer then reads the last layer's output at each slice (both
+        directions: each slice is labelled from its neighbours), :meth:`slice_logits`
+        gives ``(B, T[, K])`` and ``forward`` the volume logit = the **maximum over the
+        volume's slices** (so the volume is positive when one slice is). ``pooling``
+        is not used.
+        """
+        self._per_slice = bool(per_slice)
+
+    def slice_logits(self, feats: Tensor, lengths: Tensor) -> Tensor:
+        """``(B, T, F), (B,) -> (B, T)`` per-slice logits (``(B, T, K)`` with K outputs).
+
+        Padded positions ``t >= lengths[b]`` hold ``-inf``.
+        """
+        if feats.ndim != 3 or feats.shape[-1] != self.in_features:
+            raise ValueError(f"expected features (B, T, {self.in_features}), got {tuple(feats.shape)}")
+        with torch.autocast(device_type=feats.device.type, enabled=False):
+            feats = feats.to(self.fc.weight.dtype)
+            batch, max_len = feats.shape[0], feats.shape[1]
+            lengths_cpu = check_lengths(lengths, batch, max_len)
+            packed = pack_padded_sequence(feats, lengths_cpu, batch_first=True, enforce_sorted=False)
+            out, _ = self.rnn(packed)
+            padded, _ = pad_packed_sequence(out, batch_first=True, total_length=max_len)
+            logits = self.fc(self.out_dropout(padded))  # (B, T, K)
+            mask = torch.arange(max_len, device=logits.device)[None, :] < lengths_cpu.to(logits.device)[:, None]
+            logits = logits.masked_fill(~mask[..., None], float("-inf"))
+            return logits.squeeze(-1) if self.num_outputs == 1 else logits
+
     def set_num_outputs(self, num_outputs: int) -> None:
         """Replace the output layer by a fresh ``Linear -> num_outputs`` (one logit per target).
 
@@ -208,7 +243,12 @@ class RecurrentHead(nn.Module):
         return padded.masked_fill(~mask, float("-inf")).amax(dim=1)
 
     def forward(self, feats: Tensor, lengths: Tensor) -> Tensor:
-        """``(B, T, F), (B,) -> (B,)`` volume logits (``(B, K)`` with K outputs; float32, also under autocast)."""
+        """``(B, T, F), (B,) -> (B,)`` volume logits (``(B, K)`` with K outputs; float32, also under autocast).
+
+        With :meth:`set_per_slice`, the maximum of :meth:`slice_logits` over each volume's slices.
+        """
+        if self.per_slice:
+            return self.slice_logits(feats, lengths).amax(dim=1)
         pooled = self.volume_features(feats, lengths)
         with torch.autocast(device_type=pooled.device.type, enabled=False):
             logits = self.fc(self.out_dropout(pooled))

@@ -166,6 +166,14 @@ class VolumeClassifier(nn.Module):
         # non-reentrant: works with inputs that do not require grad, keeps RNG state (dropout)
         return checkpoint(self.encoder, part, use_reentrant=False, preserve_rng_state=True)
 
+    def slice_logits(self, volumes: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Per-slice logits ``(B, T[, K])`` of a head with per-slice outputs (``model.per_slice``)."""
+        if not getattr(self.head, "per_slice", False):
+            raise UserError("this volume model has no per-slice outputs (model.per_slice is off)")
+        if lengths is None:
+            lengths = torch.full((volumes.shape[0],), volumes.shape[1], dtype=torch.long, device=volumes.device)
+        return self.head.slice_logits(self.encode(volumes, lengths), lengths)
+
     def forward(self, volumes: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``(B, T, C, H, W), (B,) -> (B,)`` volume logits."""
         if lengths is None:
@@ -210,6 +218,7 @@ def build_volume_model(
     slice_chunk: int | None = None,
     checkpoint_chunks: bool = False,
     num_outputs: int = 1,
+    per_slice: bool = False,
 ) -> VolumeClassifier:
     """Build a :class:`VolumeClassifier` from registry names or specs.
 
@@ -222,6 +231,8 @@ def build_volume_model(
         num_outputs: Logits per volume (one per target, :mod:`ich3d.data.targets`);
             a built head must already have them. Default 1 (``(B,)`` logits); more
             gives ``(B, num_outputs)``.
+        per_slice: the head labels every slice and the volume logit is the maximum
+            over slices (``RecurrentHead.set_per_slice``; ``model.per_slice``). Default False.
 
     Example:
         ``build_volume_model({"name": "patel_cnn", "in_channels": 3}, {"name": "bilstm", "num_layers": 2})``
@@ -238,4 +249,8 @@ def build_volume_model(
             if set_outputs is None:
                 raise UserError(f"head {name!r} has one output; it cannot predict {num_outputs} targets")
             set_outputs(num_outputs)
+        if per_slice:
+            if not hasattr(head, "set_per_slice"):
+                raise UserError(f"head {name!r} cannot emit per-slice outputs (model.per_slice)")
+            head.set_per_slice(True)
     return VolumeClassifier(encoder, head, slice_chunk=slice_chunk, checkpoint_chunks=checkpoint_chunks)

@@ -116,6 +116,7 @@ def load_volume_model(
         dict(spec["head"]),
         slice_chunk=spec.get("slice_chunk"),
         num_outputs=len(spec.get("targets") or [None]),
+        per_slice=bool(spec.get("per_slice")),
     )
     model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
     model.eval()

@@ -230,9 +230,13 @@ class _BinaryModule(pl.LightningModule):
     def _primary(self, t: Tensor) -> Tensor:
         return t if self.targets is None else t[:, self.primary]
 
+    def _batch_loss(self, batch: Mapping[str, Any], logits: Tensor, y: Tensor) -> Tensor:
+        """The training/validation loss of a batch (subclasses: per-slice outputs)."""
+        return self._loss(logits, y)
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         logits, y = self._outputs(batch)
-        loss = self._loss(logits, y)
+        loss = self._batch_loss(batch, logits, y)
         n = int(y.shape[0])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         self.train_auc.update(torch.sigmoid(self._primary(logits).detach()), self._primary(y).long())
@@ -244,7 +248,7 @@ class _BinaryModule(pl.LightningModule):
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         logits, y = self._outputs(batch)
-        loss = self._loss(logits, y)
+        loss = self._batch_loss(batch, logits, y)
         n = int(y.shape[0])
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         self._val_ids.append(sample_ids(batch, n, logits.device))
@@ -393,18 +397,44 @@ class VolumeModule(_BinaryModule):
         """``(B, T, C, H, W), (B,) -> (B,)`` volume logits."""
         return self.model(volumes, lengths)
 
+    @property
+    def per_slice(self) -> bool:
+        """Whether the head labels every slice (``model.per_slice``)."""
+        return bool(self.hparams["model"].get("per_slice"))
+
     def _logits(self, batch: Mapping[str, Any]) -> Tensor:
         x = batch["features"] if "features" in batch else batch["volume"]
         lengths = batch.get("length")
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=x.device).reshape(-1)
+        if lengths is None:
+            lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
         if "features" in batch:
             if not self.hparams["freeze_encoder"]:
                 raise RuntimeError("cached features feed a frozen encoder's head only")
-            if lengths is None:
-                lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
-            return self.model.head(x, lengths)
-        return self(x, lengths)
+            feats = x
+        else:
+            feats = self.model.encode(x, lengths)
+        if self.per_slice:  # per-slice logits kept for the slice loss; the volume logit is their max
+            self._slice_logits = self.model.head.slice_logits(feats, lengths)
+            self._slice_lengths = lengths
+            return self._slice_logits.amax(dim=1)
+        return self.model.head(feats, lengths)
+
+    def _batch_loss(self, batch: Mapping[str, Any], logits: Tensor, y: Tensor) -> Tensor:
+        """With per-slice outputs and ``slice_target`` in the batch: the (weighted) BCE over
+        every real slice; otherwise the volume loss."""
+        if not self.per_slice or "slice_target" not in batch:
+            return self._loss(logits, y)
+        sl = self._slice_logits.float()
+        if sl.ndim == 2:
+            sl = sl[..., None]
+        st = torch.as_tensor(batch["slice_target"]).to(sl.device).reshape(sl.shape)
+        mask = torch.arange(sl.shape[1], device=sl.device)[None, :] < self._slice_lengths.to(sl.device)[:, None]
+        flat_logits, flat_y = sl[mask], st[mask]  # (n_slices, K)
+        if self.targets is None:
+            return self.loss_fn(flat_logits[:, 0], flat_y[:, 0])
+        return self._loss(flat_logits, flat_y)
 
     def on_train_epoch_start(self) -> None:
         if self.hparams["freeze_encoder"]:  # belt and braces: Lightning toggles modes

@@ -131,6 +131,8 @@ def model_spec(config: Config) -> dict[str, Any]:
     targets = resolve_targets(config.data.targets)
     if targets is not None:  # one output per target; the binary spec stays as it was
         spec["targets"] = list(targets)
+    if config.model.per_slice:
+        spec["per_slice"] = True
     return spec
 
 
@@ -165,6 +167,7 @@ def check_model(config: Config) -> None:
         dict(spec["head"]),
         slice_chunk=spec["slice_chunk"],
         num_outputs=len(spec.get("targets") or [None]),
+        per_slice=bool(spec.get("per_slice")),
     )
 
 
@@ -340,6 +343,7 @@ def build_volume_datamodule(
     """The ``VolumeDataModule`` of ``config`` (stages 2-3, ``direct``, predict, evaluate)."""
     from ich3d.data.datamodule import VolumeDataModule
 
+    overrides.setdefault("slice_targets", config.model.per_slice)  # per-slice sequence outputs
     return VolumeDataModule.from_config(
         config.data, config.stages.get(stage), config.seed, cache_dir=cache_dir, **overrides
     )
