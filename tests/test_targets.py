@@ -384,3 +384,52 @@ def test_per_slice_sequence_outputs(six, tmp_path):
         p = torch.sigmoid(model.slice_logits(batch["volume"], batch["length"]))[0].numpy()
     hand = weighted_log_loss(batch["slice_target"][0].numpy(), p.astype(np.float64), [1, 1, 1, 1, 1, 2])
     assert loss == pytest.approx(hand, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- submission
+
+
+def test_rsna_submission_on_a_synthetic_test_folder(six, tmp_path, capsys):
+    from ich3d.data.synth import NO_DEFECTS, generate
+
+    _, _, run = six
+    synth = tmp_path / "synth"
+    generate(synth, patients=3, size=64, slices=(6, 8), studies=(1, 1), seed=5, defects=NO_DEFECTS, progress=False)
+    test_dir = synth / "stage_2_train"  # the generator's folder, used unlabelled as a test folder
+    (test_dir / "ID_0000broken.dcm").write_bytes(b"not a dicom file")  # cannot be ingested
+    files = sorted(p for p in test_dir.rglob("*") if p.is_file())
+    expected = {p.name[:-4] for p in files}
+    out = tmp_path / "pred"
+    assert run_cli("predict", str(run.path), str(test_dir), "--out", str(out), "--device", "cpu",
+                   "--no-progress", "--format", "rsna") == 0
+    assert "not ingested" in capsys.readouterr().out
+    sub = pd.read_csv(out / "submission.csv")
+    assert list(sub.columns) == ["ID", "Label"]
+    assert len(sub) == 6 * len(files) and sub["ID"].is_unique
+    want = {f"{i}_{t}" for i in expected for t in RSNA_TARGETS}
+    assert set(sub["ID"]) == want
+    assert sub["Label"].between(0, 1).all()
+    fb = pd.read_csv(out / "submission_fallback.csv")
+    assert list(fb["image_id"]) == ["ID_0000broken"] and fb["reason"].iloc[0]
+    info = json.loads((out / "predict.json").read_text())["submission"]
+    # the broken file gets the documented fallback: the mean of each target over the ingested images
+    sl = sub.set_index("ID")["Label"]
+    for t in RSNA_TARGETS:
+        ingested = sl[[f"{i}_{t}" for i in expected if i != "ID_0000broken"]]
+        assert sl[f"ID_0000broken_{t}"] == pytest.approx(ingested.mean(), rel=1e-9)
+        assert info["fallback"][t] == pytest.approx(ingested.mean(), rel=1e-9)
+    # the values are the stage-1 CNN's: `any` equals slices.csv's probability of that image
+    slices = pd.read_csv(out / "slices.csv", dtype={"key": str})
+    cache = pd.read_csv(out / "cache" / "slices.csv", dtype={"key": str})
+    merged = slices.merge(cache[["key", "slice_index", "image_id"]], on=["key", "slice_index"])
+    np.testing.assert_allclose(sl[[f"{i}_any" for i in merged["image_id"]]].to_numpy(), merged["probability"],
+                               rtol=0, atol=1e-12)
+
+
+def test_rsna_submission_needs_six_labels(tmp_path, capsys):
+    from _eval_helpers import make_tiny_run
+
+    tiny = make_tiny_run(tmp_path, stages=("slice",), patients=4)
+    assert run_cli("predict", str(tiny.run_dir), str(tiny.cache), "--format", "rsna", "--device", "cpu",
+                   "--no-progress") == 2
+    assert "needs a run trained on the six RSNA labels" in capsys.readouterr().err

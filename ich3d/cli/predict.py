@@ -3,7 +3,7 @@
 Usage::
 
     ich3d predict RUN_DIR INPUT [--out DIR] [--uids] [--workers N] [--device auto|cpu|cuda]
-                               [--stage VOLUME_STAGE] [--methods NAME ...]
+                               [--stage VOLUME_STAGE] [--methods NAME ...] [--format ich3d|rsna]
 
 ``INPUT`` is a folder of DICOM files (any number of series; ingested, without
 labels, into ``OUT/cache``; re-running reuses that cache) or an ingest cache (a
@@ -15,7 +15,11 @@ name>``):
   cache is labeled, plus one column per ``--methods`` scoring method;
 * ``slices.csv``: ``key, slice_index, probability`` of the stage-1 slice CNN on
   every slice (slice order along the patient axis), plus ``label`` when labeled;
-* ``predict.json``: the run, the stage, device, timing, counts.
+* ``predict.json``: the run, the stage, device, timing, counts;
+* with ``--format rsna`` (a run trained with ``data.targets: all``): ``submission.csv``
+  in the RSNA 2019 challenge format (``ID,Label``, ``ID_<image>_<subtype>``, every
+  input image x six targets) and ``submission_fallback.csv`` (the images that could
+  not be ingested, with their reason; :mod:`ich3d.evaluation.submission`).
 
 Volumes are named by their hashed key; ``--uids`` adds ``series_uid``,
 ``study_uid`` and ``patient_id`` columns (identifiers: keep such files local).
@@ -76,6 +80,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         + "; ".join(f"{m.name} ({m.description})" for m in extra).replace("%", "%%")
         + " (svm is fitted on the run's training split: needs its cache)",
     )
+    p.add_argument(
+        "--format",
+        choices=("ich3d", "rsna"),
+        default="ich3d",
+        help="rsna: also write submission.csv in the RSNA 2019 challenge format (ID_<image>_<subtype>,Label; "
+        "needs a run trained on the six labels, data.targets: all)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -93,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         stage=args.stage,
         methods=args.methods,
         progress=not args.no_progress,
+        format=args.format,
     )
     files = result["files"]
     if result.get("ingest_skipped"):
@@ -102,4 +114,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{result['n_volumes']} volumes ({what}): {files['volumes']}")
     if "slices" in files:
         print(f"{result['n_slices']} slices (stage-1 CNN): {files['slices']}")
+    if "submission" in files:
+        sub = result["submission"]
+        print(f"{sub['n_rows']} rows ({sub['n_images']} images x 6 labels, {sub['n_fallback_images']} "
+              f"not ingested: fallback values, see {files['submission_fallback']}): {files['submission']}")
     return 0

@@ -50,6 +50,7 @@ def predict_run(
     stage: str | None = None,
     methods: Sequence[str] = (),
     progress: bool = True,
+    format: str = "ich3d",
 ) -> dict[str, Any]:
     """Predict volume and slice probabilities of a run on a DICOM folder or an ingest cache.
 
@@ -66,6 +67,10 @@ def predict_run(
         methods: more scoring methods, one ``volumes.csv`` column each (``svm`` needs
             the run's training cache: it is fitted on the training split).
         progress: progress bars (default True).
+        format: ``ich3d`` (default: the files above) or ``rsna``: also
+            ``submission.csv`` in the RSNA 2019 challenge format
+            (:mod:`ich3d.evaluation.submission`; needs a run trained on the six labels)
+            and ``submission_fallback.csv``.
 
     Returns:
         The content of ``predict.json`` plus ``"files"`` (name -> path).
@@ -87,6 +92,15 @@ def predict_run(
 
     run = open_run_dir(run_dir)
     config = run.load_config()
+    if format not in ("ich3d", "rsna"):
+        raise UserError(f"--format {format!r}: expected ich3d or rsna")
+    if format == "rsna":
+        from ich3d.data.targets import model_targets
+        from ich3d.evaluation.submission import check_targets
+
+        check_targets(model_targets(config.data))
+        if not run.best_ckpt(slice_stage_name()).is_file():
+            raise UserError(f"--format rsna needs the stage-1 slice CNN ({slice_stage_name()}/best.ckpt) of {run.path}")
     input = Path(input).expanduser()
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
@@ -220,6 +234,50 @@ def predict_run(
     else:
         log.warning("%s has no %s/best.ckpt; slices.csv not written", run.path, slice_stage)
 
+    if format == "rsna":
+        info["submission"] = _write_submission(ctx, cache, out_dir, files)
+
     files["summary"] = out_dir / "predict.json"
     atomic_write_text(files["summary"], json.dumps(info, indent=2) + "\n")
     return {**info, "files": files}
+
+
+def _write_submission(ctx: Any, cache: Any, out_dir: Path, files: dict[str, Path]) -> dict[str, Any]:
+    """``submission.csv`` and ``submission_fallback.csv`` from the stage-1 per-image probabilities."""
+    import pandas as pd
+
+    from ich3d.data.cache import atomic_write_csv
+    from ich3d.evaluation.submission import rsna_submission, skipped_images
+
+    outs = ctx.slice_outputs("evaluated")
+    parts = []
+    for key, p in zip(outs.keys, outs.target_probs, strict=True):
+        part = pd.DataFrame(p, columns=list(ctx.targets))
+        part.insert(0, "slice_index", range(len(p)))
+        part.insert(0, "key", key)
+        parts.append(part)
+    probs = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["key", "slice_index", *ctx.targets])
+    ids = cache.slices[["key", "slice_index", "image_id"]]
+    images = probs.merge(ids, on=["key", "slice_index"], how="left", validate="one_to_one")
+    if images["image_id"].isna().any():
+        raise RuntimeError("slice probabilities and slices.csv disagree on the slices of a volume")
+    ingested = set(cache.slices["image_id"].astype(str))
+    skipped_csv = Path(cache.root) / "skipped.csv"
+    skipped = pd.read_csv(skipped_csv, dtype=str).fillna("") if skipped_csv.is_file() else pd.DataFrame(
+        {"item": [], "reason": []}
+    )
+    fallback_images = skipped_images(skipped, ingested)
+    sub, fallback = rsna_submission(images, ctx.targets, fallback_images)
+    files["submission"] = out_dir / "submission.csv"
+    atomic_write_csv(files["submission"], sub)
+    files["submission_fallback"] = out_dir / "submission_fallback.csv"
+    atomic_write_csv(files["submission_fallback"], fallback_images)
+    if len(fallback_images):
+        log.warning("%d input image(s) were not ingested: fallback values in submission.csv, listed in %s",
+                    len(fallback_images), files["submission_fallback"])
+    return {
+        "n_images": int(len(sub) // 6),
+        "n_rows": int(len(sub)),
+        "n_fallback_images": int(len(fallback_images)),
+        "fallback": fallback,
+    }
