@@ -384,6 +384,30 @@ def test_per_slice_sequence_outputs(six, tmp_path):
         p = torch.sigmoid(model.slice_logits(batch["volume"], batch["length"]))[0].numpy()
     hand = weighted_log_loss(batch["slice_target"][0].numpy(), p.astype(np.float64), [1, 1, 1, 1, 1, 2])
     assert loss == pytest.approx(hand, rel=1e-5)
+    # evaluation: the slice-level challenge metric of the per-slice sequence model too
+    from ich3d.evaluation.evaluate import evaluate_run
+
+    res = evaluate_run(run.path, out=tmp_path / "e", progress=False, device="cpu", tracking=False)
+    pt = res.report.metrics["per_target"]
+    ps = pt["slice_methods"]["sequence"]
+    assert ps["n_slices"] == pt["slice"]["n_slices"] and 0 < ps["log_loss"] < 5
+    assert "`sequence` (per-slice outputs)" in res.report.markdown
+    # its value from the model's own slice outputs, each pooled slice standing for its 2 slices
+    test_keys = list(pd.read_csv(tmp_path / "e" / "predictions_any.csv", dtype={"key": str})["key"])
+    from ich3d.data.cache import IngestCache
+
+    dm = build_volume_datamodule(config, stage="sequence", augment=False)
+    dm.setup("test")
+    labels = IngestCache(cache).slices.set_index(["key", "slice_index"])[list(RSNA_TARGETS)]
+    ys, ps_ = [], []
+    with torch.no_grad():
+        for b in dm.volume_loader(test_keys):
+            prob = torch.sigmoid(model.slice_logits(b["volume"], b["length"]).double())[0].numpy()
+            n = int(labels.loc[b["key"][0]].shape[0])
+            ys.append(labels.loc[b["key"][0]].to_numpy())
+            ps_.append(np.repeat(prob, 2, axis=0)[:n])
+    ref = weighted_log_loss(np.concatenate(ys), np.concatenate(ps_), [1, 1, 1, 1, 1, 2])
+    assert ps["log_loss"] == pytest.approx(ref, rel=1e-6)
 
 
 # --------------------------------------------------------------------------- submission

@@ -251,6 +251,7 @@ def evaluate_run(
 
     described: dict[str, str] = {}
     target_scores: dict[str, tuple[list[str], np.ndarray]] = {}
+    slice_scores: dict[str, tuple[list[str], list[np.ndarray]]] = {}
     for method in todo:
         try:
             got = method.score(ctx, "evaluated")
@@ -263,6 +264,8 @@ def evaluate_run(
         _put(val_df, method.name, val_got.keys, val_got.scores)
         if got.target_scores is not None:
             target_scores[method.name] = (list(got.keys), np.asarray(got.target_scores))
+        if got.slice_scores is not None:
+            slice_scores[method.name] = (list(got.keys), got.slice_scores)
         described[method.name] = method.describe(config)
         if got.seconds is not None:
             timing[method.name] = float(got.seconds)
@@ -285,7 +288,7 @@ def evaluate_run(
 
     scored = [m.name for m in todo if m.name in test_df.columns]
     if ctx.primary is not None:  # several targets: the per-target section
-        extra["per_target"] = _per_target(ctx, config, target_scores, scored, out_dir)
+        extra["per_target"] = _per_target(ctx, config, target_scores, scored, out_dir, slice_scores)
     extra["load_seconds_per_volume"] = load_seconds
     extra["seconds_total"] = round(time.perf_counter() - t_start, 3)
     what = f"{config.experiment}/{run.run_id}"
@@ -322,7 +325,12 @@ def evaluate_run(
 
 
 def _per_target(
-    ctx: Any, config: Any, target_scores: dict[str, tuple[list[str], np.ndarray]], scored: list[str], out_dir: Path
+    ctx: Any,
+    config: Any,
+    target_scores: dict[str, tuple[list[str], np.ndarray]],
+    scored: list[str],
+    out_dir: Path,
+    slice_scores: dict[str, tuple[list[str], list[np.ndarray]]] | None = None,
 ) -> dict[str, Any]:
     """Per-target volume and slice statistics (:mod:`ich3d.evaluation.per_target`) and their CSVs."""
     from ich3d.data.targets import target_weights
@@ -359,6 +367,24 @@ def _per_target(
                 out_dir / "slice_predictions_targets.csv", index=False
             )
             section["slice"] = pt.slice_level(table, targets, weights, level)
+    # volume models with per-slice outputs (model.per_slice): each pooled slice's
+    # probabilities stand for the data.depth_pool slices it pools
+    labels = ctx.datamodule("evaluated", 1).cache.slices[["key", "slice_index", *targets]]
+    evaluated = set(ctx.table("evaluated")["key"])
+    for method, (keys, per_volume) in (slice_scores or {}).items():
+        rows = []
+        for key, p in zip(keys, per_volume, strict=True):
+            if key not in evaluated:
+                continue
+            expanded = np.repeat(p, config.data.depth_pool, axis=0)
+            r = pd.DataFrame(expanded, columns=[f"p_{t}" for t in targets])
+            r.insert(0, "slice_index", np.arange(len(expanded)))
+            r.insert(0, "key", key)
+            rows.append(r)
+        if rows:
+            t = pd.concat(rows, ignore_index=True).merge(labels, on=["key", "slice_index"], how="inner")
+            t[targets] = t[targets].fillna(-1).astype(np.int64)
+            section.setdefault("slice_methods", {})[method] = pt.slice_level(t, targets, weights, level)
     return section
 
 

@@ -156,6 +156,8 @@ class VolumeScores:
         load_seconds: seconds spent waiting for the loader, in total.
         target_probs: with a model of several targets, ``(n, K)`` probabilities
             (``probs`` is then its ``primary`` column); None otherwise.
+        slice_probs: with per-slice outputs (``model.per_slice``), per volume the
+            ``(T_i, K)`` probabilities of its (depth-pooled) slices; else empty.
     """
 
     keys: list[str]
@@ -164,6 +166,7 @@ class VolumeScores:
     seconds: np.ndarray
     load_seconds: float = 0.0
     target_probs: np.ndarray | None = None
+    slice_probs: list[np.ndarray] = field(default_factory=list)
 
     def by_key(self) -> dict[str, float]:
         """``key -> probability``."""
@@ -255,6 +258,8 @@ def predict_volumes(
     labels: list[np.ndarray] = []
     probs: list[np.ndarray] = []
     multi: list[np.ndarray] = []
+    per_slice: list[np.ndarray] = []
+    has_slices = bool(getattr(getattr(model, "head", None), "per_slice", False))
     secs: list[np.ndarray] = []
     load = 0.0
     total = _len(loader)
@@ -270,7 +275,15 @@ def predict_volumes(
             x = batch["volume"].to(dev, non_blocking=True)
             lengths = batch["length"].to(dev)
             with autocast_context(dev):
-                logits = model(x, lengths)
+                if has_slices:  # one pass: the slice logits, the volume's is their max
+                    slice_logits = model.slice_logits(x, lengths)
+                    logits = slice_logits.amax(dim=1)
+                else:
+                    logits = model(x, lengths)
+            if has_slices:
+                sp = torch.sigmoid(slice_logits.double()).cpu().numpy()
+                sp = sp[..., None] if sp.ndim == 2 else sp
+                per_slice.extend(sp[b, : int(lengths[b])] for b in range(n))
             p = torch.sigmoid(logits.double()).cpu().numpy()
             dt = time.perf_counter() - t0
             if p.ndim == 2:
@@ -292,6 +305,7 @@ def predict_volumes(
         np.concatenate(secs),
         load,
         np.concatenate(multi) if multi else None,
+        per_slice,
     )
 
 

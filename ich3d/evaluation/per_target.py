@@ -9,7 +9,9 @@ For every target (``epidural`` ... ``any``):
   intervals and a warning instead of an error);
 * slice level, the stage-1 CNN: AUC with its DeLong interval on every labelled
   slice of the evaluated volumes, and the challenge's weighted log loss over those
-  slices (:func:`~ich3d.evaluation.log_loss.weighted_log_loss`).
+  slices (:func:`~ich3d.evaluation.log_loss.weighted_log_loss`); the same for each
+  volume model with per-slice outputs (``model.per_slice``, ``slice_methods``), a
+  pooled slice's probabilities standing for the ``data.depth_pool`` slices it pools.
 
 ``ich3d evaluate`` puts the result under ``per_target`` in ``metrics.json``, renders
 it as the per-subtype table of ``report.md`` (:func:`render_per_target`) and writes
@@ -150,6 +152,11 @@ def render_per_target(section: Mapping[str, Any]) -> str:
             ll = sl.get("log_loss_per_target", {}).get(t)
             lines.append(f"| {t} | {d.get('n_pos', 0)}/{d.get('n_neg', 0)} | {_fmt(d)} | "
                          f"{'n/a' if ll is None else f'{ll:.4f}'} |")
+    for method, d in (section.get("slice_methods") or {}).items():
+        if d.get("log_loss") is not None:
+            aucs = ", ".join(f"{t} {_fmt(d['targets'].get(t))}" for t in targets)
+            lines += ["", f"Slice level, `{method}` (per-slice outputs), {d['n_slices']} slices: weighted log "
+                      f"loss {d['log_loss']:.4f}; AUC {aucs}."]
     lines.append("")
     lines.append("`predictions_<target>.csv` holds each target's volume scores: "
                  "`ich3d roc predictions_<target>.csv` draws its ROC curves.")

@@ -76,6 +76,8 @@ class MethodScores:
         notes: lines for the report's notes (no identifiers).
         target_scores: with several targets (``data.targets``), ``(n, K)`` scores, one
             column per target of the run (``ctx.targets``); None = ``scores`` only.
+        slice_scores: with per-slice outputs (``model.per_slice``), per volume (in
+            ``keys`` order) the ``(T_i, K)`` probabilities of its depth-pooled slices.
     """
 
     keys: list[str]
@@ -85,6 +87,7 @@ class MethodScores:
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     target_scores: np.ndarray | None = None
+    slice_scores: list[np.ndarray] | None = None
 
 
 class MethodUnavailable(Exception):

@@ -43,6 +43,7 @@ class VolumeModelMethod(ScoringMethod):
             seconds=float(scores.seconds.mean()),
             load_seconds=scores.load_seconds / len(scores.keys),
             target_scores=scores.target_probs,
+            slice_scores=scores.slice_probs or None,
         )
 
 
