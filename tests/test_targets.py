@@ -317,6 +317,11 @@ def test_evaluate_six_label_run_per_target(six, tmp_path):
     ref = log_loss(y.ravel(), p.ravel(), sample_weight=np.tile([1, 1, 1, 1, 1, 2.0], len(y)), labels=[0, 1])
     assert pt["slice"]["log_loss"] == pytest.approx(ref, rel=1e-10)
     assert "## Per target" in res.report.markdown and "weighted log loss" in res.report.markdown
+    # operating points of `any` per target are those of the main table (same rule, same scores)
+    ops = pt["operating_points"]["any"]
+    for method in ("max", "sequence"):
+        for rule in ("sensitivity", "youden"):
+            assert ops[method][rule]["threshold"] == pytest.approx(m["operating_points"][method][rule]["threshold"])
     flat = summary_metrics(m)
     present = [t for t in BLEEDS if pt["volume"][t]["n_pos"] > 0]
     assert present

@@ -251,6 +251,7 @@ def evaluate_run(
 
     described: dict[str, str] = {}
     target_scores: dict[str, tuple[list[str], np.ndarray]] = {}
+    val_target_scores: dict[str, tuple[list[str], np.ndarray]] = {}
     slice_scores: dict[str, tuple[list[str], list[np.ndarray]]] = {}
     for method in todo:
         try:
@@ -264,6 +265,8 @@ def evaluate_run(
         _put(val_df, method.name, val_got.keys, val_got.scores)
         if got.target_scores is not None:
             target_scores[method.name] = (list(got.keys), np.asarray(got.target_scores))
+        if val_got.target_scores is not None:
+            val_target_scores[method.name] = (list(val_got.keys), np.asarray(val_got.target_scores))
         if got.slice_scores is not None:
             slice_scores[method.name] = (list(got.keys), got.slice_scores)
         described[method.name] = method.describe(config)
@@ -288,7 +291,9 @@ def evaluate_run(
 
     scored = [m.name for m in todo if m.name in test_df.columns]
     if ctx.primary is not None:  # several targets: the per-target section
-        extra["per_target"] = _per_target(ctx, config, target_scores, scored, out_dir, slice_scores)
+        extra["per_target"] = _per_target(
+            ctx, config, target_scores, scored, out_dir, slice_scores, val_target_scores
+        )
     extra["load_seconds_per_volume"] = load_seconds
     extra["seconds_total"] = round(time.perf_counter() - t_start, 3)
     what = f"{config.experiment}/{run.run_id}"
@@ -331,6 +336,7 @@ def _per_target(
     scored: list[str],
     out_dir: Path,
     slice_scores: dict[str, tuple[list[str], list[np.ndarray]]] | None = None,
+    val_target_scores: dict[str, tuple[list[str], np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Per-target volume and slice statistics (:mod:`ich3d.evaluation.per_target`) and their CSVs."""
     from ich3d.data.targets import target_weights
@@ -348,6 +354,11 @@ def _per_target(
         "level": level,
         "volume": pt.volume_level(frames, [m for m in scored if m in target_scores], level),
     }
+    if val_target_scores:  # operating points per target: chosen on validation, as the main table's
+        val_frames = pt.target_frames(ctx.table("val"), val_target_scores, targets)
+        section["operating_points"] = pt.operating_points_per_target(
+            frames, val_frames, config.evaluation.target_sensitivity, level
+        )
     if ctx.has_slice_outputs("evaluated"):
         outs = ctx.slice_outputs("evaluated")
         keep = set(frames[targets[0]]["key"]) | set(ctx.table("evaluated")["key"])

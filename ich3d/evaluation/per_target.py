@@ -7,6 +7,8 @@ For every target (``epidural`` ... ``any``):
   paired DeLong tests between the methods (:func:`~ich3d.evaluation.delong.delong_roc`,
   non-strict: a target with fewer than 2 positive or negative volumes gets NaN
   intervals and a warning instead of an error);
+* operating points (chosen on validation: the target sensitivity and Youden, as
+  the main table's) per target and method;
 * slice level, the stage-1 CNN: AUC with its DeLong interval on every labelled
   slice of the evaluated volumes, and the challenge's weighted log loss over those
   slices (:func:`~ich3d.evaluation.log_loss.weighted_log_loss`); the same for each
@@ -32,7 +34,7 @@ import pandas as pd
 from ich3d.evaluation.delong import delong_roc
 from ich3d.evaluation.log_loss import per_target_log_loss, weighted_log_loss
 
-__all__ = ["volume_level", "slice_level", "target_frames", "render_per_target"]
+__all__ = ["volume_level", "slice_level", "target_frames", "operating_points_per_target", "render_per_target"]
 
 
 def _num(x: float) -> float | None:
@@ -82,6 +84,35 @@ def volume_level(frames: Mapping[str, pd.DataFrame], methods: Sequence[str], lev
         t: _aucs(f["label"].to_numpy(), {m: f[m].to_numpy() for m in methods if m in f}, level)
         for t, f in frames.items()
     }
+
+
+def operating_points_per_target(
+    test: Mapping[str, pd.DataFrame],
+    val: Mapping[str, pd.DataFrame],
+    target_sensitivity: float = 0.98,
+    level: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """Per target and method, the operating points of the main table (same rules).
+
+    The thresholds are chosen on the validation frame (``target_sensitivity`` and
+    Youden) and applied to the test frame; a target or method without both classes
+    on either side, or with an unfitted (NaN) score, is left out.
+    """
+    from ich3d.evaluation.report import _operating_point_entries
+
+    out: dict[str, dict[str, Any]] = {}
+    for t, f in test.items():
+        v = val.get(t)
+        if v is None or f["label"].nunique() < 2 or v["label"].nunique() < 2:
+            continue
+        for m in [c for c in f.columns if c not in ("key", "label") and c in v.columns]:
+            if f[m].isna().any() or v[m].isna().any():
+                continue
+            out.setdefault(t, {})[m] = _operating_point_entries(
+                v["label"].to_numpy(), v[m].to_numpy(), f["label"].to_numpy(), f[m].to_numpy(),
+                target_sensitivity, level,
+            )
+    return out
 
 
 def slice_level(
