@@ -375,6 +375,7 @@ def test_per_slice_sequence_outputs(six, tmp_path):
     # the loss is the weighted BCE over the real slices, against the pooled slice labels
     config = config_from_dict(raw)
     module = build_module(config, "sequence")
+    assert module.model.head.per_slice and module.per_slice
     module.model.load_state_dict(model.state_dict())
     module.eval()
     from ich3d.training.runner import build_volume_datamodule
@@ -462,3 +463,13 @@ def test_rsna_submission_needs_six_labels(tmp_path, capsys):
     assert run_cli("predict", str(tiny.run_dir), str(tiny.cache), "--format", "rsna", "--device", "cpu",
                    "--no-progress") == 2
     assert "needs a run trained on the six RSNA labels" in capsys.readouterr().err
+
+
+def test_a_single_target_list(tmp_path):
+    cache = make_cache(tmp_path, patients=4)
+    config = config_from_dict(tiny_raw_config(cache, tmp_path, data={"targets": ["any"]}))
+    module = build_module(config, "slice")
+    assert module.num_targets == 1 and module.model.classifier.out_features == 1
+    logits, y = torch.tensor([[0.5], [-1.0]]), torch.tensor([[1.0], [0.0]])
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+    assert float(module._loss(logits, y)) == pytest.approx(float(ref), rel=1e-6)

@@ -263,10 +263,12 @@ def evaluate_run(
             continue
         _put(test_df, method.name, got.keys, got.scores)
         _put(val_df, method.name, val_got.keys, val_got.scores)
-        if got.target_scores is not None:
-            target_scores[method.name] = (list(got.keys), np.asarray(got.target_scores))
-        if val_got.target_scores is not None:
-            val_target_scores[method.name] = (list(val_got.keys), np.asarray(val_got.target_scores))
+        one_target = ctx.primary is not None and len(ctx.targets) == 1  # data.targets: [one label]
+        for g, into in ((got, target_scores), (val_got, val_target_scores)):
+            if g.target_scores is not None:
+                into[method.name] = (list(g.keys), np.asarray(g.target_scores))
+            elif one_target:
+                into[method.name] = (list(g.keys), np.asarray(g.scores, dtype=np.float64)[:, None])
         if got.slice_scores is not None:
             slice_scores[method.name] = (list(got.keys), got.slice_scores)
         described[method.name] = method.describe(config)
@@ -363,7 +365,8 @@ def _per_target(
         outs = ctx.slice_outputs("evaluated")
         keep = set(frames[targets[0]]["key"]) | set(ctx.table("evaluated")["key"])
         rows = []
-        for key, p in zip(outs.keys, outs.target_probs, strict=True):
+        per_volume = outs.target_probs or [p[:, None] for p in outs.probs]  # one target: probs
+        for key, p in zip(outs.keys, per_volume, strict=True):
             if key in keep:
                 r = pd.DataFrame(p, columns=[f"p_{t}" for t in targets])
                 r.insert(0, "slice_index", np.arange(len(p)))

@@ -389,6 +389,7 @@ class VolumeModule(_BinaryModule):
             slice_chunk=model.get("slice_chunk"),
             checkpoint_chunks=gradient_checkpointing,
             num_outputs=self.num_targets,
+            per_slice=bool(model.get("per_slice")),
         )
         if freeze_encoder:
             self.model.freeze_encoder()
