@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     import warnings
 
     from ich3d.data.ingest import run_ingest
-    from ich3d.data.synth import NO_DEFECTS, generate
+    from ich3d.synth import NO_DEFECTS, generate
     from ich3d.training.runner import quiet_lightning
 
     quiet_lightning()

@@ -420,7 +420,7 @@ def test_per_slice_sequence_outputs(six, tmp_path):
 
 
 def test_rsna_submission_on_a_synthetic_test_folder(six, tmp_path, capsys):
-    from ich3d.data.synth import NO_DEFECTS, generate
+    from ich3d.synth import NO_DEFECTS, generate
 
     _, _, run = six
     synth = tmp_path / "synth"
@@ -473,3 +473,17 @@ def test_a_single_target_list(tmp_path):
     logits, y = torch.tensor([[0.5], [-1.0]]), torch.tensor([[1.0], [0.0]])
     ref = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
     assert float(module._loss(logits, y)) == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_slice_batches_carry_the_targets(tmp_path):
+    from ich3d.training.runner import build_slice_datamodule
+
+    cache = make_cache(tmp_path, patients=6)
+    raw = tiny_raw_config(cache, tmp_path, data={"targets": "all"}, stages={"slice": {"val_samples": 6}})
+    dm = build_slice_datamodule(config_from_dict(raw))
+    dm.prepare_data()
+    dm.setup("fit")
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.eval_dataloader("test")):
+        batch = next(iter(loader))
+        assert batch["target"].shape == (len(batch["key"]), 6)
+        np.testing.assert_array_equal(batch["target"][:, 5].numpy(), batch["label"].numpy())  # `any`

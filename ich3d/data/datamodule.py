@@ -514,7 +514,7 @@ class SliceDataModule(ICHDataModule):
     def val_dataloader(self) -> DataLoader:
         """The validation slices of training: all, or the fixed ``val_samples`` subset."""
         table = validation_subset(self.slice_table("val"), self.val_samples, self.seed)
-        return self._loader(SliceDataset(self.cache, table, self.windows, size=self.size))  # type: ignore[arg-type]
+        return self._loader(SliceDataset(self.cache, table, self.windows, size=self.size, targets=self.targets))  # type: ignore[arg-type]
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")
