@@ -57,7 +57,10 @@ class LinearSVMMethod(ScoringMethod):
         y_tr = ctx.table("train").set_index("key").loc[tr.keys, target].to_numpy(np.int64)
         y_va = ctx.table("val").set_index("key").loc[va.keys, target].to_numpy(np.int64)
         try:
-            return fit_linear_svm(tr.features, y_tr, va.features, y_va, Cs=ctx.config.evaluation.svm_cs)
+            return fit_linear_svm(
+                tr.features, y_tr, va.features, y_va,
+                Cs=ctx.config.evaluation.svm_cs, solver=ctx.config.evaluation.svm_solver,
+            )
         except UserError:
             return None
 
