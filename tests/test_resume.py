@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import time
 
@@ -187,7 +188,8 @@ def test_requeued_stage_continues_the_same_wandb_run(cache, tmp_path, monkeypatc
     run = open_run_dir(tmp_path / "runs" / "tiny" / "wb")
     offline = sorted((run.path / "wandb").glob("offline-run-*"))
     assert len(offline) == 2
-    ids = {p.name.rsplit("-", 1)[1] for p in offline}
+    # offline-run-<date>_<time>-<id>, with "-<n>" appended when two attempts start in one second
+    ids = {re.fullmatch(r"offline-run-\d{8}_\d{6}-([^-]+)(?:-\d+)?", p.name).group(1) for p in offline}
     assert len(ids) == 1  # one W&B run id for both attempts
     first, second = (read_offline_run(p) for p in offline)
     assert first["run"]["job_type"] == second["run"]["job_type"] == "slice"
