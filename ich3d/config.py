@@ -32,7 +32,8 @@ Schema (section: keys)::
     trainer:    accelerator, devices, strategy, num_nodes, precision, deterministic,
                 benchmark, log_every_n_steps, enable_progress_bar, num_sanity_val_steps,
                 limit_train_batches, limit_val_batches
-    evaluation: split, percentile, target_sensitivity, confidence, svm_cs, svm_solver, batch_size
+    evaluation: split, percentile, target_sensitivity, confidence, svm_cs, svm_solver, batch_size,
+                slice_svm_cs, slice_svm_max_train, ae_code_dim, ae_hidden, ae_epochs, ae_lr
     tracking:   mode (offline|online|disabled), project, entity, group, tags
     run:        root
 """
@@ -261,6 +262,14 @@ class EvaluationConfig:
             float32 L-BFGS primal solver of the same objective beyond 2e7 training
             values, e.g. at RSNA scale), ``liblinear`` or ``lbfgs``.
         batch_size: volumes per inference batch.
+        slice_svm_cs: regularisation values tried for the slice SVM (``slice_svm``,
+            ``ae_svm``), chosen by validation slice AUC.
+        slice_svm_max_train: at most this many training slices (and as many validation
+            slices) fit the slice SVM and the autoencoder: a seeded stratified subset.
+        ae_code_dim: code size of the ``ae_svm`` feature autoencoder.
+        ae_hidden: hidden width of its encoder and decoder (one layer each).
+        ae_epochs: autoencoder training epochs over the training slices.
+        ae_lr: its Adam learning rate.
     """
 
     split: str = "test"
@@ -270,6 +279,12 @@ class EvaluationConfig:
     svm_cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
     svm_solver: Literal["auto", "liblinear", "lbfgs"] = "auto"
     batch_size: int = 1
+    slice_svm_cs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    slice_svm_max_train: int = 20000
+    ae_code_dim: int = 64
+    ae_hidden: int = 512
+    ae_epochs: int = 30
+    ae_lr: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -471,6 +486,12 @@ def _check(config: Config) -> Config:
         raise UserError("config key 'model.slice_chunk' must be >= 1 or null")
     if config.trainer.num_nodes < 1:
         raise UserError("config key 'trainer.num_nodes' must be >= 1")
+    ev = config.evaluation
+    for name in ("slice_svm_max_train", "ae_code_dim", "ae_hidden", "ae_epochs"):
+        if getattr(ev, name) < (2 if name == "slice_svm_max_train" else 1):
+            raise UserError(f"config key 'evaluation.{name}' is too small: {getattr(ev, name)}")
+    if not ev.slice_svm_cs or min(ev.slice_svm_cs) <= 0 or ev.ae_lr <= 0:
+        raise UserError("config keys 'evaluation.slice_svm_cs' and 'evaluation.ae_lr' must be positive")
     return config
 
 

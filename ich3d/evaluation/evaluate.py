@@ -253,6 +253,7 @@ def evaluate_run(
     target_scores: dict[str, tuple[list[str], np.ndarray]] = {}
     val_target_scores: dict[str, tuple[list[str], np.ndarray]] = {}
     slice_scores: dict[str, tuple[list[str], list[np.ndarray]]] = {}
+    slice_scored: dict[str, tuple[Any, Any]] = {}
     for method in todo:
         try:
             got = method.score(ctx, "evaluated")
@@ -279,6 +280,8 @@ def evaluate_run(
         if got.details:
             details[method.name] = got.details
         notes.extend(n for n in got.notes if n not in notes)
+        if got.stage1_slice_scores is not None and val_got.stage1_slice_scores is not None:
+            slice_scored[method.name] = (got, val_got)
     ctx.release_model()
 
     slice_level: dict[str, Any] = {}
@@ -290,6 +293,13 @@ def evaluate_run(
             outs = outs.subset([k for k in outs.keys if k in keep])
         slice_level, slice_table = _slice_level(dm1, outs, config.data.label, ev.confidence, slice_level_auc)
         slice_table.to_csv(out_dir / "slice_predictions.csv", index=False)
+    from ich3d.evaluation.slice_level import slice_systems
+
+    extra["slice_level_systems"] = slice_systems(
+        ctx, slice_scored, keep=list(test_df["key"]), descriptions=described,
+        target_sensitivity=ev.target_sensitivity, level=ev.confidence,
+    )
+    extra["slice_classifiers"] = {m: details[m] for m in slice_scored if m in details}
 
     scored = [m.name for m in todo if m.name in test_df.columns]
     if ctx.primary is not None:  # several targets: the per-target section

@@ -494,6 +494,10 @@ def render_report(metrics: Mapping[str, Any], result: DeLongResult) -> str:
             lines.append(f"| {names.get(k, k)} | {d['n_slices']} | {d['n_pos']} | {d['n_neg']} | {_fmt_auc(d)} |")
         lines.append("")
 
+    from ich3d.evaluation.slice_level import render_slice_systems
+
+    lines += render_slice_systems(metrics)
+
     svm = metrics.get("svm") or {}
     if svm:
         lines += ["## SVM baseline", ""]

@@ -78,6 +78,10 @@ class MethodScores:
             column per target of the run (``ctx.targets``); None = ``scores`` only.
         slice_scores: with per-slice outputs (``model.per_slice``), per volume (in
             ``keys`` order) the ``(T_i, K)`` probabilities of its depth-pooled slices.
+        stage1_slice_scores: for a slice classifier on the stage-1 features, one array
+            per key of a score for every slice of the volume in slice order (the stage-1
+            pass's slices, no depth pooling); the evaluation's slice-level table
+            (:mod:`ich3d.evaluation.slice_level`) reads it.
     """
 
     keys: list[str]
@@ -88,6 +92,7 @@ class MethodScores:
     notes: list[str] = field(default_factory=list)
     target_scores: np.ndarray | None = None
     slice_scores: list[np.ndarray] | None = None
+    stage1_slice_scores: list[np.ndarray] | None = None
 
 
 class MethodUnavailable(Exception):
