@@ -33,7 +33,7 @@ Schema (section: keys)::
                 benchmark, log_every_n_steps, enable_progress_bar, num_sanity_val_steps,
                 limit_train_batches, limit_val_batches
     evaluation: split, percentile, target_sensitivity, confidence, svm_cs, svm_solver, batch_size,
-                slice_svm_cs, slice_svm_max_train, ae_code_dim, ae_hidden, ae_epochs, ae_lr
+                methods, slice_svm_cs, slice_svm_max_train, ae_code_dim, ae_hidden, ae_epochs, ae_lr
     tracking:   mode (offline|online|disabled), project, entity, group, tags
     run:        root
 """
@@ -262,6 +262,8 @@ class EvaluationConfig:
             float32 L-BFGS primal solver of the same objective beyond 2e7 training
             values, e.g. at RSNA scale), ``liblinear`` or ``lbfgs``.
         batch_size: volumes per inference batch.
+        methods: opt-in scoring methods evaluated besides the default ones (``slice_svm``,
+            ``ae_svm``); ``ich3d evaluate --methods`` overrides.
         slice_svm_cs: regularisation values tried for the slice SVM (``slice_svm``,
             ``ae_svm``), chosen by validation slice AUC.
         slice_svm_max_train: at most this many training slices (and as many validation
@@ -279,6 +281,7 @@ class EvaluationConfig:
     svm_cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
     svm_solver: Literal["auto", "liblinear", "lbfgs"] = "auto"
     batch_size: int = 1
+    methods: tuple[str, ...] = ()
     slice_svm_cs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     slice_svm_max_train: int = 20000
     ae_code_dim: int = 64

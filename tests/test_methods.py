@@ -77,7 +77,8 @@ def mean_method():
 def test_registry_order_and_volume_stages():
     from ich3d.stages import Stage, register_stage, unregister_stage, volume_stages
 
-    assert method_names() == ALL
+    assert method_names() == [*ALL[:3], "slice_svm", "ae_svm", *ALL[3:]]
+    assert [n for n in method_names() if get_method(n).default] == ALL  # slice_svm, ae_svm: opt-in
     vol = {s.name for s in volume_stages()}
     assert {get_method(n).needs for n in ALL[:3]} == {"slice"}
     assert all(get_method(s).needs == s for s in vol)
@@ -85,7 +86,8 @@ def test_registry_order_and_volume_stages():
     register_stage(Stage(name="probe", kind="volume", order=35, description="a linear probe",
                          starts_from="slice", loads="encoder", freeze_encoder=True))
     try:
-        assert method_names() == ["max", "p95", "svm", "sequence", "finetune", "probe", "direct"]
+        assert method_names() == ["max", "p95", "svm", "slice_svm", "ae_svm", "sequence", "finetune", "probe",
+                                  "direct"]
         assert get_method("probe").description == "a linear probe"
     finally:
         unregister_stage("probe")

@@ -76,10 +76,14 @@ def available_stages(run: Any) -> list[str]:
     return [s for s in stage_names() if run.best_ckpt(s).is_file()]
 
 
-def select_methods(methods: Sequence[str] | None = None, stages: Sequence[str] | None = None) -> list[Any]:
+def select_methods(
+    methods: Sequence[str] | None = None, stages: Sequence[str] | None = None, extra: Sequence[str] = ()
+) -> list[Any]:
     """The scoring methods asked for: ``methods`` by name plus those needing one of ``stages``.
 
-    Neither given: every registered method. Order: the registry's (report order).
+    Neither given: every default method (``ScoringMethod.default``) plus ``extra`` (the
+    config's ``evaluation.methods``, opt-in methods such as ``slice_svm``); ``stages``
+    selects among the same. Order: the registry's (report order).
 
     Raises:
         UserError: an unknown method or stage (the message lists the known ones).
@@ -87,14 +91,15 @@ def select_methods(methods: Sequence[str] | None = None, stages: Sequence[str] |
     from ich3d.evaluation.methods import all_methods, get_method, methods_for_stages
     from ich3d.stages import stage_names
 
+    chosen = {get_method(m).name for m in extra}
     if not methods and not stages:
-        return all_methods()
+        return [m for m in all_methods() if m.default or m.name in chosen]
     names = stage_names()
     unknown = [s for s in stages or () if s not in names]
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r} for --stages; expected some of {', '.join(names)}")
     wanted = {get_method(m).name for m in methods or ()}
-    wanted |= {m.name for m in methods_for_stages(stages or ())}
+    wanted |= {m.name for m in methods_for_stages(stages or ()) if m.default or m.name in chosen}
     return [m for m in all_methods() if m.name in wanted]
 
 
@@ -179,7 +184,7 @@ def evaluate_run(
         data_dir = Path(data).expanduser().resolve()
         if not is_complete(data_dir):
             raise UserError(f"--data {data}: not a complete ingest cache (run `ich3d ingest` on it first)")
-    selected = select_methods(methods, stages)
+    selected = select_methods(methods, stages, ev.methods)
 
     # ---- which stages exist, which finished
     needed = [s for s in stage_names() if s in {m.needs for m in selected} | set(stages or ())]

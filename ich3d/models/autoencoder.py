@@ -137,7 +137,7 @@ def fit_autoencoder(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         losses.append(total / len(t))
         log.debug("autoencoder epoch %d: loss %.5f", epoch, losses[-1])
     model.eval()

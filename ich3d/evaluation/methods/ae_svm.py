@@ -60,5 +60,6 @@ register_method(
         "linear SVM slice classifier on autoencoder codes of the stage-1 slice features, maximum slice score",
         needs=slice_stage_name(),
         order=36,
+        default=False,
     )
 )

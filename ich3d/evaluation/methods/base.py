@@ -114,6 +114,9 @@ class ScoringMethod:
         order: report column position (lower first): the built-in baselines use
             10-30, volume models ``100 + stage order``.
         score: ``(ctx, role) -> MethodScores``; default :meth:`score` of the subclass.
+        default: evaluated when ``ich3d evaluate`` is given no ``--methods`` (default
+            True); an opt-in method (``slice_svm``, ``ae_svm``) runs when named by
+            ``--methods`` or by the config's ``evaluation.methods``.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class ScoringMethod:
         needs: str,
         order: int = 50,
         score: Callable[[Any, str], MethodScores] | None = None,
+        default: bool = True,
     ) -> None:
         if not name.isidentifier() or name in _RESERVED:
             raise ValueError(f"method name {name!r} must be an identifier other than {', '.join(sorted(_RESERVED))}")
@@ -132,6 +136,7 @@ class ScoringMethod:
         self.needs = needs
         self.order = int(order)
         self._score = score
+        self.default = bool(default)
 
     def describe(self, config: Any) -> str:
         """The description shown in the report for this run's ``config`` (default :attr:`description`)."""

@@ -113,5 +113,6 @@ register_method(
         "linear SVM slice classifier on the frozen stage-1 slice features, maximum slice score",
         needs=slice_stage_name(),
         order=35,
+        default=False,
     )
 )
