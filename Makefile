@@ -6,11 +6,17 @@ STAMP  := $(VENV)/.installed
 DEMO_DATA ?= runs/demo-data
 # the Slurm suite's jobs outlive pytest's rotation of /tmp/pytest-of-$USER: a folder of its own
 SLURM_TMP ?= /var/tmp/ich3d-test-slurm
+COMPARE_DATA ?= runs/compare-data
+COMPARE_SYSTEMS ?= patel2019 dawud2019_alexnet dawud2019_alexnet_svm dawud2019_cnn soni2025_vgg16 \
+	kumar2022_densenet201 ayesha2025_cnn_lstm ayesha2025_cnn_gru ayesha2025_alexnet_ae_svm
+ifndef COMPARE_RUN
+COMPARE_RUN := compare-$(shell date -u +%Y%m%d-%H%M%S)
+endif
 ifndef DEMO_RUN
 DEMO_RUN := demo-$(shell date -u +%Y%m%d-%H%M%S)
 endif
 
-.PHONY: help install demo test test-all test-slurm docker-check lint bench clean
+.PHONY: help install demo compare test test-all test-slurm docker-check lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +37,20 @@ demo: $(STAMP) ## the main job: synthetic RSNA data -> ingest -> 3 training stag
 	$(BIN)/ich3d train configs/demo.yaml --stage all --run-id $(DEMO_RUN)
 	$(BIN)/ich3d evaluate runs/demo/$(DEMO_RUN)
 	@echo "ich3d demo: run directory runs/demo/$(DEMO_RUN) (report: runs/demo/$(DEMO_RUN)/evaluation/report.md)"
+
+compare: $(STAMP) ## every published system, small, on one synthetic dataset (CPU) -> ich3d compare table
+	@test -f $(COMPARE_DATA)/stage_2_train.csv || \
+		$(BIN)/ich3d synth $(COMPARE_DATA) --patients 540 --studies 2 2 --size 128 --slices 5 8 --seed 0 --no-progress
+	$(BIN)/ich3d ingest --images $(COMPARE_DATA)/stage_2_train --labels $(COMPARE_DATA)/stage_2_train.csv \
+		--out $(COMPARE_DATA)/cache --workers 2
+	@set -e; for s in $(COMPARE_SYSTEMS); do \
+		echo "== $$s"; \
+		$(BIN)/ich3d train configs/$$s.yaml --run-id $(COMPARE_RUN) $$(grep -h '^--' configs/compare/$$s.args) \
+			$$(grep -hv '^#\|^--' configs/compare/common.args configs/compare/$$s.args); \
+		$(BIN)/ich3d evaluate runs/compare/$$s/$(COMPARE_RUN) --device cpu --no-wandb --no-progress; \
+	done
+	$(BIN)/ich3d compare $(foreach s,$(COMPARE_SYSTEMS),runs/compare/$(s)/$(COMPARE_RUN)) --out runs/compare/$(COMPARE_RUN)
+	@cat runs/compare/$(COMPARE_RUN)/compare.md
 
 test: $(STAMP) ## the test suite without the slow tests (what CI runs)
 	$(BIN)/python -m pytest -m "not slow and not slurm" -q

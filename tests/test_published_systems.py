@@ -33,6 +33,10 @@ _SMALL_CNN = ["model.encoder=patel_cnn", "model.encoder_args={width: 2, feature_
 #: config -> (stages trained here, overrides that only shrink the network for a 64 px test)
 SYSTEMS: dict[str, tuple[str, list[str]]] = {
     "dawud2019_alexnet": ("slice", []),
+    # the SVM systems: the slice stage with a width-2 CNN (AlexNet's one-step training is
+    # dawud2019_alexnet's); their SVMs are scored by the evaluation test below
+    "dawud2019_alexnet_svm": ("slice", _SMALL_CNN),
+    "ayesha2025_alexnet_ae_svm": ("slice", _SMALL_CNN),
     "dawud2019_cnn": ("slice", ["model.encoder_args.input_size=64"]),
     # VGG-16's fc6/fc7 (120 M parameters) take seconds per step on one CPU thread: the
     # pooled conv features keep every conv layer of the config's network
@@ -47,6 +51,8 @@ SYSTEMS: dict[str, tuple[str, list[str]]] = {
 #: (optimizer class, lr) of the slice stage each config declares (METHOD.md section 2)
 SLICE_OPTIMIZER = {
     "dawud2019_alexnet": ("SGD", 1e-2, 200),
+    "dawud2019_alexnet_svm": ("SGD", 1e-2, 200),
+    "ayesha2025_alexnet_ae_svm": ("Adam", 1e-4, 25),
     "dawud2019_cnn": ("SGD", 1e-3, 60),
     "soni2025_vgg16": ("Adam", 1e-5, 32),
     "kumar2022_densenet201": ("Adam", 1e-4, 32),
@@ -120,7 +126,10 @@ def test_config_loads_with_the_papers_settings_and_builds(name: str, empty_hub) 
     if name == "dawud2019_cnn":
         assert s.max_epochs == 100
         assert config.model.encoder_args["maps"] == [10, 20, 30, 40]
-    if name.startswith("ayesha"):
+    if name.endswith("svm"):
+        assert config.model.encoder_args["layer"] == "fc6"  # AlexNet FC6, 4096 (METHOD.md section 2)
+        assert config.evaluation.methods == (("slice_svm",) if name.startswith("dawud") else ("slice_svm", "ae_svm"))
+    elif name.startswith("ayesha"):
         assert config.model.head == name.rsplit("_", 1)[1]
     text = (CONFIGS / f"{name}.yaml").read_text()
     assert "Stages:" in text and "# ours" in text
@@ -171,6 +180,34 @@ def test_config_trains_one_step(
         assert not bool(enc["input_normalized"])  # no ImageNet weights: no ImageNet scaling
     else:
         assert not random_init
+
+
+@pytest.fixture(scope="module")
+def eval_cache(tmp_path_factory):
+    """A fake cache whose test quarter holds both classes twice (DeLong needs 2 + 2)."""
+    root = tmp_path_factory.mktemp("systems_eval")
+    write_fake_cache(root / "cache", patients=16, size=64, slices=(6, 8), seed=1)
+    return root / "cache"
+
+
+@pytest.mark.parametrize("name", ["dawud2019_alexnet_svm", "ayesha2025_alexnet_ae_svm"])
+def test_svm_systems_train_and_evaluate(name: str, eval_cache, tmp_path, empty_hub) -> None:  # noqa: ANN001
+    """``--stage slice`` then ``ich3d evaluate``: the config's SVM methods are scored, slice level too."""
+    import json
+
+    overrides = _tiny(eval_cache, tmp_path) + _SMALL_CNN
+    overrides += ["evaluation.ae_epochs=3", "evaluation.ae_hidden=8", "evaluation.ae_code_dim=4"]
+    assert run_cli("train", str(CONFIGS / f"{name}.yaml"), "--stage", "slice", "--run-id", "e", *overrides) == 0
+    run = tmp_path / "runs" / name / "e"
+    assert run_cli("evaluate", str(run), "--device", "cpu") == 0
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    wanted = ["slice_svm"] if name.startswith("dawud") else ["slice_svm", "ae_svm"]
+    assert metrics["methods"] == ["max", "p95", "svm", *wanted]
+    assert list(metrics["slice_level_systems"]) == ["slice", *wanted]
+    for m in wanted:
+        row = metrics["slice_level_systems"][m]
+        assert 0.0 <= row["auc"] <= 1.0 and row["n_pos"] > 0 and row["n_neg"] > 0
+        assert metrics["slice_classifiers"][m]["n_features"] == (16 if m == "slice_svm" else 4)
 
 
 def test_local_imagenet_file_is_used(cache, tmp_path, empty_hub) -> None:  # noqa: ANN001
