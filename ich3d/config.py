@@ -282,7 +282,7 @@ class EvaluationConfig:
     svm_solver: Literal["auto", "liblinear", "lbfgs"] = "auto"
     batch_size: int = 1
     methods: tuple[str, ...] = ()
-    slice_svm_cs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    slice_svm_cs: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
     slice_svm_max_train: int = 20000
     ae_code_dim: int = 64
     ae_hidden: int = 512
