@@ -48,6 +48,7 @@ compare: $(STAMP) ## every published system, small, on one synthetic dataset (CP
 		$(BIN)/ich3d train configs/$$s.yaml --run-id $(COMPARE_RUN) $$(grep -h '^--' configs/compare/$$s.args) \
 			$$(grep -hv '^#\|^--' configs/compare/common.args configs/compare/$$s.args); \
 		$(BIN)/ich3d evaluate runs/compare/$$s/$(COMPARE_RUN) --device cpu --no-wandb --no-progress; \
+		rm -f runs/compare/$$s/$(COMPARE_RUN)/*/last.ckpt; \
 	done
 	$(BIN)/ich3d compare $(foreach s,$(COMPARE_SYSTEMS),runs/compare/$(s)/$(COMPARE_RUN)) --out runs/compare/$(COMPARE_RUN)
 	@cat runs/compare/$(COMPARE_RUN)/compare.md
