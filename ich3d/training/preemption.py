@@ -250,7 +250,7 @@ def save_atomically(trainer: pl.Trainer, path: str | Path) -> None:
     """``trainer.save_checkpoint`` to a temporary name, then renamed on rank 0 (all ranks call it)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    trainer.save_checkpoint(tmp)
+    trainer.save_checkpoint(tmp, weights_only=False)  # the full state: a resume needs the optimizer
     if trainer.is_global_zero:
         os.replace(tmp, path)
     trainer.strategy.barrier("ich3d.save_atomically")
