@@ -35,6 +35,7 @@ __all__ = [
     "VolumeDataset",
     "BalancedSampler",
     "VolumeCollate",
+    "collate_volume_fields",
     "worker_init_fn",
 ]
 
@@ -387,18 +388,23 @@ class VolumeCollate:
                 pad = self.air.view(1, -1, 1, 1).expand(t_max - v.shape[0], -1, *v.shape[2:])
                 v = torch.cat([v, pad.to(v.dtype)], dim=0)
             vols.append(v)
-        out = {
-            "volume": torch.stack(vols),
-            "length": torch.stack([it["length"] for it in items]),
-            "label": torch.stack([it["label"] for it in items]),
-            "key": [it["key"] for it in items],
-            "index": torch.stack([it["index"] for it in items]),
-        }
-        if "target" in items[0]:
-            out["target"] = torch.stack([it["target"] for it in items])
-        if "slice_target" in items[0]:
-            out["slice_target"] = pad_slice_targets([it["slice_target"] for it in items], t_max)
-        return out
+        return {"volume": torch.stack(vols), **collate_volume_fields(items, t_max)}
+
+
+def collate_volume_fields(items: Sequence[dict], t_max: int) -> dict:
+    """The fields every volume batch carries besides its data: ``length``, ``label``,
+    ``key``, ``index`` and, when present, ``target`` and ``slice_target`` (padded to ``t_max``)."""
+    out = {
+        "length": torch.stack([it["length"] for it in items]),
+        "label": torch.stack([it["label"] for it in items]),
+        "key": [it["key"] for it in items],
+        "index": torch.stack([it["index"] for it in items]),
+    }
+    if "target" in items[0]:
+        out["target"] = torch.stack([it["target"] for it in items])
+    if "slice_target" in items[0]:
+        out["slice_target"] = pad_slice_targets([it["slice_target"] for it in items], t_max)
+    return out
 
 
 def pad_slice_targets(items: Sequence[torch.Tensor], t_max: int) -> torch.Tensor:

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from ich3d.data.augment import build_augment_3d
 from ich3d.data.cache import atomic_write_text
 from ich3d.data.datamodule import VolumeDataModule
-from ich3d.data.datasets import BalancedSampler, VolumeDataset
+from ich3d.data.datasets import BalancedSampler, VolumeDataset, collate_volume_fields
 from ich3d.errors import UserError
 
 __all__ = [
@@ -162,20 +162,7 @@ class FeatureCollate:
         feats = torch.zeros((len(items), t_max, items[0]["features"].shape[-1]), dtype=torch.float32)
         for i, it in enumerate(items):
             feats[i, : it["features"].shape[0]] = it["features"]
-        out = {
-            "features": feats,
-            "length": torch.stack([it["length"] for it in items]),
-            "label": torch.stack([it["label"] for it in items]),
-            "key": [it["key"] for it in items],
-            "index": torch.stack([it["index"] for it in items]),
-        }
-        if "target" in items[0]:
-            out["target"] = torch.stack([it["target"] for it in items])
-        if "slice_target" in items[0]:
-            from ich3d.data.datasets import pad_slice_targets
-
-            out["slice_target"] = pad_slice_targets([it["slice_target"] for it in items], t_max)
-        return out
+        return {"features": feats, **collate_volume_fields(items, t_max)}
 
 
 class FeatureDataModule(pl.LightningDataModule):
