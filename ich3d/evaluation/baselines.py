@@ -37,6 +37,7 @@ __all__ = [
     "PrimalLinearSVM",
     "LIBLINEAR_MAX_VALUES",
     "fit_linear_svm",
+    "select_c_on_validation",
 ]
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,38 @@ class PrimalLinearSVM:
         return (x @ self.coef_.astype(np.float32)).astype(np.float64) + self.intercept_
 
 
+def select_c_on_validation(
+    make: Any, cs: Sequence[float], xtr: Any, ytr: np.ndarray, xva: Any, yva: np.ndarray, *, what: str
+) -> tuple[float, float, Any, dict[float, float]]:
+    """Fit ``make(C)`` on train for each C (ascending), keep the best validation AUC.
+
+    Ties go to the smallest C (strongest regularisation). A liblinear fit that does
+    not converge, or an L-BFGS one (``converged`` False), is logged as a warning.
+
+    Returns:
+        ``(C, validation AUC, fitted model, {C: validation AUC})``.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import roc_auc_score
+
+    val_auc: dict[float, float] = {}
+    best: tuple[float, float, Any] | None = None
+    for c in cs:
+        model = make(c)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(xtr, ytr)
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught) or getattr(model, "converged", True) is False:
+            log.warning("%s with C=%g did not converge", what, c)
+        auc = float(roc_auc_score(yva, model.decision_function(xva)))
+        val_auc[c] = auc
+        log.info("%s C=%g: validation AUC %.4f", what, c, auc)
+        if best is None or auc > best[1]:
+            best = (c, auc, model)
+    assert best is not None
+    return best[0], best[1], best[2], val_auc
+
+
 #: ``svm_solver="auto"`` uses liblinear up to this many training values (n x length x F).
 LIBLINEAR_MAX_VALUES = 20_000_000
 
@@ -354,8 +387,6 @@ def fit_linear_svm(
     Raises:
         UserError: empty Cs, non-positive C, label problems, or feature widths that differ.
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.metrics import roc_auc_score
     from sklearn.svm import LinearSVC
 
     cs = sorted(float(c) for c in Cs)
@@ -381,34 +412,21 @@ def fit_linear_svm(
             f"training volumes {xtr.shape[1] // length}"
         )
 
-    val_auc: dict[float, float] = {}
-    best: tuple[float, float, Any] | None = None
     if solver == "lbfgs" and class_weight is not None:
         raise UserError("the lbfgs SVM solver has no class_weight; use solver='liblinear'")
     log.info("SVM: %d training volumes x %d values, solver %s", len(train_feats), xtr.shape[1], solver)
-    for c in cs:
+
+    def make(c: float) -> Any:
         if solver == "lbfgs":
-            model: Any = PrimalLinearSVM(C=c).fit(xtr, ytr)
-            if not model.converged:
-                log.warning("the lbfgs SVM with C=%g did not converge", c)
-        else:
-            model = LinearSVC(C=c, class_weight=class_weight, max_iter=max_iter, random_state=random_state)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", ConvergenceWarning)
-                model.fit(xtr, ytr)
-            if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-                log.warning("LinearSVC with C=%g did not converge in %d iterations", c, max_iter)
-        auc = float(roc_auc_score(yva, model.decision_function(xva)))
-        val_auc[c] = auc
-        log.info("SVM C=%g: validation AUC %.4f", c, auc)
-        if best is None or auc > best[1]:
-            best = (c, auc, model)
-    assert best is not None
+            return PrimalLinearSVM(C=c)
+        return LinearSVC(C=c, class_weight=class_weight, max_iter=max_iter, random_state=random_state)
+
+    best_c, _, best_model, val_auc = select_c_on_validation(make, cs, xtr, ytr, xva, yva, what="SVM")
     if n_crop_tr or n_crop_va:
         log.info("SVM: cropped %d training and %d validation volumes to %d slices", n_crop_tr, n_crop_va, length)
     return SVMBaseline(
-        model=best[2],
-        C=best[0],
+        model=best_model,
+        C=best_c,
         length=int(length),
         n_features=xtr.shape[1] // length,
         val_auc=val_auc,

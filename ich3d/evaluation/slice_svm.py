@@ -15,7 +15,6 @@ Pure NumPy / scikit-learn; the scoring methods ``slice_svm`` and ``ae_svm``
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,11 +130,11 @@ def fit_slice_svm(
     Raises:
         UserError: empty or non-positive Cs, a set without both classes, widths that differ.
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
+
+    from ich3d.evaluation.baselines import select_c_on_validation
 
     cs = sorted(float(c) for c in Cs)
     if not cs or cs[0] <= 0:
@@ -144,27 +143,17 @@ def fit_slice_svm(
     xva, yva = _xy(val_x, val_y, "slice SVM validation slices")
     if xtr.shape[1] != xva.shape[1]:
         raise UserError(f"validation slices have {xva.shape[1]} features, training slices {xtr.shape[1]}")
-    val_auc: dict[float, float] = {}
-    best: tuple[float, float, Any] | None = None
-    for c in cs:
-        model = make_pipeline(
+
+    def make(c: float) -> Any:
+        return make_pipeline(
             StandardScaler(),
             LinearSVC(C=c, class_weight="balanced", max_iter=max_iter, random_state=random_state),
         )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            model.fit(xtr, ytr)
-        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-            log.warning("slice SVM with C=%g did not converge in %d iterations", c, max_iter)
-        auc = float(roc_auc_score(yva, model.decision_function(xva)))
-        val_auc[c] = auc
-        log.info("slice SVM C=%g: validation slice AUC %.4f", c, auc)
-        if best is None or auc > best[1]:
-            best = (c, auc, model)
-    assert best is not None
+
+    best_c, _, best_model, val_auc = select_c_on_validation(make, cs, xtr, ytr, xva, yva, what="slice SVM")
     return SliceSVM(
-        model=best[2],
-        C=best[0],
+        model=best_model,
+        C=best_c,
         n_features=xtr.shape[1],
         val_auc=val_auc,
         n_train=(int((ytr == 1).sum()), int((ytr == 0).sum())),
