@@ -11,7 +11,9 @@ import importlib
 import pkgutil
 from collections.abc import Iterable
 
-__all__ = ["import_submodules"]
+__all__ = ["import_submodules", "discover_once"]
+
+_discovered: set[str] = set()
 
 
 def import_submodules(package: str, skip: Iterable[str] = ("base",)) -> list[str]:
@@ -33,3 +35,16 @@ def import_submodules(package: str, skip: Iterable[str] = ("base",)) -> list[str
         importlib.import_module(f"{package}.{info.name}")
         names.append(f"{package}.{info.name}")
     return names
+
+
+def discover_once(package: str, skip: Iterable[str] = ("base",)) -> None:
+    """:func:`import_submodules` the first time a registry of ``package`` is read.
+
+    The package is marked before its modules are imported, so a module that reads
+    its own registry while it registers (a stage starting from another) does not
+    start the discovery again.
+    """
+    if package in _discovered:
+        return
+    _discovered.add(package)
+    import_submodules(package, skip)

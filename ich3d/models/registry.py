@@ -54,18 +54,11 @@ T = TypeVar("T", bound=Callable[..., Any])
 #: ``@ENCODERS.register`` / ``@HEADS.register``.
 MODELS_PACKAGE = "ich3d.models"
 
-_loaded = False
-
-
 def _import_builtins() -> None:
     """Import every module of :data:`MODELS_PACKAGE` once (each registers its entries)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    from ich3d.plugins import import_submodules
+    from ich3d.plugins import discover_once
 
-    import_submodules(MODELS_PACKAGE, skip=("registry",))
+    discover_once(MODELS_PACKAGE, skip=("registry",))
 
 
 class Registry:

@@ -159,18 +159,11 @@ class Stage:
 
 
 _STAGES: dict[str, Stage] = {}
-_loaded = False
-
-
 def _discover() -> None:
     """Import every module of :mod:`ich3d.stages` once (each registers its entry)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    from ich3d.plugins import import_submodules
+    from ich3d.plugins import discover_once
 
-    import_submodules("ich3d.stages")
+    discover_once("ich3d.stages")
 
 
 def register_stage(stage: Stage) -> Stage:

@@ -164,18 +164,11 @@ def slice_stage_name() -> str:
 
 _METHODS: dict[str, ScoringMethod] = {}
 _PROVIDERS: list[Callable[[], Iterable[ScoringMethod]]] = []
-_loaded = False
-
-
 def _discover() -> None:
     """Import every module of :mod:`ich3d.evaluation.methods` once (each registers its entry)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    from ich3d.plugins import import_submodules
+    from ich3d.plugins import discover_once
 
-    import_submodules("ich3d.evaluation.methods")
+    discover_once("ich3d.evaluation.methods")
 
 
 def register_method(method: ScoringMethod) -> ScoringMethod:
