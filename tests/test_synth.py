@@ -379,7 +379,11 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
 #: sha256 over (relative path, NUL, bytes) of every file of the dataset below, computed
 #: with the generator as it was in ich3d/data/synth.py + phantom.py (commit 4e86f58),
 #: before it moved to ich3d/synth/: the move and any refactoring must keep these bytes.
+#: That generator had no CT artefacts (ich3d/synth/artefacts.py); with them switched off
+#: the bytes are still these, so the artefacts change nothing else.
 PINNED_DATASET_SHA256 = "3a9b3a10f12214092695a4cb46b461fbdbea29a3c13cefa6406d1e82a966a4d0"
+#: The same dataset with the artefacts (partial volume of the vault, skull-base streaks).
+PINNED_WITH_ARTEFACTS_SHA256 = "7073afae07927dd249dfb1c0cda791c160581429529089274d8ea7906cf00081"
 
 
 def _dataset_sha256(out: Path) -> str:
@@ -392,8 +396,13 @@ def _dataset_sha256(out: Path) -> str:
     return h.hexdigest()
 
 
-def test_pinned_bytes_every_defect_planted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("artefacts", [True, False], ids=["artefacts", "no-artefacts"])
+def test_pinned_bytes_every_defect_planted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, artefacts: bool
+) -> None:
     """A tiny dataset with every defect planted is byte-identical to the pinned one."""
+    if not artefacts:
+        monkeypatch.setattr(ph, "paint_artefacts", lambda *a, **k: None)
     rates = DefectRates(**{name: 0.3 for name in DEFECT_NAMES})
     summary = generate(
         tmp_path / "pin",
@@ -412,7 +421,8 @@ def test_pinned_bytes_every_defect_planted(tmp_path: Path) -> None:
         10,
         2,
     )
-    assert _dataset_sha256(tmp_path / "pin") == PINNED_DATASET_SHA256
+    pinned = PINNED_WITH_ARTEFACTS_SHA256 if artefacts else PINNED_DATASET_SHA256
+    assert _dataset_sha256(tmp_path / "pin") == pinned
 
 
 def test_patients_do_not_depend_on_each_other(tmp_path: Path) -> None:

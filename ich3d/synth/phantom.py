@@ -35,7 +35,9 @@ plexus, falx, basal ganglia; in negative and positive series alike) 100-300,
 acute blood 50-90 (IPH with a 15-21 HU edema rim); confounders in every head:
 falx 42-58, dural venous sinuses 48-68, a one-pixel partial-volume rim between
 inner table and CSF, bright skull caps on the extreme slices, petrous ridges
-and clivus low down; Gaussian noise of 5-10 HU everywhere, then a floor at
+and clivus low down; two CT artefacts, the slice-thickness partial volume of
+the vault and the skull base's beam-hardening streaks
+(:mod:`ich3d.synth.artefacts`); Gaussian noise of 5-10 HU everywhere, then a floor at
 -1024. A count of 60-95 HU pixels per slice separates positive from negative
 slices with an AUC of about 0.87 (0.81 per volume), so the task needs more
 than a threshold.
@@ -61,6 +63,7 @@ from ich3d.synth.anatomy import (
     paint_head,
     sample_head,
 )
+from ich3d.synth.artefacts import paint_artefacts
 from ich3d.synth.bleeds import (
     BLEED_SUBTYPES,
     MIN_BLEED_AREA_MM2,
@@ -159,6 +162,7 @@ def _render_chunk(
     paint_edema(fr, bleeds, hu, tissues)
     paint_calcifications(fr, head, hu, tissues.cavity)
     code = paint_bleeds(fr, head, bleeds, hu, tissues, min_px, painted)
+    paint_artefacts(fr, head, hu, tissues, code)
     r0, r1, c0, c1 = box
     out_hu.fill(AIR_HU)
     out_hu[:, r0:r1, c0:c1] = hu
