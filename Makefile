@@ -15,8 +15,14 @@ endif
 ifndef DEMO_RUN
 DEMO_RUN := demo-$(shell date -u +%Y%m%d-%H%M%S)
 endif
+# the training seed of `make demo` / `make compare` (data and patient split stay fixed)
+SEED ?= 0
+SEEDS ?= 0 1 2
+ifndef SEEDS_RUN
+SEEDS_RUN := seeds-$(shell date -u +%Y%m%d-%H%M%S)
+endif
 
-.PHONY: help install demo compare test test-all test-slurm docker-check lint bench clean
+.PHONY: help install demo demo-seeds compare compare-seeds test test-all test-slurm docker-check lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,7 +40,7 @@ demo: $(STAMP) ## the main job: synthetic RSNA data -> ingest -> 3 training stag
 		$(BIN)/ich3d synth $(DEMO_DATA) --patients 200 --size 128 --slices 12 20 --seed 0
 	$(BIN)/ich3d ingest --images $(DEMO_DATA)/stage_2_train --labels $(DEMO_DATA)/stage_2_train.csv \
 		--out $(DEMO_DATA)/cache --workers 2
-	$(BIN)/ich3d train configs/demo.yaml --stage all --run-id $(DEMO_RUN)
+	$(BIN)/ich3d train configs/demo.yaml --stage all --run-id $(DEMO_RUN) seed=$(SEED)
 	$(BIN)/ich3d evaluate runs/demo/$(DEMO_RUN)
 	@echo "ich3d demo: run directory runs/demo/$(DEMO_RUN) (report: runs/demo/$(DEMO_RUN)/evaluation/report.md)"
 
@@ -46,12 +52,21 @@ compare: $(STAMP) ## every published system, small, on one synthetic dataset (CP
 	@set -e; for s in $(COMPARE_SYSTEMS); do \
 		echo "== $$s"; \
 		$(BIN)/ich3d train configs/$$s.yaml --run-id $(COMPARE_RUN) $$(grep -h '^--' configs/compare/$$s.args) \
-			$$(grep -hv '^#\|^--' configs/compare/common.args configs/compare/$$s.args); \
+			$$(grep -hv '^#\|^--' configs/compare/common.args configs/compare/$$s.args) seed=$(SEED); \
 		$(BIN)/ich3d evaluate runs/compare/$$s/$(COMPARE_RUN) --device cpu --no-wandb --no-progress; \
 		rm -f runs/compare/$$s/$(COMPARE_RUN)/*/last.ckpt; \
 	done
 	$(BIN)/ich3d compare $(foreach s,$(COMPARE_SYSTEMS),runs/compare/$(s)/$(COMPARE_RUN)) --out runs/compare/$(COMPARE_RUN)
 	@cat runs/compare/$(COMPARE_RUN)/compare.md
+
+demo-seeds: $(STAMP) ## make demo once per seed of SEEDS (default 0 1 2), then ich3d seeds: AUC ranges
+	@set -e; for s in $(SEEDS); do $(MAKE) --no-print-directory demo SEED=$$s DEMO_RUN=$(SEEDS_RUN)-seed$$s; done
+	$(BIN)/ich3d seeds $(foreach s,$(SEEDS),runs/demo/$(SEEDS_RUN)-seed$(s)) --out runs/demo/$(SEEDS_RUN)
+
+compare-seeds: $(STAMP) ## make compare once per seed of SEEDS (default 0 1 2), then ich3d seeds over every system
+	@set -e; for s in $(SEEDS); do $(MAKE) --no-print-directory compare SEED=$$s COMPARE_RUN=$(SEEDS_RUN)-seed$$s; done
+	$(BIN)/ich3d seeds $(foreach s,$(SEEDS),$(foreach c,$(COMPARE_SYSTEMS),runs/compare/$(c)/$(SEEDS_RUN)-seed$(s))) \
+		--out runs/compare/$(SEEDS_RUN)
 
 test: $(STAMP) ## the test suite without the slow tests (what CI runs)
 	$(BIN)/python -m pytest -m "not slow and not slurm" -q

@@ -15,7 +15,7 @@ import sys
 __all__ = ["main", "build_parser"]
 
 #: sub-commands, in pipeline order; each is the module ich3d.cli.<name>
-COMMANDS: tuple[str, ...] = ("synth", "ingest", "train", "predict", "evaluate", "compare", "roc")
+COMMANDS: tuple[str, ...] = ("synth", "ingest", "train", "predict", "evaluate", "compare", "seeds", "roc")
 
 
 def build_parser() -> argparse.ArgumentParser:
