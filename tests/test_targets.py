@@ -317,6 +317,10 @@ def test_evaluate_six_label_run_per_target(six, tmp_path):
     ref = log_loss(y.ravel(), p.ravel(), sample_weight=np.tile([1, 1, 1, 1, 1, 2.0], len(y)), labels=[0, 1])
     assert pt["slice"]["log_loss"] == pytest.approx(ref, rel=1e-10)
     assert "## Per target" in res.report.markdown and "weighted log loss" in res.report.markdown
+    # the per-target paired tests are in the report, with the p of metrics.json
+    pair = next(p for p in pt["volume"]["any"]["pairs"] if (p["a"], p["b"]) == ("max", "sequence"))
+    row = next(line for line in res.report.markdown.splitlines() if line.startswith("| max vs sequence |"))
+    assert row.split(" | ")[len(RSNA_TARGETS)].startswith(f"{pair['p']:.3g} (")
     # operating points of `any` per target are those of the main table (same rule, same scores)
     ops = pt["operating_points"]["any"]
     for method in ("max", "sequence"):

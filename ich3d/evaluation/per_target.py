@@ -172,6 +172,28 @@ def render_per_target(section: Mapping[str, Any]) -> str:
         v = volume.get(t, {})
         cells = [_fmt(v.get("methods", {}).get(m)) for m in methods]
         lines.append(f"| {t} | {v.get('n_pos', 0)}/{v.get('n_neg', 0)} | " + " | ".join(cells) + " |")
+    pairs: list[tuple[str, str]] = []
+    for t in targets:
+        for p in volume.get(t, {}).get("pairs", []):
+            if (p["a"], p["b"]) not in pairs:
+                pairs.append((p["a"], p["b"]))
+    if pairs:
+        lines += ["", "Paired DeLong tests per target: p (difference in AUC, first minus second).", ""]
+        lines.append("| pair | " + " | ".join(targets) + " |")
+        lines.append("| --- | " + " | ".join("---" for _ in targets) + " |")
+        for a, b in pairs:
+            cells = []
+            for t in targets:
+                hit = [p for p in volume.get(t, {}).get("pairs", []) if (p["a"], p["b"]) == (a, b)]
+                ms = volume.get(t, {}).get("methods", {})
+                if not hit or hit[0].get("p") is None:
+                    cells.append("n/a")
+                    continue
+                diff = ""
+                if ms.get(a, {}).get("auc") is not None and ms.get(b, {}).get("auc") is not None:
+                    diff = f" ({ms[a]['auc'] - ms[b]['auc']:+.3f})"
+                cells.append(f"{hit[0]['p']:.3g}{diff}")
+            lines.append(f"| {a} vs {b} | " + " | ".join(cells) + " |")
     sl = section.get("slice")
     if sl and sl.get("targets"):
         lines += ["", f"Slice level, stage-1 CNN, {sl['n_slices']} slices: weighted log loss "
