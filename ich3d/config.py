@@ -21,7 +21,7 @@ Schema (section: keys)::
     seed: int                    # global seed (Lightning seed_everything)
     data:       cache_dir, images_dir, labels_csv, windows, split_fractions, split_seed,
                 splits_file, min_slices, ingest_workers, depth_pool, label, targets,
-                target_weights, num_workers, pin_memory, persistent_workers
+                target_weights, num_workers, pin_memory, persistent_workers, augment_on
     model:      encoder, encoder_args, head, head_args, slice_chunk, channels_last, compile,
                 per_slice
     stages:     one section per declared stage (``ich3d train --list-stages``: slice,
@@ -105,6 +105,11 @@ class DataConfig:
         num_workers: DataLoader workers per process.
         pin_memory: DataLoader ``pin_memory``.
         persistent_workers: DataLoader ``persistent_workers`` (needs num_workers > 0).
+        augment_on: where training items are augmented and windowed: ``loader`` (the
+            DataLoader workers, on the CPU), ``device`` (the loader only reads the HU;
+            augmentation and windowing run after the batch is on the trainer's device,
+            with the same per-sample seeds, so the same images) or ``auto`` (default:
+            ``device`` when the trainer runs on a CUDA GPU, ``loader`` otherwise).
     """
 
     cache_dir: str | None = field(default=None, metadata=_PATH)
@@ -123,6 +128,7 @@ class DataConfig:
     num_workers: int = 0
     pin_memory: bool = False
     persistent_workers: bool = False
+    augment_on: Literal["auto", "loader", "device"] = "auto"
 
 
 @dataclass(frozen=True)

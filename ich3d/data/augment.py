@@ -28,11 +28,18 @@ fill exact for any window.
 Seeding: :func:`augment` sets the transform's random state from an explicit
 per-sample seed before each call (:func:`reseed`), so results do not depend on
 the DataLoader worker that runs it.
+
+Where it runs: in the DataLoader workers (``data.augment_on: loader``, the CPU
+default) or after the batch is on the accelerator (``device``):
+:func:`augment_batch` applies the same transform to each sample of a batch of
+HU with the sample's seed, so both places take the same branch with the same
+parameters and work on HU before windowing in the same order.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -47,6 +54,7 @@ __all__ = [
     "build_augment_2d",
     "build_augment_3d",
     "augment",
+    "augment_batch",
     "chosen_branch",
     "reseed",
 ]
@@ -59,14 +67,23 @@ MAX_SHIFT_PX = 15.0
 AIR_OFFSET = 1024.0
 
 
+def _device(device: torch.device | str | None) -> torch.device | None:
+    return None if device is None else torch.device(device)
+
+
 def build_augment_2d(
-    max_rotation_deg: float = MAX_ROTATION_DEG, max_shift_px: float = MAX_SHIFT_PX
+    max_rotation_deg: float = MAX_ROTATION_DEG,
+    max_shift_px: float = MAX_SHIFT_PX,
+    device: torch.device | str | None = None,
 ) -> OneOf:
     """Build the 2D augmentation for channel-first ``(C, H, W)`` tensors.
 
     Args:
         max_rotation_deg: rotation range [-x, x] in degrees (default 25).
         max_shift_px: shift range [-x, x] in pixels along each in-plane axis (default 15).
+        device: where the shift's sampling grid is built (default None: the CPU;
+            give the images' device when they live on an accelerator). Rotation
+            and mirror follow the image's device by themselves.
     """
     rot = math.radians(max_rotation_deg)
     return OneOf(
@@ -81,6 +98,7 @@ def build_augment_2d(
                 translate_range=(max_shift_px, max_shift_px),
                 mode="bilinear",
                 padding_mode="zeros",
+                device=_device(device),
             ),
         ],
         weights=[0.25, 0.25, 0.25, 0.25],
@@ -91,6 +109,7 @@ def build_augment_3d(
     max_rotation_deg: float = MAX_ROTATION_DEG,
     max_shift_px: float = MAX_SHIFT_PX,
     max_shift_slices: float | None = None,
+    device: torch.device | str | None = None,
 ) -> OneOf:
     """Build the 3D augmentation for channel-first ``(C, T, H, W)`` tensors.
 
@@ -101,6 +120,7 @@ def build_augment_3d(
         max_shift_slices: shift range [-x, x] in slices along T (default None:
             ``max_shift_px``, as in METHOD.md; note that 15 pooled slices is
             half of a typical 30-slice pooled volume).
+        device: where the shift's sampling grid is built (see :func:`build_augment_2d`).
     """
     shift_t = max_shift_px if max_shift_slices is None else max_shift_slices
     rot = math.radians(max_rotation_deg)
@@ -122,6 +142,7 @@ def build_augment_3d(
                 translate_range=(shift_t, max_shift_px, max_shift_px),
                 mode="bilinear",
                 padding_mode="zeros",
+                device=_device(device),
             ),
         ],
         weights=[0.25, 0.25, 0.25, 0.25],
@@ -172,6 +193,47 @@ def augment(transform: OneOf, image: torch.Tensor, seed: int) -> torch.Tensor:
     if hasattr(out, "as_tensor"):
         out = out.as_tensor()
     return torch.as_tensor(out)
+
+
+def augment_batch(
+    transform: OneOf,
+    hu: torch.Tensor,
+    seeds: torch.Tensor | Sequence[int],
+    lengths: torch.Tensor | Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Augment each sample of a batch of HU with its own seed, on the batch's device.
+
+    Sample ``i`` becomes exactly what the DataLoader path gives for the same
+    seed: ``augment(transform, hu[i] + AIR_OFFSET, seeds[i]) - AIR_OFFSET``
+    (one MONAI call per sample: the branch and its parameters differ from
+    sample to sample, so they are not batched). Volumes padded along T are
+    augmented on their true length only and stay padded with air.
+
+    Args:
+        transform: a pipeline from :func:`build_augment_2d` / :func:`build_augment_3d`
+            (built for ``hu``'s device).
+        hu: float HU, ``(B, H, W)`` slices or ``(B, T, H, W)`` volumes.
+        seeds: ``B`` integer per-sample seeds (0 <= seed < 2**32), a tensor or a list
+            (a list, kept on the host, saves a device synchronisation).
+        lengths: ``B`` true lengths of padded volumes (None: every sample whole).
+
+    Returns:
+        Float HU of the same shape and device; the padding of volumes is -1024 HU (air).
+    """
+    x = hu.float()
+    seeds = seeds.tolist() if isinstance(seeds, torch.Tensor) else list(seeds)
+    if len(seeds) != x.shape[0]:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {x.shape[0]}")
+    if lengths is None:
+        out = torch.empty_like(x)
+        ends = [x.shape[1]] * len(seeds)
+    else:
+        out = torch.full_like(x, -AIR_OFFSET)
+        ends = lengths.tolist() if isinstance(lengths, torch.Tensor) else list(lengths)
+    for i, (seed, n) in enumerate(zip(seeds, ends, strict=True)):
+        sample = x[i, : int(n)]
+        out[i, : int(n)] = augment(transform, sample[None] + AIR_OFFSET, int(seed))[0] - AIR_OFFSET
+    return out
 
 
 def chosen_branch(transform: OneOf, seed: int) -> int:

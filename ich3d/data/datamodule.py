@@ -17,6 +17,19 @@ not need ``use_distributed_sampler=False``). Evaluation loaders go through each
 split in a fixed order (sorted by volume key, then slice index); under DDP
 Lightning shards them with a ``DistributedSampler`` that pads by repeating
 items: de-duplicate predictions by the ``index`` field.
+
+Where training items are augmented (``augment_on``): ``loader`` augments and
+windows each item in the DataLoader workers, on the CPU. ``device`` makes the
+training loader deliver only the HU as stored (int16, cropped/padded, not
+windowed; a sixth of the bytes of three float32 windows) plus each item's seed;
+after Lightning has moved the batch to the device (pinned memory, ``non_blocking``
+copies), :meth:`ICHDataModule.on_after_batch_transfer` augments each sample
+with its seed (:func:`~ich3d.data.augment.augment_batch`: the same branch and
+parameters as in the loader), then windows. The order is the loader's: augment
+HU, then window; the batch that reaches the model has the same keys and, on the
+CPU, the same values. ``auto`` (default) is ``device`` when the trainer runs on
+a CUDA device and ``loader`` otherwise. Evaluation loaders always window in the
+loader (they do not augment).
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ich3d.config import DataConfig, StageConfig
-from ich3d.data.augment import build_augment_2d, build_augment_3d
+from ich3d.data.augment import augment_batch, build_augment_2d, build_augment_3d
 from ich3d.data.cache import IngestCache, open_cache
 from ich3d.data.cavity import CavityRule, ensure_slice_stats, load_slice_stats
 from ich3d.data.datasets import (
@@ -52,14 +65,24 @@ from ich3d.data.splits import (
     read_splits_file,
     validate_fractions,
 )
-from ich3d.data.windows import WindowSpec, resolve_windows
+from ich3d.data.windows import WindowSpec, apply_windows, resolve_windows
 from ich3d.errors import UserError
 
-__all__ = ["ICHDataModule", "SliceDataModule", "VolumeDataModule", "EVAL_SPLITS", "validation_subset"]
+__all__ = [
+    "ICHDataModule",
+    "SliceDataModule",
+    "VolumeDataModule",
+    "EVAL_SPLITS",
+    "AUGMENT_ON",
+    "validation_subset",
+]
 
 log = logging.getLogger(__name__)
 
 _DM = TypeVar("_DM", bound="ICHDataModule")
+
+#: Values of ``augment_on`` (``data.augment_on``).
+AUGMENT_ON: tuple[str, ...] = ("auto", "loader", "device")
 
 #: Splits an evaluation loader accepts; ``predict`` is every volume of the cache.
 EVAL_SPLITS: tuple[str, ...] = (*SPLIT_NAMES, "predict")
@@ -137,6 +160,10 @@ class ICHDataModule(pl.LightningDataModule):
             whole split). Bounds the validation of stage 1, which would otherwise
             score every cranial-cavity slice of the validation volumes each epoch;
             ``eval_dataloader`` (the final evaluation) always covers everything.
+        augment_on: where training items are augmented and windowed: ``loader``,
+            ``device`` (after the batch transfer, see the module docstring) or
+            ``auto`` (default: ``device`` when the trainer runs on CUDA). In
+            ``device`` mode on CUDA the training loader pins its memory.
     """
 
     def __init__(
@@ -164,8 +191,13 @@ class ICHDataModule(pl.LightningDataModule):
         image_size: int | Sequence[int] | None = None,
         prepare_data_per_node: bool = False,
         val_samples: int | None = None,
+        augment_on: str = "auto",
     ) -> None:
         super().__init__()
+        if augment_on not in AUGMENT_ON:
+            raise UserError(f"augment_on must be one of {', '.join(AUGMENT_ON)}, got {augment_on!r}")
+        self.augment_on = augment_on
+        self._device_transforms: dict[str, Any] = {}
         self.prepare_data_per_node = bool(prepare_data_per_node)
         if val_samples is not None and val_samples < 2:
             raise UserError(f"val_samples must be >= 2 or None, got {val_samples}")
@@ -269,6 +301,7 @@ class ICHDataModule(pl.LightningDataModule):
             "label": data.label,
             "targets": resolve_targets(getattr(data, "targets", None)),
             "val_samples": stage.val_samples,
+            "augment_on": data.augment_on,
         }
         return cls(root, **{**kwargs, **overrides})
 
@@ -400,7 +433,13 @@ class ICHDataModule(pl.LightningDataModule):
         return self._tables[split].copy()
 
     def _loader(
-        self, dataset, *, sampler=None, batch_size: int | None = None, collate_fn=None
+        self,
+        dataset,
+        *,
+        sampler=None,
+        batch_size: int | None = None,
+        collate_fn=None,
+        pin_memory: bool | None = None,
     ) -> DataLoader:
         return DataLoader(
             dataset,
@@ -408,12 +447,70 @@ class ICHDataModule(pl.LightningDataModule):
             sampler=sampler,
             shuffle=False,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory if pin_memory is None else bool(pin_memory),
             persistent_workers=self.persistent_workers,
             worker_init_fn=worker_init_fn,
             collate_fn=collate_fn,
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    # ------------------------------------------------------------------ augmentation on the device
+    #: The batch entry the windowed images go to (``image`` or ``volume``).
+    _image_key = "image"
+
+    def _build_augment(self, device: torch.device | None = None):
+        """The MONAI augmentation of this module's items (2D or 3D)."""
+        raise NotImplementedError
+
+    def _on_cuda(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
+    def augments_on_device(self) -> bool:
+        """Whether the training batches are augmented and windowed after the transfer
+        (``augment_on`` resolved: ``auto`` is ``device`` when the trainer runs on CUDA)."""
+        if self.augment_on == "auto":
+            return self._on_cuda()
+        return self.augment_on == "device"
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Keep the per-sample seeds of a ``device``-mode batch on the host (a list)."""
+        if isinstance(batch, dict) and isinstance(batch.get("augment_seed"), torch.Tensor):
+            batch = {**batch, "augment_seed": batch["augment_seed"].tolist()}
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Finish a ``device``-mode batch on its device (:meth:`finish_batch`); others pass."""
+        if isinstance(batch, dict) and "hu" in batch:
+            return self.finish_batch(batch)
+        return batch
+
+    def finish_batch(self, batch: dict) -> dict:
+        """Turn a ``device``-mode batch into the batch the loader would have given.
+
+        ``hu`` (int16 HU; volumes padded with air along T) is augmented per
+        sample with ``augment_seed`` when this module augments, then windowed
+        into ``image`` ``(B, C, H, W)`` / ``volume`` ``(B, T, C, H, W)``; both
+        entries are removed. Runs wherever ``hu`` is (the device after
+        Lightning's transfer); the other entries are kept as they are.
+        """
+        out = {k: v for k, v in batch.items() if k not in ("hu", "augment_seed")}
+        x = batch["hu"].float()
+        seeds = batch.get("augment_seed")
+        if self.augment and seeds is not None:
+            if isinstance(seeds, torch.Tensor):
+                seeds = seeds.tolist()
+            key = str(x.device)
+            if key not in self._device_transforms:
+                self._device_transforms[key] = self._build_augment(x.device)
+            lengths = batch["length"] if self._image_key == "volume" else None
+            x = augment_batch(self._device_transforms[key], x, seeds, lengths)
+        return {self._image_key: apply_windows(x, self.windows, channel_axis=x.ndim - 2), **out}
+
+    def _train_loader(self, dataset, sampler, collate_fn=None) -> DataLoader:
+        # Lightning copies batches to CUDA with non_blocking=True; pinned pages make the copy async
+        pin = self.pin_memory or (getattr(dataset, "raw_hu", False) and self._on_cuda())
+        return self._loader(dataset, sampler=sampler, collate_fn=collate_fn, pin_memory=pin)
 
     def _train_rows(
         self, table: pd.DataFrame, negatives_mask: np.ndarray
@@ -465,6 +562,9 @@ class SliceDataModule(ICHDataModule):
     def _prepare_extra(self, cache: IngestCache) -> None:
         ensure_slice_stats(cache, self.rule, workers=self.ingest_workers)
 
+    def _build_augment(self, device: torch.device | None = None):
+        return build_augment_2d(device=device)
+
     def _setup_extra(self, stage: str | None) -> None:
         assert self.cache is not None
         stats = load_slice_stats(self.cache, self.rule)
@@ -496,15 +596,17 @@ class SliceDataModule(ICHDataModule):
         table = self.slice_table("train")
         neg_mask = (table["label"].to_numpy() == 0) & (table["volume_label"].to_numpy() == 0)
         pos, neg, n = self._train_rows(table, neg_mask)
+        on_device = self.augments_on_device()
         dataset = SliceDataset(
             self.cache,  # type: ignore[arg-type]
             table,
             self.windows,
-            transform=build_augment_2d() if self.augment else None,
+            transform=build_augment_2d() if self.augment and not on_device else None,
             size=self.size,
             targets=self.targets,
+            raw_hu=on_device,
         )
-        return self._loader(dataset, sampler=BalancedSampler(pos, neg, n, seed=self.seed))
+        return self._train_loader(dataset, BalancedSampler(pos, neg, n, seed=self.seed))
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Every cranial-cavity slice of ``split`` once, fixed order, no augmentation."""
@@ -590,10 +692,15 @@ class VolumeDataModule(ICHDataModule):
             overrides["pad_batches"] = int(overrides.get("batch_size", stage.batch_size)) > 1
         return super().from_config(data, stage, seed, cache_dir=cache_dir, **overrides)
 
+    _image_key = "volume"
+
+    def _build_augment(self, device: torch.device | None = None):
+        return build_augment_3d(device=device)
+
     def _lengths(self, n_slices: pd.Series) -> pd.Series:
         return -(-n_slices // self.depth_pool)
 
-    def _dataset(self, table: pd.DataFrame, transform=None) -> VolumeDataset:
+    def _dataset(self, table: pd.DataFrame, transform=None, *, raw_hu: bool = False) -> VolumeDataset:
         self._require_setup()
         return VolumeDataset(
             self.cache,  # type: ignore[arg-type]
@@ -604,6 +711,7 @@ class VolumeDataModule(ICHDataModule):
             size=self.size,
             targets=self.targets if self.cache.labeled else None,  # type: ignore[union-attr]
             slice_columns=self.slice_columns,
+            raw_hu=raw_hu,
         )
 
     @property
@@ -616,10 +724,10 @@ class VolumeDataModule(ICHDataModule):
     def train_dataloader(self) -> DataLoader:
         table = self.split_table("train")
         pos, neg, n = self._train_rows(table, table["label"].to_numpy() == 0)
-        dataset = self._dataset(table, build_augment_3d() if self.augment else None)
-        return self._loader(
-            dataset, sampler=BalancedSampler(pos, neg, n, seed=self.seed), collate_fn=self.collate
-        )
+        on_device = self.augments_on_device()
+        transform = build_augment_3d() if self.augment and not on_device else None
+        dataset = self._dataset(table, transform, raw_hu=on_device)
+        return self._train_loader(dataset, BalancedSampler(pos, neg, n, seed=self.seed), self.collate)
 
     def eval_dataloader(self, split: str, *, batch_size: int | None = None) -> DataLoader:
         """Every volume of ``split`` once, in :meth:`split_table` order, no augmentation."""

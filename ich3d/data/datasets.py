@@ -11,7 +11,13 @@ it, and the same ``seed`` gives the same batches.
 from __future__ import annotations
 
 import random
+import shutil
+import tempfile
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +37,7 @@ __all__ = [
     "pad_slice_targets",
     "depth_pool",
     "fit_in_plane",
+    "TableArrays",
     "SliceDataset",
     "VolumeDataset",
     "BalancedSampler",
@@ -118,7 +125,154 @@ def slice_label_arrays(
     return out
 
 
-class SliceDataset(Dataset):
+class TableArrays:
+    """Fixed-dtype numpy arrays of a dataset, shared with spawn workers through memory-mapped files.
+
+    A DataLoader pickles its dataset once per worker under the ``spawn`` and
+    ``forkserver`` start methods (``forkserver`` is the Linux default from
+    Python 3.14): a dataset holding its table would send every worker its own
+    copy. Pickled, a ``TableArrays`` writes its arrays once to ``.npy`` files in
+    a private temporary folder and carries only the folder's path; each worker
+    memory-maps the files (read only), so all of them share the same pages.
+    Under ``fork`` nothing is pickled and the arrays are inherited; having no
+    Python objects in them, they are not copied page by page by reference
+    counting either. The folder is removed when the object that wrote it is
+    garbage collected, or at exit.
+
+    Args:
+        **arrays: named arrays of any fixed dtype (numbers, ``U``/``S`` strings);
+            object arrays are refused.
+    """
+
+    def __init__(self, **arrays: np.ndarray) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+        for name, a in arrays.items():
+            a = np.ascontiguousarray(a)
+            if a.dtype.hasobject:
+                raise TypeError(f"array {name!r} holds Python objects; give a fixed dtype")
+            self._arrays[name] = a
+        self._folder: Path | None = None
+        self._cleanup: weakref.finalize | None = None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._arrays[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._arrays
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all arrays."""
+        return sum(a.nbytes for a in self._arrays.values())
+
+    def _spill(self) -> Path:
+        if self._folder is None:
+            folder = Path(tempfile.mkdtemp(prefix="ich3d-table-"))
+            self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
+            for name, a in self._arrays.items():
+                np.save(folder / f"{name}.npy", a, allow_pickle=False)
+            self._folder = folder
+        return self._folder
+
+    def __getstate__(self) -> dict[str, Any]:
+        folder = self._spill()
+        small = {n: a for n, a in self._arrays.items() if a.size == 0}  # an empty file cannot be mapped
+        return {"folder": str(folder), "mapped": [n for n in self._arrays if n not in small], "small": small}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        folder = Path(state["folder"])
+        self._arrays = dict(state["small"])
+        for name in state["mapped"]:
+            self._arrays[name] = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+        self._arrays = {n: self._arrays[n] for n in [*state["mapped"], *state["small"]]}
+        self._folder, self._cleanup = folder, None  # the writer owns the folder
+
+
+class _CacheRows(Dataset):
+    """Rows over cached volumes: the shared part of :class:`SliceDataset` and :class:`VolumeDataset`.
+
+    Holds no DataFrame and no cache object: a volume code per row (``code``),
+    the keys and absolute ``.npy`` paths of the volumes (fixed-width strings),
+    the labels and targets, all in one :class:`TableArrays`. Volumes are opened
+    memory-mapped, the last ``_MAX_OPEN`` kept per process.
+    """
+
+    _MAX_OPEN = 64
+
+    def __init__(
+        self,
+        cache: IngestCache,
+        table: pd.DataFrame,
+        windows: Sequence[WindowSpec],
+        transform,
+        size: tuple[int, int] | None,
+        targets: Sequence[str] | None,
+        raw_hu: bool,
+        **columns: np.ndarray,
+    ) -> None:
+        table = table.reset_index(drop=True)
+        codes, keys = pd.factorize(table["key"].astype(str), sort=False)
+        vol_key = np.asarray(keys, dtype=str)
+        vol_path = np.asarray([str(cache.volume_path(k)) for k in vol_key], dtype=str)
+        target = _target_array(table, targets)
+        extra = {} if target is None else {"target": target}
+        self._arrays = TableArrays(
+            code=codes.astype(np.int32),
+            label=table["label"].to_numpy(dtype=np.float32),
+            vol_key=vol_key,
+            vol_path=vol_path,
+            **extra,
+            **columns,
+        )
+        self.windows = list(windows)
+        self.transform = None if raw_hu else transform
+        self.size = size
+        self.raw_hu = bool(raw_hu)
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_maps"] = OrderedDict()  # open maps stay in their process
+        return state
+
+    def __len__(self) -> int:
+        return int(self._arrays["code"].shape[0])
+
+    def _volume(self, code: int) -> np.ndarray:
+        arr = self._maps.get(code)
+        if arr is not None:
+            self._maps.move_to_end(code)
+            return arr
+        arr = np.load(str(self._arrays["vol_path"][code]), mmap_mode="r")
+        self._maps[code] = arr
+        while len(self._maps) > self._MAX_OPEN:
+            self._maps.popitem(last=False)
+        return arr
+
+    def _image(self, hu: np.ndarray, seed: int | None, channel_axis: int) -> tuple[dict, int]:
+        """The item's image entries and its number of slices (volumes).
+
+        Windowed (and, for a seed, augmented) HU as ``image`` / ``volume``; with
+        ``raw_hu`` the HU as stored as ``hu`` and the seed as ``augment_seed``.
+        """
+        if self.raw_hu:
+            out = {"hu": torch.from_numpy(np.array(hu, dtype=np.int16))}
+            if seed is not None:
+                out["augment_seed"] = torch.tensor(seed, dtype=torch.long)
+            return out, int(hu.shape[0])
+        x = torch.from_numpy(hu.astype(np.float32))
+        if self.transform is not None and seed is not None:
+            x = augment(self.transform, x[None] + AIR_OFFSET, seed)[0] - AIR_OFFSET
+        name = "image" if channel_axis == 0 else "volume"
+        return {name: apply_windows(x, self.windows, channel_axis=channel_axis)}, int(x.shape[0])
+
+    def _labels(self, row: int) -> dict:
+        if "target" not in self._arrays:
+            return {}
+        return {"target": torch.tensor(self._arrays["target"][row])}
+
+
+class SliceDataset(_CacheRows):
     """One windowed axial slice per item.
 
     Args:
@@ -129,10 +283,16 @@ class SliceDataset(Dataset):
             applied only to ``(row, seed)`` items; None disables it.
         size: in-plane ``(H, W)`` every slice is cropped/padded to (None: as stored).
         targets: label columns of ``table`` given as ``target`` (None: no ``target``).
+        raw_hu: give the slice's HU as stored instead of the image, plus the item's
+            seed, for augmentation and windowing after the batch is on the device
+            (``data.augment_on: device``); ``transform`` is then not used here.
 
-    Items are dicts: ``image`` float32 ``(C, H, W)`` in [0, 1], ``label`` float32
-    scalar, ``key`` str, ``slice_index`` int64, ``index`` int64 (row of ``table``),
-    and with ``targets`` ``target`` float32 ``(K,)``.
+    The table is kept as fixed-dtype arrays (:class:`TableArrays`), not as the
+    DataFrame. Items are dicts: ``image`` float32 ``(C, H, W)`` in [0, 1],
+    ``label`` float32 scalar, ``key`` str, ``slice_index`` int64, ``index``
+    int64 (row of ``table``), and with ``targets`` ``target`` float32 ``(K,)``.
+    With ``raw_hu``: ``hu`` int16 ``(H, W)`` (cropped/padded, not windowed) in
+    place of ``image`` and, for ``(row, seed)`` items, ``augment_seed`` int64.
     """
 
     def __init__(
@@ -143,41 +303,36 @@ class SliceDataset(Dataset):
         transform=None,
         size: tuple[int, int] | None = None,
         targets: Sequence[str] | None = None,
+        raw_hu: bool = False,
     ) -> None:
-        self.cache = cache
-        self.table = table.reset_index(drop=True)
-        self.windows = list(windows)
-        self.transform = transform
-        self.size = size
-        self._keys = self.table["key"].to_numpy()
-        self._slice = self.table["slice_index"].to_numpy(dtype=np.int64)
-        self._label = self.table["label"].to_numpy(dtype=np.float32)
-        self._targets = _target_array(self.table, targets)
-
-    def __len__(self) -> int:
-        return len(self.table)
+        super().__init__(
+            cache,
+            table,
+            windows,
+            transform,
+            size,
+            targets,
+            raw_hu,
+            slice_index=table["slice_index"].to_numpy(dtype=np.int64),
+        )
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         row, seed = _split_item(item)
-        key = str(self._keys[row])
-        hu = np.asarray(self.cache.load_volume(key)[self._slice[row]])
-        hu = fit_in_plane(hu, self.size)
-        x = torch.from_numpy(hu.astype(np.float32))
-        if self.transform is not None and seed is not None:
-            x = augment(self.transform, x[None] + AIR_OFFSET, seed)[0] - AIR_OFFSET
-        out = {
-            "image": apply_windows(x, self.windows, channel_axis=0),
-            "label": torch.tensor(self._label[row]),
-            "key": key,
-            "slice_index": torch.tensor(self._slice[row], dtype=torch.long),
+        code = int(self._arrays["code"][row])
+        index = int(self._arrays["slice_index"][row])
+        hu = fit_in_plane(np.asarray(self._volume(code)[index]), self.size)
+        image, _ = self._image(hu, seed, channel_axis=0)
+        return {
+            **image,
+            "label": torch.tensor(self._arrays["label"][row]),
+            "key": str(self._arrays["vol_key"][code]),
+            "slice_index": torch.tensor(index, dtype=torch.long),
             "index": torch.tensor(row, dtype=torch.long),
+            **self._labels(row),
         }
-        if self._targets is not None:
-            out["target"] = torch.from_numpy(self._targets[row])
-        return out
 
 
-class VolumeDataset(Dataset):
+class VolumeDataset(_CacheRows):
     """One windowed, depth-pooled volume per item.
 
     Args:
@@ -191,10 +346,14 @@ class VolumeDataset(Dataset):
         targets: label columns of ``table`` given as ``target`` (None: no ``target``).
         slice_columns: label columns given per pooled slice as ``slice_target``
             ``(T, K)`` (:func:`slice_label_arrays`); None: none.
+        raw_hu: give the pooled HU as stored instead of ``volume``, plus the
+            item's seed (see :class:`SliceDataset`).
 
     Items are dicts: ``volume`` float32 ``(T, C, H, W)`` in [0, 1], ``length``
     int64 ``T``, ``label`` float32, ``key`` str, ``index`` int64 (row of ``table``),
-    and with ``targets`` ``target`` float32 ``(K,)``.
+    and with ``targets`` ``target`` float32 ``(K,)``. With ``raw_hu``: ``hu``
+    int16 ``(T, H, W)`` in place of ``volume`` and, for ``(row, seed)`` items,
+    ``augment_seed`` int64.
     """
 
     def __init__(
@@ -207,44 +366,41 @@ class VolumeDataset(Dataset):
         size: tuple[int, int] | None = None,
         targets: Sequence[str] | None = None,
         slice_columns: Sequence[str] | None = None,
+        raw_hu: bool = False,
     ) -> None:
-        self.cache = cache
-        self.table = table.reset_index(drop=True)
-        self.windows = list(windows)
         self.depth_pool = int(depth_pool)
-        self.transform = transform
-        self.size = size
-        self._keys = self.table["key"].to_numpy()
-        self._label = self.table["label"].to_numpy(dtype=np.float32)
-        self._targets = _target_array(self.table, targets)
-        self._slice_targets = (
-            slice_label_arrays(cache, list(self._keys), slice_columns, self.depth_pool) if slice_columns else None
-        )
-
-    def __len__(self) -> int:
-        return len(self.table)
+        packed: dict[str, np.ndarray] = {}
+        if slice_columns:
+            keys = list(pd.unique(table["key"].astype(str)))
+            labels = slice_label_arrays(cache, keys, slice_columns, self.depth_pool)
+            per_vol = [labels.get(k, np.zeros((0, len(slice_columns)), np.float32)) for k in keys]
+            offsets = np.zeros(len(keys) + 1, dtype=np.int64)
+            offsets[1:] = np.cumsum([len(a) for a in per_vol])
+            packed = {
+                "slice_target": np.concatenate(per_vol).astype(np.float32, copy=False),
+                "slice_target_offset": offsets,
+            }
+        super().__init__(cache, table, windows, transform, size, targets, raw_hu, **packed)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         row, seed = _split_item(item)
-        key = str(self._keys[row])
-        hu = depth_pool(np.asarray(self.cache.load_volume(key)), self.depth_pool)
+        code = int(self._arrays["code"][row])
+        hu = depth_pool(np.asarray(self._volume(code)), self.depth_pool)
         hu = fit_in_plane(hu, self.size)
-        x = torch.from_numpy(hu.astype(np.float32))
-        if self.transform is not None and seed is not None:
-            x = augment(self.transform, x[None] + AIR_OFFSET, seed)[0] - AIR_OFFSET
+        image, length = self._image(hu, seed, channel_axis=1)
         out = {
-            "volume": apply_windows(x, self.windows, channel_axis=1),
-            "length": torch.tensor(x.shape[0], dtype=torch.long),
-            "label": torch.tensor(self._label[row]),
-            "key": key,
+            **image,
+            "length": torch.tensor(length, dtype=torch.long),
+            "label": torch.tensor(self._arrays["label"][row]),
+            "key": str(self._arrays["vol_key"][code]),
             "index": torch.tensor(row, dtype=torch.long),
+            **self._labels(row),
         }
-        if self._targets is not None:
-            out["target"] = torch.from_numpy(self._targets[row])
-        if self._slice_targets is not None:
-            st = self._slice_targets[key]
-            if st.shape[0] != x.shape[0]:
-                raise RuntimeError(f"slice labels ({st.shape[0]}) and pooled slices ({x.shape[0]}) disagree")
+        if "slice_target" in self._arrays:
+            lo, hi = self._arrays["slice_target_offset"][code : code + 2]
+            st = np.array(self._arrays["slice_target"][lo:hi])
+            if st.shape[0] != length:
+                raise RuntimeError(f"slice labels ({st.shape[0]}) and pooled slices ({length}) disagree")
             out["slice_target"] = torch.from_numpy(st)
         return out
 
@@ -371,6 +527,9 @@ class VolumeCollate:
 
     Output: ``volume`` float32 ``(B, T_max, C, H, W)``, ``length`` int64 ``(B,)``
     (true lengths), ``label`` float32 ``(B,)``, ``key`` list[str], ``index`` int64 ``(B,)``.
+    Items of a ``raw_hu`` dataset give ``hu`` int16 ``(B, T_max, H, W)`` padded
+    with air (-1024 HU) instead of ``volume``, and ``augment_seed`` int64 ``(B,)``
+    when they carry seeds.
 
     Args:
         windows: the windows of the dataset (to compute the air value per channel).
@@ -381,6 +540,14 @@ class VolumeCollate:
 
     def __call__(self, items: list[dict]) -> dict:
         t_max = max(int(it["length"]) for it in items)
+        if "hu" in items[0]:
+            hu = torch.full((len(items), t_max, *items[0]["hu"].shape[1:]), HU_MIN, dtype=torch.int16)
+            for i, it in enumerate(items):
+                hu[i, : it["hu"].shape[0]] = it["hu"]
+            out = {"hu": hu}
+            if "augment_seed" in items[0]:
+                out["augment_seed"] = torch.stack([it["augment_seed"] for it in items])
+            return {**out, **collate_volume_fields(items, t_max)}
         vols = []
         for it in items:
             v = it["volume"]
