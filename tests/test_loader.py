@@ -156,6 +156,25 @@ def test_table_arrays_refuse_objects_and_keep_empty_arrays() -> None:
     assert back["empty"].shape == (0, 6) and back["a"].tolist() == [0, 1, 2] and "a" in back
 
 
+def _drop_in_child(holder: list) -> None:
+    holder.pop()._cleanup()  # what garbage collection of the forked copy would run
+
+
+def test_a_forked_copy_never_removes_the_writers_folder() -> None:
+    import multiprocessing as mp
+
+    t = TableArrays(a=np.arange(10))
+    pickle.dumps(t)
+    folder = t._folder
+    child = mp.get_context("fork").Process(target=_drop_in_child, args=([t],))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0 and folder.is_dir() and pickle.loads(pickle.dumps(t))["a"].tolist() == list(range(10))
+    del t
+    gc.collect()
+    assert not folder.exists()
+
+
 def test_spawn_workers_give_the_same_batches(cache) -> None:
     dm = _setup(VolumeDataModule, cache, batch_size=2, pad_batches=True, slice_targets=True)
     dataset = dm._dataset(dm.split_table("train"))

@@ -10,6 +10,7 @@ it, and the same ``seed`` gives the same batches.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import tempfile
@@ -125,6 +126,12 @@ def slice_label_arrays(
     return out
 
 
+def _remove_folder(folder: Path, pid: int) -> None:
+    """Remove a :class:`TableArrays` folder, only in the process that wrote it (not a forked copy)."""
+    if os.getpid() == pid:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class TableArrays:
     """Fixed-dtype numpy arrays of a dataset, shared with spawn workers through memory-mapped files.
 
@@ -168,7 +175,7 @@ class TableArrays:
     def _spill(self) -> Path:
         if self._folder is None:
             folder = Path(tempfile.mkdtemp(prefix="ich3d-table-"))
-            self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
+            self._cleanup = weakref.finalize(self, _remove_folder, folder, os.getpid())
             for name, a in self._arrays.items():
                 np.save(folder / f"{name}.npy", a, allow_pickle=False)
             self._folder = folder
