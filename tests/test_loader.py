@@ -329,3 +329,21 @@ def test_volume_collate_pads_hu_with_air() -> None:
     assert out["hu"].shape == (2, 3, 2, 2) and out["hu"].dtype == torch.int16
     assert out["hu"][1, 1:].unique().tolist() == [-1024] and out["hu"][1, 0].unique().tolist() == [7]
     assert out["augment_seed"].tolist() == [11, 12] and out["length"].tolist() == [3, 1]
+
+
+def test_lightning_copies_batches_to_cuda_non_blocking() -> None:
+    """What the pinned loader relies on: Lightning's batch transfer passes ``non_blocking=True``
+    for a CUDA device (and not for the CPU); checked on a tensor that records its ``.to`` calls."""
+    from lightning_fabric.utilities.apply_func import move_data_to_device
+
+    calls: list[dict] = []
+
+    class Spy(torch.Tensor):
+        def to(self, *args, **kwargs):  # type: ignore[override]
+            calls.append(kwargs)
+            return self
+
+    batch = {"hu": torch.zeros(2, dtype=torch.int16).as_subclass(Spy), "key": ["a", "b"]}
+    move_data_to_device(batch, torch.device("cuda", 0))
+    move_data_to_device(batch, torch.device("cpu"))
+    assert calls == [{"non_blocking": True}, {}]

@@ -378,7 +378,7 @@ class VolumeDataset(_CacheRows):
         self.depth_pool = int(depth_pool)
         packed: dict[str, np.ndarray] = {}
         if slice_columns:
-            keys = list(pd.unique(table["key"].astype(str)))
+            keys = [str(k) for k in pd.factorize(table["key"].astype(str), sort=False)[1]]  # = the codes' order
             labels = slice_label_arrays(cache, keys, slice_columns, self.depth_pool)
             per_vol = [labels.get(k, np.zeros((0, len(slice_columns)), np.float32)) for k in keys]
             offsets = np.zeros(len(keys) + 1, dtype=np.int64)
