@@ -6,9 +6,10 @@
   synthetic DICOM set ingested like a user's.
 - A pickled dataset (what each spawn worker receives) carries file paths, not
   the table; spawn workers give the same batches as the main process.
-- ``augment_on: device``: the loader reads HU only and never calls MONAI; the
-  DataModule's ``on_after_batch_transfer`` augments with the same seeds and
-  windows, giving the loader path's batches exactly (here the device is the CPU).
+- ``augment_on: device``: the loader reads HU and only draws the augmentation's
+  parameters (no MONAI transform runs); the DataModule's ``on_after_batch_transfer``
+  applies them batched and windows, giving the loader path's batches bit for bit
+  (here the device is the CPU).
 """
 
 from __future__ import annotations
@@ -216,8 +217,8 @@ def test_device_path_gives_the_loader_path_batches(cache, kind, augment) -> None
     loader = _first_batches(_setup(cls, cache, augment=augment, augment_on="loader", seed=2, **kw))
     device_dm = _setup(cls, cache, augment=augment, augment_on="device", seed=2, **kw)
     raw = _first_batches(device_dm)
-    assert "hu" in raw[0] and raw[0]["hu"].dtype == torch.int16 and "augment_seed" in raw[0]
-    assert "image" not in raw[0] and "volume" not in raw[0]
+    assert "hu" in raw[0] and raw[0]["hu"].dtype == torch.int16 and "image" not in raw[0] and "volume" not in raw[0]
+    assert ("augment_branch" in raw[0] and "augment_matrix" in raw[0]) == augment
     device = _first_batches(device_dm, hook=True)
     if kind == "volume":
         assert len({int(n) for b in loader for n in b["length"]}) > 1  # padding is exercised
@@ -229,28 +230,55 @@ def test_device_path_gives_the_loader_path_batches(cache, kind, augment) -> None
         assert not all(torch.equal(a[key], p[key]) for a, p in zip(loader, plain, strict=True))
 
 
-def test_device_mode_loader_never_calls_monai(cache, monkeypatch) -> None:
-    import ich3d.data.augment as aug_mod
+def test_device_mode_never_calls_a_monai_transform(cache, monkeypatch) -> None:
+    """The loader only draws (MONAI's randomize), the hook applies batched: no MONAI transform runs."""
+    import monai.transforms as mt
+
     import ich3d.data.datasets as ds_mod
 
-    calls: list[int] = []
-    real = aug_mod.augment
-
-    def counted(transform, image, seed):
-        calls.append(seed)
-        return real(transform, image, seed)
+    kw = {"batch_size": 8, "samples_per_epoch": 24, "seed": 3}
+    expected = _first_batches(_setup(SliceDataModule, cache, augment_on="loader", **kw))
+    dm = _setup(SliceDataModule, cache, augment_on="device", **kw)
 
     def refuse(*_a, **_k):
-        raise AssertionError("the loader called the MONAI augmentation")
+        raise AssertionError("a MONAI transform ran")
 
     monkeypatch.setattr(ds_mod, "augment", refuse)
-    monkeypatch.setattr(aug_mod, "augment", counted)
-    dm = _setup(SliceDataModule, cache, batch_size=8, samples_per_epoch=16, augment_on="device")
-    batches = list(dm.train_dataloader())  # would raise if an item were augmented in the loader
-    assert calls == [] and len(batches) == 2
-    out = dm.on_after_batch_transfer(dm.on_before_batch_transfer(batches[0], 0), 0)
-    assert calls == batches[0]["augment_seed"].tolist()  # one call per sample, with its seed
-    assert out["image"].shape[:2] == (8, 3)
+    for cls in (mt.OneOf, mt.RandRotate, mt.RandAffine, mt.Flip, mt.Identity):
+        monkeypatch.setattr(cls, "__call__", refuse)
+    raw = list(dm.train_dataloader())  # would raise if an item were augmented in the loader
+    branches = torch.cat([b["augment_branch"] for b in raw])
+    assert set(branches.tolist()) == {0, 1, 2, 3}  # every branch is exercised
+    got = [dm.on_after_batch_transfer(dm.on_before_batch_transfer(b, 0), 0) for b in raw]
+    for a, b in zip(expected, got, strict=True):
+        _assert_same_item(a, b, "no MONAI transform")
+
+
+def test_batched_augmentation_equals_monai_per_sample() -> None:
+    """augment_params + augment_batch against augment, per branch, 2D and padded 3D, on the CPU."""
+    from ich3d.data.augment import AIR_OFFSET, augment, augment_batch, augment_params
+
+    rng = np.random.default_rng(5)
+    for build, shapes in ((build_augment_2d, [(40, 48)] * 24), (build_augment_3d, [(7, 24, 20), (5, 24, 20)] * 8)):
+        t = build()
+        t_max = max(sh[0] for sh in shapes)
+        hu = torch.full((len(shapes), t_max, *shapes[0][1:]), -1024.0) if len(shapes[0]) == 3 else None
+        samples = [torch.from_numpy(rng.integers(-1024, 2000, size=sh).astype(np.float32)) for sh in shapes]
+        if hu is None:
+            hu = torch.stack(samples)
+        else:
+            for i, x in enumerate(samples):
+                hu[i, : x.shape[0]] = x
+        seeds = rng.integers(0, 2**32, size=len(shapes), dtype=np.uint64).tolist()
+        params = [augment_params(t, s, sh) for s, sh in zip(seeds, shapes, strict=True)]
+        branches = [b for b, _ in params]
+        assert set(branches) == {0, 1, 2, 3}, branches
+        lengths = [sh[0] for sh in shapes] if len(shapes[0]) == 3 else None
+        got = augment_batch(t, hu, branches, torch.from_numpy(np.stack([m for _, m in params])), lengths)
+        for i, (x, s) in enumerate(zip(samples, seeds, strict=True)):
+            want = augment(t, x[None] + AIR_OFFSET, s)[0] - AIR_OFFSET
+            assert torch.equal(got[i, : x.shape[0]], want), (build.__name__, i, branches[i])
+            assert bool((got[i, x.shape[0] :] == -1024).all())  # the padding stays air
 
 
 def test_augment_on_auto_follows_the_trainer_device(cache) -> None:
@@ -263,7 +291,7 @@ def test_augment_on_auto_follows_the_trainer_device(cache) -> None:
     dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
     assert dm.augments_on_device()
     loader = dm.train_dataloader()
-    assert loader.dataset.raw_hu and loader.dataset.transform is None
+    assert loader.dataset.raw_hu and loader.dataset.transform is not None  # it only draws
     assert loader.pin_memory  # Lightning copies with non_blocking=True: pinned makes it async
     assert not dm.eval_dataloader("val").dataset.raw_hu  # evaluation windows in the loader
     dm.trainer = None
@@ -321,14 +349,16 @@ def test_lightning_runs_the_hook_in_device_mode(cache) -> None:
 
 def test_volume_collate_pads_hu_with_air() -> None:
     items = [
-        {"hu": torch.full((n, 2, 2), 7, dtype=torch.int16), "augment_seed": torch.tensor(s),
+        {"hu": torch.full((n, 2, 2), 7, dtype=torch.int16), "augment_branch": torch.tensor(s),
+         "augment_matrix": torch.eye(4) * s,
          "length": torch.tensor(n), "label": torch.tensor(0.0), "key": f"k{n}", "index": torch.tensor(n)}
         for n, s in ((3, 11), (1, 12))
     ]
     out = VolumeCollate(["brain"])(items)
     assert out["hu"].shape == (2, 3, 2, 2) and out["hu"].dtype == torch.int16
     assert out["hu"][1, 1:].unique().tolist() == [-1024] and out["hu"][1, 0].unique().tolist() == [7]
-    assert out["augment_seed"].tolist() == [11, 12] and out["length"].tolist() == [3, 1]
+    assert out["augment_branch"].tolist() == [11, 12] and out["length"].tolist() == [3, 1]
+    assert out["augment_matrix"].shape == (2, 4, 4) and float(out["augment_matrix"][1, 0, 0]) == 12
 
 
 def test_lightning_copies_batches_to_cuda_non_blocking() -> None:

@@ -20,16 +20,18 @@ items: de-duplicate predictions by the ``index`` field.
 
 Where training items are augmented (``augment_on``): ``loader`` augments and
 windows each item in the DataLoader workers, on the CPU. ``device`` makes the
-training loader deliver only the HU as stored (int16, cropped/padded, not
-windowed; a sixth of the bytes of three float32 windows) plus each item's seed;
-after Lightning has moved the batch to the device (pinned memory, ``non_blocking``
-copies), :meth:`ICHDataModule.on_after_batch_transfer` augments each sample
-with its seed (:func:`~ich3d.data.augment.augment_batch`: the same branch and
-parameters as in the loader), then windows. The order is the loader's: augment
-HU, then window; the batch that reaches the model has the same keys and, on the
-CPU, the same values. ``auto`` (default) is ``device`` when the trainer runs on
-a CUDA device and ``loader`` otherwise. Evaluation loaders always window in the
-loader (they do not augment).
+training loader deliver the HU as stored (int16, cropped/padded, not windowed;
+a sixth of the bytes of three float32 windows) and, per item, only the
+augmentation's random draws (branch and affine matrix,
+:func:`~ich3d.data.augment.augment_params`, the draws MONAI makes for the
+item's seed); after Lightning has moved the batch to the device (pinned
+memory, ``non_blocking`` copies), :meth:`ICHDataModule.on_after_batch_transfer`
+applies them batched per branch (:func:`~ich3d.data.augment.augment_batch`),
+then windows. The order is the loader's: augment HU, then window; the batch
+that reaches the model has the same keys and, on the CPU, bit for bit the same
+values. ``auto`` (default) is ``device`` when the trainer runs on a CUDA device
+and ``loader`` otherwise. Evaluation loaders always window in the loader (they
+do not augment).
 """
 
 from __future__ import annotations
@@ -197,7 +199,7 @@ class ICHDataModule(pl.LightningDataModule):
         if augment_on not in AUGMENT_ON:
             raise UserError(f"augment_on must be one of {', '.join(AUGMENT_ON)}, got {augment_on!r}")
         self.augment_on = augment_on
-        self._device_transforms: dict[str, Any] = {}
+        self._augment_template: Any = None  # the transform whose modes finish_batch applies
         self.prepare_data_per_node = bool(prepare_data_per_node)
         if val_samples is not None and val_samples < 2:
             raise UserError(f"val_samples must be >= 2 or None, got {val_samples}")
@@ -458,7 +460,7 @@ class ICHDataModule(pl.LightningDataModule):
     #: The batch entry the windowed images go to (``image`` or ``volume``).
     _image_key = "image"
 
-    def _build_augment(self, device: torch.device | None = None):
+    def _build_augment(self):
         """The MONAI augmentation of this module's items (2D or 3D)."""
         raise NotImplementedError
 
@@ -474,9 +476,9 @@ class ICHDataModule(pl.LightningDataModule):
         return self.augment_on == "device"
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Keep the per-sample seeds of a ``device``-mode batch on the host (a list)."""
-        if isinstance(batch, dict) and isinstance(batch.get("augment_seed"), torch.Tensor):
-            batch = {**batch, "augment_seed": batch["augment_seed"].tolist()}
+        """Keep the branches of a ``device``-mode batch on the host (a list: no device sync later)."""
+        if isinstance(batch, dict) and isinstance(batch.get("augment_branch"), torch.Tensor):
+            batch = {**batch, "augment_branch": batch["augment_branch"].tolist()}
         return batch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -488,23 +490,20 @@ class ICHDataModule(pl.LightningDataModule):
     def finish_batch(self, batch: dict) -> dict:
         """Turn a ``device``-mode batch into the batch the loader would have given.
 
-        ``hu`` (int16 HU; volumes padded with air along T) is augmented per
-        sample with ``augment_seed`` when this module augments, then windowed
-        into ``image`` ``(B, C, H, W)`` / ``volume`` ``(B, T, C, H, W)``; both
-        entries are removed. Runs wherever ``hu`` is (the device after
-        Lightning's transfer); the other entries are kept as they are.
+        ``hu`` (int16 HU; volumes padded with air along T) is augmented with the
+        per-sample draws ``augment_branch``/``augment_matrix`` when the batch has
+        them (:func:`~ich3d.data.augment.augment_batch`, batched per branch),
+        then windowed into ``image`` ``(B, C, H, W)`` / ``volume``
+        ``(B, T, C, H, W)``; those entries are removed. Runs wherever ``hu`` is
+        (the device, after Lightning's transfer); the other entries stay as they are.
         """
-        out = {k: v for k, v in batch.items() if k not in ("hu", "augment_seed")}
+        out = {k: v for k, v in batch.items() if k not in ("hu", "augment_branch", "augment_matrix")}
         x = batch["hu"].float()
-        seeds = batch.get("augment_seed")
-        if self.augment and seeds is not None:
-            if isinstance(seeds, torch.Tensor):
-                seeds = seeds.tolist()
-            key = str(x.device)
-            if key not in self._device_transforms:
-                self._device_transforms[key] = self._build_augment(x.device)
+        if "augment_branch" in batch:
+            if self._augment_template is None:
+                self._augment_template = self._build_augment()
             lengths = batch["length"] if self._image_key == "volume" else None
-            x = augment_batch(self._device_transforms[key], x, seeds, lengths)
+            x = augment_batch(self._augment_template, x, batch["augment_branch"], batch["augment_matrix"], lengths)
         return {self._image_key: apply_windows(x, self.windows, channel_axis=x.ndim - 2), **out}
 
     def _train_loader(self, dataset, sampler, collate_fn=None) -> DataLoader:
@@ -562,8 +561,8 @@ class SliceDataModule(ICHDataModule):
     def _prepare_extra(self, cache: IngestCache) -> None:
         ensure_slice_stats(cache, self.rule, workers=self.ingest_workers)
 
-    def _build_augment(self, device: torch.device | None = None):
-        return build_augment_2d(device=device)
+    def _build_augment(self):
+        return build_augment_2d()
 
     def _setup_extra(self, stage: str | None) -> None:
         assert self.cache is not None
@@ -601,7 +600,7 @@ class SliceDataModule(ICHDataModule):
             self.cache,  # type: ignore[arg-type]
             table,
             self.windows,
-            transform=build_augment_2d() if self.augment and not on_device else None,
+            transform=build_augment_2d() if self.augment else None,
             size=self.size,
             targets=self.targets,
             raw_hu=on_device,
@@ -694,8 +693,8 @@ class VolumeDataModule(ICHDataModule):
 
     _image_key = "volume"
 
-    def _build_augment(self, device: torch.device | None = None):
-        return build_augment_3d(device=device)
+    def _build_augment(self):
+        return build_augment_3d()
 
     def _lengths(self, n_slices: pd.Series) -> pd.Series:
         return -(-n_slices // self.depth_pool)
@@ -725,7 +724,7 @@ class VolumeDataModule(ICHDataModule):
         table = self.split_table("train")
         pos, neg, n = self._train_rows(table, table["label"].to_numpy() == 0)
         on_device = self.augments_on_device()
-        transform = build_augment_3d() if self.augment and not on_device else None
+        transform = build_augment_3d() if self.augment else None
         dataset = self._dataset(table, transform, raw_hu=on_device)
         return self._train_loader(dataset, BalancedSampler(pos, neg, n, seed=self.seed), self.collate)
 

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from ich3d.data.augment import AIR_OFFSET, augment
+from ich3d.data.augment import AIR_OFFSET, augment, augment_params
 from ich3d.data.cache import IngestCache
 from ich3d.data.schema import HU_MIN
 from ich3d.data.windows import WindowSpec, air_values, apply_windows
@@ -232,7 +232,7 @@ class _CacheRows(Dataset):
             **columns,
         )
         self.windows = list(windows)
-        self.transform = None if raw_hu else transform
+        self.transform = transform
         self.size = size
         self.raw_hu = bool(raw_hu)
         self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -260,12 +260,16 @@ class _CacheRows(Dataset):
         """The item's image entries and its number of slices (volumes).
 
         Windowed (and, for a seed, augmented) HU as ``image`` / ``volume``; with
-        ``raw_hu`` the HU as stored as ``hu`` and the seed as ``augment_seed``.
+        ``raw_hu`` the HU as stored as ``hu`` and, for a seed, the augmentation's
+        draws (:func:`~ich3d.data.augment.augment_params`) as ``augment_branch``
+        and ``augment_matrix``, applied after the transfer.
         """
         if self.raw_hu:
             out = {"hu": torch.from_numpy(np.array(hu, dtype=np.int16))}
-            if seed is not None:
-                out["augment_seed"] = torch.tensor(seed, dtype=torch.long)
+            if self.transform is not None and seed is not None:
+                branch, matrix = augment_params(self.transform, seed, hu.shape)
+                out["augment_branch"] = torch.tensor(branch, dtype=torch.long)
+                out["augment_matrix"] = torch.from_numpy(matrix)
             return out, int(hu.shape[0])
         x = torch.from_numpy(hu.astype(np.float32))
         if self.transform is not None and seed is not None:
@@ -290,16 +294,19 @@ class SliceDataset(_CacheRows):
             applied only to ``(row, seed)`` items; None disables it.
         size: in-plane ``(H, W)`` every slice is cropped/padded to (None: as stored).
         targets: label columns of ``table`` given as ``target`` (None: no ``target``).
-        raw_hu: give the slice's HU as stored instead of the image, plus the item's
-            seed, for augmentation and windowing after the batch is on the device
-            (``data.augment_on: device``); ``transform`` is then not used here.
+        raw_hu: give the slice's HU as stored instead of the image and, for
+            ``(row, seed)`` items, only the augmentation's draws (branch and affine
+            matrix, :func:`~ich3d.data.augment.augment_params`): augmentation and
+            windowing run after the batch is on the device (``data.augment_on:
+            device``, :func:`~ich3d.data.augment.augment_batch`).
 
     The table is kept as fixed-dtype arrays (:class:`TableArrays`), not as the
     DataFrame. Items are dicts: ``image`` float32 ``(C, H, W)`` in [0, 1],
     ``label`` float32 scalar, ``key`` str, ``slice_index`` int64, ``index``
     int64 (row of ``table``), and with ``targets`` ``target`` float32 ``(K,)``.
     With ``raw_hu``: ``hu`` int16 ``(H, W)`` (cropped/padded, not windowed) in
-    place of ``image`` and, for ``(row, seed)`` items, ``augment_seed`` int64.
+    place of ``image`` and, for ``(row, seed)`` items with a ``transform``,
+    ``augment_branch`` int64 and ``augment_matrix`` float32 ``(3, 3)``.
     """
 
     def __init__(
@@ -354,13 +361,14 @@ class VolumeDataset(_CacheRows):
         slice_columns: label columns given per pooled slice as ``slice_target``
             ``(T, K)`` (:func:`slice_label_arrays`); None: none.
         raw_hu: give the pooled HU as stored instead of ``volume``, plus the
-            item's seed (see :class:`SliceDataset`).
+            augmentation's draws (see :class:`SliceDataset`).
 
     Items are dicts: ``volume`` float32 ``(T, C, H, W)`` in [0, 1], ``length``
     int64 ``T``, ``label`` float32, ``key`` str, ``index`` int64 (row of ``table``),
     and with ``targets`` ``target`` float32 ``(K,)``. With ``raw_hu``: ``hu``
-    int16 ``(T, H, W)`` in place of ``volume`` and, for ``(row, seed)`` items,
-    ``augment_seed`` int64.
+    int16 ``(T, H, W)`` in place of ``volume`` and, for ``(row, seed)`` items
+    with a ``transform``, ``augment_branch`` int64 and ``augment_matrix``
+    float32 ``(4, 4)``.
     """
 
     def __init__(
@@ -535,8 +543,8 @@ class VolumeCollate:
     Output: ``volume`` float32 ``(B, T_max, C, H, W)``, ``length`` int64 ``(B,)``
     (true lengths), ``label`` float32 ``(B,)``, ``key`` list[str], ``index`` int64 ``(B,)``.
     Items of a ``raw_hu`` dataset give ``hu`` int16 ``(B, T_max, H, W)`` padded
-    with air (-1024 HU) instead of ``volume``, and ``augment_seed`` int64 ``(B,)``
-    when they carry seeds.
+    with air (-1024 HU) instead of ``volume``, and ``augment_branch`` ``(B,)`` and
+    ``augment_matrix`` ``(B, 4, 4)`` when they carry them.
 
     Args:
         windows: the windows of the dataset (to compute the air value per channel).
@@ -552,8 +560,9 @@ class VolumeCollate:
             for i, it in enumerate(items):
                 hu[i, : it["hu"].shape[0]] = it["hu"]
             out = {"hu": hu}
-            if "augment_seed" in items[0]:
-                out["augment_seed"] = torch.stack([it["augment_seed"] for it in items])
+            for name in ("augment_branch", "augment_matrix"):
+                if name in items[0]:
+                    out[name] = torch.stack([it[name] for it in items])
             return {**out, **collate_volume_fields(items, t_max)}
         vols = []
         for it in items:
