@@ -5,7 +5,15 @@ the sample as stored (evaluation); a ``(row, seed)`` pair, as yielded by
 :class:`BalancedSampler`, gives it augmented with that per-sample seed. The
 seed travels with the index from the sampler (main process) to the worker, so
 augmentation does not depend on the number of workers or on which worker runs
-it, and the same ``seed`` gives the same batches.
+it, and the same ``seed`` gives the same batches. With ``raw_hu`` (the
+DataModules' ``augment_on: device``) an item carries the stored HU and only the
+augmentation's draws for its seed; the augmentation and windowing run after
+the transfer.
+
+The datasets keep their table as fixed-dtype arrays (:class:`TableArrays`),
+never a DataFrame or the cache object: DataLoader workers started with
+``spawn``/``forkserver`` memory-map one copy of it instead of each unpickling
+their own, and ``fork`` workers do not copy it page by page.
 """
 
 from __future__ import annotations
