@@ -127,7 +127,7 @@ class FeatureDataset(Dataset):
         if len(store) != len(table):
             raise RuntimeError(f"feature store has {len(store)} rows, the split {len(table)}")
         self.store = store
-        self._keys = table["key"].to_numpy()
+        self._keys = table["key"].to_numpy().astype(str)  # fixed width: no objects to copy per worker
         self._label = table["label"].to_numpy(dtype=np.float32)
         # several targets (data.targets): ``target`` (K,) as the volume items have it
         self._targets = table[targets].to_numpy(np.float32) if targets else None
@@ -148,7 +148,7 @@ class FeatureDataset(Dataset):
             "index": torch.tensor(row, dtype=torch.long),
         }
         if self._targets is not None:
-            out["target"] = torch.from_numpy(self._targets[row])
+            out["target"] = torch.tensor(self._targets[row])
         if self._slice_targets is not None:
             out["slice_target"] = torch.from_numpy(self._slice_targets[str(self._keys[row])])
         return out
