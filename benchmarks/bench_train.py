@@ -2,27 +2,55 @@
 
 Run from the repository root::
 
-    python -m benchmarks.bench_train [--patients 16] [--size 128] [--samples 200]
+    python -m benchmarks.bench_train [--patients 16] [--size 128] [--samples 600] [--repeat 3]
+    python -m benchmarks.bench_train --profile cached     # where the Lightning step's time goes
 
 Writes a small synthetic dataset (synth + ingest) to a temporary folder, then for
-stage 1 (slices/s), stage 2 (frozen CNN, volumes/s) and stage 3 (end to end,
-volumes/s) times one training epoch of ``samples`` items through ``Trainer.fit``
-(validation, checkpointing and logging off) and through a hand-written loop
-(same DataLoader, model, optimizer and loss). Each is run once to warm up and
-then timed; the ratio ``lightning / bare`` shows what the framework costs.
+stage 1 (slices/s), stage 2 recomputing the frozen CNN and stage 2 on cached
+slice features (:mod:`ich3d.data.features`, volumes/s) and stage 3 (end to end,
+volumes/s) times one training epoch of ``samples`` items (volumes: ``samples / 4``)
+three ways, over the same DataLoader, model, optimizer and loss:
+
+* ``ich3d``: the Trainer ``ich3d train`` builds (:func:`ich3d.training.runner.build_trainer`:
+  its callbacks, checkpoint callbacks, the CSV metrics logger, ``log_every_n_steps``;
+  validation off, progress bar as ``--progress-bar``);
+* ``plain``: a ``pl.Trainer`` without logger, checkpoints or progress bar;
+* ``bare``: a hand-written loop.
+
+The epoch is clocked from ``on_train_epoch_start`` to ``on_train_epoch_end`` (setup,
+the feature pass and teardown excluded). After one untimed warm-up round the three
+run in turn ``--repeat`` times (interleaved, so a load change on a shared machine
+hits all of them); the printed rates are medians and the ratios the medians of the
+per-round ratios ``lightning / bare``. ``fixed ms`` is the per-step cost the
+ich3d Trainer adds, ``(t_ich3d - t_bare) / steps``, against the bare step time.
+
+``--profile ROW`` (``slice``, ``sequence``, ``cached``, ``finetune``) runs that row's
+ich3d epoch once more under ``cProfile`` and prints the functions with the most
+cumulative time per step.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
+#: (row name, stage, cached features)
+ROWS = (
+    ("slice", "slice", False),
+    ("sequence", "sequence", False),
+    ("cached", "sequence", True),
+    ("finetune", "finetune", False),
+)
+KINDS = ("ich3d", "plain", "bare")
 
-def _config(cache: Path, root: Path, samples: int):
+
+def _config(cache: Path, root: Path, samples: int, progress_bar: bool):
     from ich3d.config import config_from_dict
 
     return config_from_dict(
@@ -34,29 +62,97 @@ def _config(cache: Path, root: Path, samples: int):
                 "head_args": {"hidden": 32},
             },
             "stages": {
-                "slice": {"samples_per_epoch": samples, "augment": False},
-                "sequence": {"samples_per_epoch": samples // 4, "augment": False},
-                "finetune": {"samples_per_epoch": samples // 4, "augment": False},
+                "slice": {"samples_per_epoch": samples, "augment": False, "max_epochs": 1},
+                "sequence": {"samples_per_epoch": samples // 4, "augment": False, "max_epochs": 1},
+                "finetune": {"samples_per_epoch": samples // 4, "augment": False, "max_epochs": 1},
             },
-            "trainer": {"accelerator": "cpu", "precision": "32-true"},
+            "trainer": {
+                "accelerator": "cpu",
+                "precision": "32-true",
+                "limit_val_batches": 0,
+                "enable_progress_bar": progress_bar,
+            },
             "tracking": {"mode": "disabled"},
             "run": {"root": str(root / "runs")},
         }
     )
 
 
-def _lightning_epoch(module, dm) -> float:
-    """Seconds of the training epoch inside ``Trainer.fit`` (setup and teardown excluded)."""
+class _Epoch:
+    """Builds the module and DataModule of one row, fresh for each measurement."""
+
+    def __init__(self, config: Any, root: Path, stage: str, cached: bool) -> None:
+        self.config, self.root, self.stage, self.cached = config, root, stage, cached
+        self.count = 0
+
+    def build(self) -> tuple[Any, Any, Any]:
+        from ich3d.runs.run_dir import RunDir
+        from ich3d.training.runner import _feature_datamodule, build_datamodule, build_module
+
+        self.count += 1
+        run = RunDir(self.root / "runs" / f"{self.stage}{int(self.cached)}-{self.count}")
+        torch.manual_seed(0)
+        module = build_module(self.config, self.stage)
+        dm = build_datamodule(self.config, self.stage)
+        if self.cached:  # the same weights every time: the store is built once and reused
+            store = RunDir(self.root / "features")
+            dm = _feature_datamodule(self.config, store, self.stage, module, dm, None)
+        dm.prepare_data()
+        return module, dm, run
+
+
+def _clock():
     import pytorch_lightning as pl
 
     class _Clock(pl.Callback):
+        seconds = float("nan")
+        steps = 0
+
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self.start = time.perf_counter()
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             self.seconds = time.perf_counter() - self.start
+            self.steps = trainer.global_step
 
-    clock = _Clock()
+    return _Clock()
+
+
+def _ich3d_epoch(epoch: _Epoch, profile: Any = None) -> tuple[float, int]:
+    """Seconds and steps of the training epoch with the Trainer ``ich3d train`` builds."""
+    from ich3d.tracking.loggers import build_loggers
+    from ich3d.training.runner import build_trainer
+
+    module, dm, run = epoch.build()
+    loggers = build_loggers(epoch.config, run.path, epoch.stage)
+    trainer = build_trainer(epoch.config, epoch.stage, run, loggers)
+    clock = _clock()
+    trainer.callbacks.append(clock)
+    if profile is not None:
+        trainer.callbacks.append(_Profile(profile))
+    trainer.fit(module, datamodule=dm)
+    return clock.seconds, clock.steps
+
+
+def _Profile(profiler: Any):
+    import pytorch_lightning as pl
+
+    class _P(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            profiler.enable()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            profiler.disable()
+
+    return _P()
+
+
+def _plain_epoch(epoch: _Epoch) -> tuple[float, int]:
+    """Seconds and steps of the training epoch in a ``pl.Trainer`` with nothing switched on."""
+    import pytorch_lightning as pl
+
+    module, dm, _ = epoch.build()
+    clock = _clock()
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -70,35 +166,89 @@ def _lightning_epoch(module, dm) -> float:
         callbacks=[clock],
     )
     trainer.fit(module, datamodule=dm)
-    return clock.seconds
+    return clock.seconds, clock.steps
 
 
-def _bare_epoch(module, dm, stage: str) -> float:
+def _bare_epoch(epoch: _Epoch) -> tuple[float, int]:
+    """The same epoch by hand: same DataLoader, model, optimizer, loss."""
+    module, dm, _ = epoch.build()
     dm.setup("fit")
     loader = dm.train_dataloader()
     model = module.model
-    model.train()
+    model.train()  # a frozen encoder stays in eval mode (VolumeClassifier.train)
     opt = module.configure_optimizers()
     loss_fn = torch.nn.BCEWithLogitsLoss()
+    steps = 0
     start = time.perf_counter()
     for batch in loader:
-        if stage == "slice":
+        if epoch.stage == "slice":
             logits = model(batch["image"])
+        elif "features" in batch:
+            logits = model.head(batch["features"], batch["length"])
         else:
             logits = model(batch["volume"], batch["length"])
         loss = loss_fn(logits.float(), batch["label"].float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return time.perf_counter() - start
+        steps += 1
+    return time.perf_counter() - start, steps
 
 
-def main(argv: list[str] | None = None) -> None:
+_RUN = {"ich3d": _ich3d_epoch, "plain": _plain_epoch, "bare": _bare_epoch}
+
+
+def measure(epoch: _Epoch, repeat: int) -> dict[str, Any]:
+    """One warm-up round, then ``repeat`` interleaved rounds of the three kinds."""
+    seconds: dict[str, list[float]] = {k: [] for k in KINDS}
+    steps = {}
+    for r in range(repeat + 1):
+        for kind in KINDS:
+            sec, n = _RUN[kind](epoch)
+            steps[kind] = n
+            if r:
+                seconds[kind].append(sec)
+    if len(set(steps.values())) != 1:
+        raise RuntimeError(f"the three loops ran different numbers of steps: {steps}")
+    n = steps["bare"]
+    bare = seconds["bare"]
+    out: dict[str, Any] = {"steps": n, "seconds": seconds}
+    for kind in ("ich3d", "plain"):
+        out[f"ratio_{kind}"] = statistics.median(b / t for b, t in zip(bare, seconds[kind], strict=True))
+    out["fixed_ms"] = 1e3 * statistics.median(
+        (t - b) / n for b, t in zip(bare, seconds["ich3d"], strict=True)
+    )
+    out["bare_ms"] = 1e3 * statistics.median(bare) / n
+    return out
+
+
+def profile_row(epoch: _Epoch, top: int = 60) -> None:
+    """The ich3d epoch of a row under cProfile: functions by cumulative time, per step."""
+    import cProfile
+    import io
+    import pstats
+
+    _ich3d_epoch(epoch)  # warm
+    profiler = cProfile.Profile()
+    _, steps = _ich3d_epoch(epoch, profile=profiler)
+    buf = io.StringIO()
+    stats = pstats.Stats(profiler, stream=buf)
+    stats.sort_stats("cumulative").print_stats(top)
+    print(f"cProfile of one ich3d epoch ({steps} steps; divide the times by it for per-step figures)")
+    print(buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=16)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--samples", type=int, default=200, help="slices per stage-1 epoch (volumes: / 4)")
+    parser.add_argument("--samples", type=int, default=600, help="slices per stage-1 epoch (volumes: / 4)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed rounds after the warm-up round")
+    parser.add_argument("--rows", nargs="+", choices=[r[0] for r in ROWS], default=[r[0] for r in ROWS])
+    parser.add_argument("--progress-bar", action="store_true", help="the ich3d Trainer with its progress bar")
+    parser.add_argument("--profile", choices=[r[0] for r in ROWS], default=None,
+                        help="print a cProfile of this row's ich3d epoch instead of the table")
     args = parser.parse_args(argv)
 
     import logging
@@ -106,36 +256,39 @@ def main(argv: list[str] | None = None) -> None:
 
     from ich3d.data.ingest import run_ingest
     from ich3d.synth import NO_DEFECTS, generate
-    from ich3d.training.runner import build_datamodule, build_module, quiet_lightning
+    from ich3d.training.runner import quiet_lightning
 
     quiet_lightning()
     warnings.filterwarnings("ignore")
-    for name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning_fabric"):
+    for name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning_fabric", "ich3d"):
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
+    results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
         generate(root / "synth", patients=args.patients, size=args.size, slices=(12, 20), defects=NO_DEFECTS, progress=False)
         run_ingest(root / "synth" / "stage_2_train", root / "synth" / "stage_2_train.csv", root / "cache", progress=False)
-        print(f"data: {args.patients} patients, {args.size} px, synth + ingest {time.perf_counter() - t0:.1f} s")
-        config = _config(root / "cache", root, args.samples)
-        print(f"{'stage':<10}{'items':>7}{'lightning/s':>14}{'bare/s':>10}{'ratio':>8}")
-        for stage in ("slice", "sequence", "finetune"):
+        print(f"data: {args.patients} patients, {args.size} px, synth + ingest {time.perf_counter() - t0:.1f} s; "
+              f"torch threads {args.threads}, {args.repeat} rounds")
+        config = _config(root / "cache", root, args.samples, args.progress_bar)
+        rows = {name: (stage, cached) for name, stage, cached in ROWS}
+        if args.profile:
+            stage, cached = rows[args.profile]
+            profile_row(_Epoch(config, root, stage, cached))
+            return results
+        print(f"{'stage':<10}{'steps':>6}{'ich3d/s':>10}{'plain/s':>10}{'bare/s':>10}"
+              f"{'ich3d/bare':>12}{'plain/bare':>12}{'fixed ms':>10}{'bare ms':>9}")
+        for name in args.rows:
+            stage, cached = rows[name]
             items = config.stages.get(stage).samples_per_epoch
-            times = {}
-            for kind in ("lightning", "bare", "lightning", "bare"):  # first pair warms up
-                torch.manual_seed(0)
-                module = build_module(config, stage)
-                dm = build_datamodule(config, stage)
-                dm.prepare_data()
-                if kind == "lightning":
-                    times[kind] = _lightning_epoch(module, dm)
-                else:
-                    times[kind] = _bare_epoch(module, dm, stage)
-            unit = "slices" if stage == "slice" else "volumes"
-            lit, bare = items / times["lightning"], items / times["bare"]
-            print(f"{stage:<10}{items:>7}{lit:>11.1f} {unit[0]}{bare:>9.1f}{lit / bare:>8.2f}")
+            res = measure(_Epoch(config, root, stage, cached), args.repeat)
+            results[name] = res
+            rate = {k: items / statistics.median(res["seconds"][k]) for k in KINDS}
+            print(f"{name:<10}{res['steps']:>6}{rate['ich3d']:>10.1f}{rate['plain']:>10.1f}{rate['bare']:>10.1f}"
+                  f"{res['ratio_ich3d']:>12.2f}{res['ratio_plain']:>12.2f}{res['fixed_ms']:>10.2f}"
+                  f"{res['bare_ms']:>9.2f}", flush=True)
+    return results
 
 
 if __name__ == "__main__":

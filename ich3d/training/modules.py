@@ -191,6 +191,13 @@ class _BinaryModule(pl.LightningModule):
             if not 0 <= primary < len(self.targets):
                 raise UserError(f"primary target {primary} out of range for {len(self.targets)} targets")
         self.primary = int(primary)
+        # the training epoch's running sums (see training_step)
+        self._step_loss: Tensor | None = None
+        self._step_n = 0
+        self._train_loss_sum = torch.zeros(())
+        self._train_loss_n = 0
+        self._train_probs: list[Tensor] = []
+        self._train_labels: list[Tensor] = []
         self._val_ids: list[Tensor] = []
         self._val_probs: list[Tensor] = []
         self._val_labels: list[Tensor] = []
@@ -238,10 +245,45 @@ class _BinaryModule(pl.LightningModule):
         logits, y = self._outputs(batch)
         loss = self._batch_loss(batch, logits, y)
         n = int(y.shape[0])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
-        self.train_auc.update(torch.sigmoid(self._primary(logits).detach()), self._primary(y).long())
-        self.log("train/auc", self.train_auc, on_step=False, on_epoch=True, batch_size=n)
+        # everything stays on the device: no Lightning log call, no metric update, no sync here
+        detached = loss.detach()
+        self._step_loss, self._step_n = detached, n
+        self._train_loss_sum = self._train_loss_sum + detached.mean() * n
+        self._train_loss_n += n
+        self._train_probs.append(torch.sigmoid(self._primary(logits).detach()))
+        self._train_labels.append(self._primary(y).detach().long())
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # ``train/loss_step`` only at the steps Lightning writes to the loggers (every
+        # ``log_every_n_steps``, the check Lightning makes right after this hook)
+        trainer = self.trainer
+        if self._step_loss is not None and (trainer._logger_connector.should_update_logs or trainer.fast_dev_run):
+            self.log("train/loss_step", self._step_loss, on_step=True, on_epoch=False, prog_bar=True,
+                     batch_size=self._step_n, sync_dist=True)
+        self._step_loss = None
+
+    def on_train_epoch_start(self) -> None:
+        self._reset_train_epoch()
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_loss_n:
+            # Lightning's batch-size-weighted mean, summed over the processes
+            total = torch.stack([self._train_loss_sum.float(), self._train_loss_sum.new_tensor(float(self._train_loss_n))])
+            if self.trainer.world_size > 1:
+                total = self.trainer.strategy.reduce(total, reduce_op="sum")
+            self.log("train/loss_epoch", total[0] / total[1], on_step=False, on_epoch=True, prog_bar=True,
+                     batch_size=1, sync_dist=False)
+        if self._train_probs:
+            self.train_auc.update(torch.cat(self._train_probs), torch.cat(self._train_labels))
+            self.log("train/auc", self.train_auc, on_step=False, on_epoch=True)
+        self._reset_train_epoch()
+
+    def _reset_train_epoch(self) -> None:
+        self._step_loss, self._step_n = None, 0
+        self._train_loss_sum = torch.zeros((), device=self.device)
+        self._train_loss_n = 0
+        self._train_probs, self._train_labels = [], []
 
     def on_validation_epoch_start(self) -> None:
         self._val_ids, self._val_probs, self._val_labels = [], [], []
@@ -438,6 +480,7 @@ class VolumeModule(_BinaryModule):
         return self._loss(flat_logits, flat_y)
 
     def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
         if self.hparams["freeze_encoder"]:  # belt and braces: Lightning toggles modes
             self.model.encoder.eval()
 
