@@ -9,24 +9,30 @@ Writes a small synthetic dataset (synth + ingest) to a temporary folder, then fo
 stage 1 (slices/s), stage 2 recomputing the frozen CNN and stage 2 on cached
 slice features (:mod:`ich3d.data.features`, volumes/s) and stage 3 (end to end,
 volumes/s) times one training epoch of ``samples`` items (volumes: ``samples / 4``)
-three ways, over the same DataLoader, model, optimizer and loss:
+four ways, over the same DataLoader, model, optimizer and loss:
 
 * ``ich3d``: the Trainer ``ich3d train`` builds (:func:`ich3d.training.runner.build_trainer`:
   its callbacks, checkpoint callbacks, the CSV metrics logger, ``log_every_n_steps``;
-  validation off, progress bar as ``--progress-bar``);
-* ``plain``: a ``pl.Trainer`` without logger, checkpoints or progress bar;
+  validation off, progress bar as ``--progress-bar``) around the stage's module;
+* ``plain``: a ``pl.Trainer`` without logger, checkpoints or progress bar, same module;
+* ``floor``: that plain Trainer around a module whose ``training_step`` only computes
+  the loss (no logging, no metric, no other hook): Lightning's own per-step cost,
+  which no LightningModule goes below;
 * ``bare``: a hand-written loop.
 
 The epoch is clocked from ``on_train_epoch_start`` to ``on_train_epoch_end`` (setup,
-the feature pass and teardown excluded). After one untimed warm-up round the three
-run in turn ``--repeat`` times (interleaved, so a load change on a shared machine
-hits all of them); the printed rates are medians and the ratios the medians of the
-per-round ratios ``lightning / bare``. ``fixed ms`` is the per-step cost the
-ich3d Trainer adds, ``(t_ich3d - t_bare) / steps``, against the bare step time.
+the feature pass and teardown excluded), by the wall clock or with ``--clock cpu``
+by this process's CPU time (less sensitive to other jobs on a shared machine;
+use it with ``--threads 1``). After one untimed warm-up round the four run in
+turn ``--repeat`` times (interleaved, so a load change hits all of them); the
+printed rates are medians and the ratios the medians of the per-round ratios
+``bare time / Lightning time``. ``fixed ms`` is the per-step cost the ich3d
+Trainer adds, ``(t_ich3d - t_bare) / steps``, ``floor ms`` the same for the floor,
+against ``bare ms``, the bare step.
 
 ``--profile ROW`` (``slice``, ``sequence``, ``cached``, ``finetune``) runs that row's
 ich3d epoch once more under ``cProfile`` and prints the functions with the most
-cumulative time per step.
+cumulative time.
 """
 
 from __future__ import annotations
@@ -47,10 +53,13 @@ ROWS = (
     ("cached", "sequence", True),
     ("finetune", "finetune", False),
 )
-KINDS = ("ich3d", "plain", "bare")
+KINDS = ("ich3d", "plain", "floor", "bare")
+#: the clock of the epochs: wall time, or with ``--clock cpu`` this process's CPU time
+CLOCK = [time.perf_counter]
 
 
-def _config(cache: Path, root: Path, samples: int, progress_bar: bool):
+def _config(cache: Path, root: Path, samples: int, progress_bar: bool, width: int = 8, feature_dim: int = 64,
+            hidden: int = 32):
     from ich3d.config import config_from_dict
 
     return config_from_dict(
@@ -58,8 +67,8 @@ def _config(cache: Path, root: Path, samples: int, progress_bar: bool):
             "experiment": "bench",
             "data": {"cache_dir": str(cache), "split_fractions": [0.6, 0.2, 0.2]},
             "model": {
-                "encoder_args": {"width": 8, "feature_dim": 64, "dropout": 0.5},
-                "head_args": {"hidden": 32},
+                "encoder_args": {"width": width, "feature_dim": feature_dim, "dropout": 0.5},
+                "head_args": {"hidden": hidden},
             },
             "stages": {
                 "slice": {"samples_per_epoch": samples, "augment": False, "max_epochs": 1},
@@ -109,10 +118,10 @@ def _clock():
         steps = 0
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self.start = time.perf_counter()
+            self.start = CLOCK[0]()
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self.seconds = time.perf_counter() - self.start
+            self.seconds = CLOCK[0]() - self.start
             self.steps = trainer.global_step
 
     return _Clock()
@@ -169,6 +178,56 @@ def _plain_epoch(epoch: _Epoch) -> tuple[float, int]:
     return clock.seconds, clock.steps
 
 
+def _forward_loss(model: Any, batch: dict, stage: str, loss_fn: Any) -> torch.Tensor:
+    """What the bare loop and the floor module compute per batch."""
+    if stage == "slice":
+        logits = model(batch["image"])
+    elif "features" in batch:
+        logits = model.head(batch["features"], batch["length"])
+    else:
+        logits = model(batch["volume"], batch["length"])
+    return loss_fn(logits.float(), batch["label"].float())
+
+
+def _floor_epoch(epoch: _Epoch) -> tuple[float, int]:
+    """Lightning's own floor: the plain Trainer around a module with a bare ``training_step``
+    (no logging, no metrics, no other hook): what no LightningModule can go below."""
+    import pytorch_lightning as pl
+
+    module, dm, _ = epoch.build()
+    stage = epoch.stage
+
+    class _Floor(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = module.model
+            self.loss_fn = torch.nn.BCEWithLogitsLoss()
+
+        def training_step(self, batch, batch_idx):
+            return _forward_loss(self.model, batch, stage, self.loss_fn)
+
+        def configure_optimizers(self):
+            from ich3d.training.modules import build_optimizer
+
+            return build_optimizer([p for p in self.parameters() if p.requires_grad], module.hparams["optimizer"])
+
+    clock = _clock()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[clock],
+    )
+    trainer.fit(_Floor(), datamodule=dm)
+    return clock.seconds, clock.steps
+
+
 def _bare_epoch(epoch: _Epoch) -> tuple[float, int]:
     """The same epoch by hand: same DataLoader, model, optimizer, loss."""
     module, dm, _ = epoch.build()
@@ -179,23 +238,17 @@ def _bare_epoch(epoch: _Epoch) -> tuple[float, int]:
     opt = module.configure_optimizers()
     loss_fn = torch.nn.BCEWithLogitsLoss()
     steps = 0
-    start = time.perf_counter()
+    start = CLOCK[0]()
     for batch in loader:
-        if epoch.stage == "slice":
-            logits = model(batch["image"])
-        elif "features" in batch:
-            logits = model.head(batch["features"], batch["length"])
-        else:
-            logits = model(batch["volume"], batch["length"])
-        loss = loss_fn(logits.float(), batch["label"].float())
+        loss = _forward_loss(model, batch, epoch.stage, loss_fn)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         steps += 1
-    return time.perf_counter() - start, steps
+    return CLOCK[0]() - start, steps
 
 
-_RUN = {"ich3d": _ich3d_epoch, "plain": _plain_epoch, "bare": _bare_epoch}
+_RUN = {"ich3d": _ich3d_epoch, "plain": _plain_epoch, "floor": _floor_epoch, "bare": _bare_epoch}
 
 
 def measure(epoch: _Epoch, repeat: int) -> dict[str, Any]:
@@ -213,11 +266,12 @@ def measure(epoch: _Epoch, repeat: int) -> dict[str, Any]:
     n = steps["bare"]
     bare = seconds["bare"]
     out: dict[str, Any] = {"steps": n, "seconds": seconds}
-    for kind in ("ich3d", "plain"):
+    for kind in ("ich3d", "plain", "floor"):
         out[f"ratio_{kind}"] = statistics.median(b / t for b, t in zip(bare, seconds[kind], strict=True))
-    out["fixed_ms"] = 1e3 * statistics.median(
-        (t - b) / n for b, t in zip(bare, seconds["ich3d"], strict=True)
-    )
+    for kind in ("ich3d", "floor"):
+        out[f"{kind}_fixed_ms"] = 1e3 * statistics.median(
+            (t - b) / n for b, t in zip(bare, seconds[kind], strict=True)
+        )
     out["bare_ms"] = 1e3 * statistics.median(bare) / n
     return out
 
@@ -244,8 +298,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--samples", type=int, default=600, help="slices per stage-1 epoch (volumes: / 4)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--width", type=int, default=8, help="patel_cnn first-layer width")
+    parser.add_argument("--feature-dim", type=int, default=64, help="slice feature size")
+    parser.add_argument("--hidden", type=int, default=32, help="BiLSTM units (the paper: 512, with --feature-dim 512)")
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds after the warm-up round")
     parser.add_argument("--rows", nargs="+", choices=[r[0] for r in ROWS], default=[r[0] for r in ROWS])
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: this process's CPU time (less sensitive to other jobs; use with --threads 1)")
     parser.add_argument("--progress-bar", action="store_true", help="the ich3d Trainer with its progress bar")
     parser.add_argument("--profile", choices=[r[0] for r in ROWS], default=None,
                         help="print a cProfile of this row's ich3d epoch instead of the table")
@@ -263,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     for name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning_fabric", "ich3d"):
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
+    CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -270,23 +330,26 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         generate(root / "synth", patients=args.patients, size=args.size, slices=(12, 20), defects=NO_DEFECTS, progress=False)
         run_ingest(root / "synth" / "stage_2_train", root / "synth" / "stage_2_train.csv", root / "cache", progress=False)
         print(f"data: {args.patients} patients, {args.size} px, synth + ingest {time.perf_counter() - t0:.1f} s; "
-              f"torch threads {args.threads}, {args.repeat} rounds")
-        config = _config(root / "cache", root, args.samples, args.progress_bar)
+              f"patel_cnn width {args.width}, {args.feature_dim}-d features, {args.hidden}-unit BiLSTM; "
+              f"torch threads {args.threads}, {args.repeat} rounds, {args.clock} clock")
+        config = _config(root / "cache", root, args.samples, args.progress_bar, args.width, args.feature_dim,
+                         args.hidden)
         rows = {name: (stage, cached) for name, stage, cached in ROWS}
         if args.profile:
             stage, cached = rows[args.profile]
             profile_row(_Epoch(config, root, stage, cached))
             return results
-        print(f"{'stage':<10}{'steps':>6}{'ich3d/s':>10}{'plain/s':>10}{'bare/s':>10}"
-              f"{'ich3d/bare':>12}{'plain/bare':>12}{'fixed ms':>10}{'bare ms':>9}")
+        print(f"{'stage':<10}{'steps':>6}{'ich3d/s':>9}{'plain/s':>9}{'floor/s':>9}{'bare/s':>9}"
+              f"{'ich3d/bare':>11}{'plain/bare':>11}{'floor/bare':>11}{'fixed ms':>9}{'floor ms':>9}{'bare ms':>9}")
         for name in args.rows:
             stage, cached = rows[name]
             items = config.stages.get(stage).samples_per_epoch
             res = measure(_Epoch(config, root, stage, cached), args.repeat)
             results[name] = res
             rate = {k: items / statistics.median(res["seconds"][k]) for k in KINDS}
-            print(f"{name:<10}{res['steps']:>6}{rate['ich3d']:>10.1f}{rate['plain']:>10.1f}{rate['bare']:>10.1f}"
-                  f"{res['ratio_ich3d']:>12.2f}{res['ratio_plain']:>12.2f}{res['fixed_ms']:>10.2f}"
+            print(f"{name:<10}{res['steps']:>6}{rate['ich3d']:>9.1f}{rate['plain']:>9.1f}{rate['floor']:>9.1f}"
+                  f"{rate['bare']:>9.1f}{res['ratio_ich3d']:>11.2f}{res['ratio_plain']:>11.2f}"
+                  f"{res['ratio_floor']:>11.2f}{res['ich3d_fixed_ms']:>9.2f}{res['floor_fixed_ms']:>9.2f}"
                   f"{res['bare_ms']:>9.2f}", flush=True)
     return results
 

@@ -120,10 +120,20 @@ class _HistoryWriter(ExperimentWriter):
     flushes leaves the rows since the last flush out. This one starts from ``rows``
     (those of the checkpoint being resumed) and writes all rows to a temporary file
     replaced atomically.
+
+    Lightning saves its loggers after every ``log_metrics`` (every
+    ``log_every_n_steps``), so each row is formatted once and kept as CSV text: a
+    save formats only the rows logged since the previous one (all of them again only
+    when a new column appears) and writes the text, instead of re-formatting every
+    row of the stage at every logging step.
     """
 
     def __init__(self, log_dir: str, rows: Sequence[Mapping[str, Any]] = ()) -> None:
         self.rows: list[dict[str, Any]] = [dict(r) for r in rows]
+        self._keys: set[str] = {k for row in self.rows for k in row}
+        self._fields: list[str] = []  # the columns of the formatted text
+        self._text: list[str] = []  # CSV text of rows[: self._formatted]
+        self._formatted = 0
         super().__init__(log_dir)
 
     def _check_log_dir_exists(self) -> None:  # never delete the previous metrics.csv
@@ -132,18 +142,37 @@ class _HistoryWriter(ExperimentWriter):
     def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
         super().log_metrics(metrics_dict, step)
         self.rows.append(self.metrics[-1])
+        self._keys.update(self.metrics[-1])
+
+    def _format(self, rows: Sequence[Mapping[str, Any]]) -> str:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        csv.DictWriter(buf, fieldnames=self._fields).writerows(rows)
+        return buf.getvalue()
+
+    def csv_text(self) -> str:
+        """``metrics.csv``'s content: a header of the sorted columns, then every row."""
+        import csv
+        import io
+
+        fields = sorted(self._keys)
+        if fields != self._fields:  # a new column: every row again
+            self._fields, self._text, self._formatted = fields, [], 0
+        if self._formatted < len(self.rows):
+            self._text.append(self._format(self.rows[self._formatted :]))
+            self._formatted = len(self.rows)
+        head = io.StringIO()
+        csv.DictWriter(head, fieldnames=fields).writeheader()
+        return head.getvalue() + "".join(self._text)
 
     def save(self) -> None:
         if not self.metrics and os.path.isfile(self.metrics_file_path):
             return
-        import csv
-
-        keys = sorted({k for row in self.rows for k in row})
         tmp = self.metrics_file_path + ".tmp"
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
+            fh.write(self.csv_text())
         os.replace(tmp, self.metrics_file_path)
         self.metrics = []
 

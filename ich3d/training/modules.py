@@ -169,6 +169,17 @@ class _BinaryModule(pl.LightningModule):
     AUC of target ``primary`` (``data.label``), plus ``val/auc_<target>``,
     ``val/mean_auc`` (the mean over the targets with both classes) and
     ``val/log_loss`` (the challenge's weighted log loss).
+
+    Logging costs no per-step work beyond the loss itself: a training step keeps
+    its loss and predictions on the device (no ``self.log``, no metric update, no
+    host sync); ``train/loss_step`` is logged only at the steps Lightning writes
+    (every ``log_every_n_steps``), and ``train/loss_epoch``, ``train/auc`` and
+    ``val/loss`` once per epoch, with Lightning's arithmetic (the batch-size
+    weighted mean, one ``BinaryAUROC`` over the epoch's predictions), so
+    ``metrics.csv`` holds the rows and values per-step ``self.log`` calls wrote
+    (``tests/test_training_logging.py`` compares them). Lightning's ``self.log``
+    walks its whole result object on every call, and a ``Metric`` logged per step
+    is moved with all the predictions it holds: cost that grew with the epoch.
     """
 
     input_keys: tuple[str, ...] = ()
@@ -198,6 +209,8 @@ class _BinaryModule(pl.LightningModule):
         self._train_loss_n = 0
         self._train_probs: list[Tensor] = []
         self._train_labels: list[Tensor] = []
+        self._val_loss_sum = torch.zeros(())
+        self._val_loss_n = 0
         self._val_ids: list[Tensor] = []
         self._val_probs: list[Tensor] = []
         self._val_labels: list[Tensor] = []
@@ -268,16 +281,21 @@ class _BinaryModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self._train_loss_n:
-            # Lightning's batch-size-weighted mean, summed over the processes
-            total = torch.stack([self._train_loss_sum.float(), self._train_loss_sum.new_tensor(float(self._train_loss_n))])
-            if self.trainer.world_size > 1:
-                total = self.trainer.strategy.reduce(total, reduce_op="sum")
-            self.log("train/loss_epoch", total[0] / total[1], on_step=False, on_epoch=True, prog_bar=True,
-                     batch_size=1, sync_dist=False)
+            self.log("train/loss_epoch", self._epoch_mean(self._train_loss_sum, self._train_loss_n),
+                     on_step=False, on_epoch=True, prog_bar=True, batch_size=1, sync_dist=False)
         if self._train_probs:
             self.train_auc.update(torch.cat(self._train_probs), torch.cat(self._train_labels))
             self.log("train/auc", self.train_auc, on_step=False, on_epoch=True)
         self._reset_train_epoch()
+
+    def _epoch_mean(self, total: Tensor, count: int) -> Tensor:
+        """Lightning's batch-size-weighted epoch mean: ``sum_b(loss_b * n_b) / sum_b n_b``
+        over the batches of every process (the same float32 arithmetic)."""
+        if self.trainer.world_size > 1:
+            both = torch.stack([total.float(), total.new_tensor(float(count))])
+            both = self.trainer.strategy.reduce(both, reduce_op="sum")
+            return both[0] / both[1]
+        return total / count
 
     def _reset_train_epoch(self) -> None:
         self._step_loss, self._step_n = None, 0
@@ -287,18 +305,24 @@ class _BinaryModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_ids, self._val_probs, self._val_labels = [], [], []
+        self._val_loss_sum, self._val_loss_n = torch.zeros((), device=self.device), 0
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         logits, y = self._outputs(batch)
         loss = self._batch_loss(batch, logits, y)
         n = int(y.shape[0])
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        # ``val/loss`` (the epoch mean) is logged once, in on_validation_epoch_end
+        self._val_loss_sum = self._val_loss_sum + loss.detach().mean() * n
+        self._val_loss_n += n
         self._val_ids.append(sample_ids(batch, n, logits.device))
         self._val_probs.append(torch.sigmoid(logits).detach())
         self._val_labels.append(y.detach().long())
         return loss
 
     def on_validation_epoch_end(self) -> None:
+        if self._val_loss_n:
+            self.log("val/loss", self._epoch_mean(self._val_loss_sum, self._val_loss_n), prog_bar=True,
+                     batch_size=1, sync_dist=False)
         if self._val_ids:
             ids = torch.cat(self._val_ids)
             probs = torch.cat(self._val_probs)
