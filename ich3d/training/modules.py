@@ -280,22 +280,27 @@ class _BinaryModule(pl.LightningModule):
         self._reset_train_epoch()
 
     def on_train_epoch_end(self) -> None:
-        if self._train_loss_n:
-            self.log("train/loss_epoch", self._epoch_mean(self._train_loss_sum, self._train_loss_n),
-                     on_step=False, on_epoch=True, prog_bar=True, batch_size=1, sync_dist=False)
+        self._log_epoch_mean("train/loss_epoch", self._train_loss_sum, self._train_loss_n)
         if self._train_probs:
             self.train_auc.update(torch.cat(self._train_probs), torch.cat(self._train_labels))
             self.log("train/auc", self.train_auc, on_step=False, on_epoch=True)
         self._reset_train_epoch()
 
-    def _epoch_mean(self, total: Tensor, count: int) -> Tensor:
-        """Lightning's batch-size-weighted epoch mean: ``sum_b(loss_b * n_b) / sum_b n_b``
-        over the batches of every process (the same float32 arithmetic)."""
+    def _log_epoch_mean(self, name: str, total: Tensor, count: int) -> None:
+        """Log Lightning's batch-size-weighted epoch mean ``sum_b(loss_b * n_b) / sum_b n_b``
+        over the batches of every process, in the same float32 arithmetic (nothing when
+        no process had a batch; every process takes part in the reduction)."""
         if self.trainer.world_size > 1:
             both = torch.stack([total.float(), total.new_tensor(float(count))])
             both = self.trainer.strategy.reduce(both, reduce_op="sum")
-            return both[0] / both[1]
-        return total / count
+            if float(both[1]) == 0:
+                return
+            mean = both[0] / both[1]
+        elif count:
+            mean = total / count
+        else:
+            return
+        self.log(name, mean, on_step=False, on_epoch=True, prog_bar=True, batch_size=1, sync_dist=False)
 
     def _reset_train_epoch(self) -> None:
         self._step_loss, self._step_n = None, 0
@@ -320,9 +325,7 @@ class _BinaryModule(pl.LightningModule):
         return loss
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_loss_n:
-            self.log("val/loss", self._epoch_mean(self._val_loss_sum, self._val_loss_n), prog_bar=True,
-                     batch_size=1, sync_dist=False)
+        self._log_epoch_mean("val/loss", self._val_loss_sum, self._val_loss_n)
         if self._val_ids:
             ids = torch.cat(self._val_ids)
             probs = torch.cat(self._val_probs)
