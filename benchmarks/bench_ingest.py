@@ -33,13 +33,35 @@ page cache, best of ``--repeat``:
 Targets (issues 2 and 9): native ingest time <= 1.0x bare pydicom; ingest >= 3x
 faster than the MONAI path; cached read >= 50x faster than building;
 compressed ingest <= 1.2x bare pydicom on the same files.
+
+Planning at scale (issue 10)::
+
+    python -m benchmarks.bench_ingest --planning-files 10000 40000 100000 --workers 2
+                                      [--repeat 1] [--data DIR]
+
+times the ingest's planning (file listing, labels CSV, the header pass over
+``--workers`` processes and the plan of every series; no pixel data is decoded
+or written) on synthetic RSNA sets of about that many files (40-slice series of
+64 x 64 pixels with RSNA's defects, made once per size under ``--data`` or a
+temp folder: the header pass reads no pixels, so the pixel size does not
+matter), each run in a fresh process (its CPU time, children included, and
+its peak RSS): the pre-change code (``benchmarks/_ingest_planning_baseline.py``)
+and the current one, interleaved, best of ``--repeat``. It checks that both
+plan the same volumes and skips, fits time = a + b x files by least squares and
+prints the projection for the full RSNA training set (752,803 files) with the
+ratio. Target: projected full-RSNA planning < 5 min on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -98,6 +120,163 @@ def _compress(src: str, dst: Path, syntax: str) -> None:
     ds.save_as(dst, enforce_file_format=True)
 
 
+#: Files of the RSNA 2019 training set (stage_2_train), the projection's target size.
+RSNA_FILES = 752_803
+PLANNING_TARGET_S = 300.0
+
+
+def _plan_digest(planned: dict, skipped: list[tuple[str, str, str]]) -> str:
+    """sha256 of what a plan decides: volumes (slices, order, positions, spacing) and skips."""
+    h = hashlib.sha256()
+    for group in sorted(planned):
+        v = planned[group]
+        h.update(
+            repr(
+                (
+                    v.key,
+                    [s.image_id for s in v.slices],
+                    [round(p, 6) for p in v.positions],
+                    v.slice_spacing,
+                    v.spacing_min,
+                    v.spacing_max,
+                    v.gap,
+                    v.uniform,
+                    repr(v.thickness),
+                )
+            ).encode()
+        )
+    h.update(repr(sorted(skipped)).encode())
+    return h.hexdigest()
+
+
+def _planning_child(code: str, data: Path, workers: int) -> dict[str, object]:
+    """One planning run in this (fresh) process: wall and CPU seconds, peak RSS, digest."""
+    import resource
+
+    from ich3d import synth
+    from ich3d.data import ingest
+
+    images, labels = data / synth.IMAGES_DIR, data / synth.LABELS_CSV
+    t0 = time.perf_counter()
+    listing = ingest._list_files(images, exclude=None)
+    if code == "old":
+        from benchmarks._ingest_planning_baseline import baseline_plan
+
+        planned, skipped = baseline_plan(images, listing, labels, workers=workers)
+    else:
+        planner = ingest._plan(
+            images,
+            listing,
+            labels,
+            None,
+            workers=workers,
+            min_slices=4,
+            series_per_study="all",
+            target_thickness=5.0,
+            progress=False,
+        )
+        planned = planner.planned
+        skipped = list(planner.skipped)
+        for rows in planner.plan_skips.values():
+            skipped.extend(rows)
+    wall = time.perf_counter() - t0
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "files": len(listing),
+        "wall": wall,
+        "cpu": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
+        "rss_mib": own.ru_maxrss / 1024,
+        "volumes": len(planned),
+        "digest": _plan_digest(planned, skipped),
+    }
+
+
+def _run_child(code: str, data: Path, workers: int) -> dict[str, object]:
+    cmd = [sys.executable, "-m", "benchmarks.bench_ingest", "--planning-child", code, str(data)]
+    cmd += ["--workers", str(workers)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=os.getcwd())
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _planning(sizes: list[int], workers: int, repeat: int, root: Path | None, size: int) -> int:
+    """The planning-at-scale benchmark (see the module docstring)."""
+    from ich3d import synth
+
+    tmp = None if root is not None else Path(tempfile.mkdtemp(prefix="bench_planning_"))
+    base = root if root is not None else tmp
+    rows = []
+    try:
+        for n in sizes:
+            data = base / f"planning_{n}_{size}px"  # type: ignore[operator]
+            if not (data / synth.IMAGES_DIR).is_dir():
+                t0 = time.perf_counter()
+                synth.generate(
+                    data,
+                    patients=max(1, round(n / 80)),
+                    size=size,
+                    slices=(40, 40),
+                    studies=(2, 2),
+                    seed=0,
+                    progress=False,
+                )
+                print(f"generated ~{n} files in {time.perf_counter() - t0:.0f} s -> {data}")
+            for f in (data / synth.IMAGES_DIR).iterdir():  # warm the page cache
+                f.read_bytes()
+            best: dict[str, dict[str, object]] = {}
+            for _ in range(repeat):  # interleaved: a shared machine's load hits both alike
+                for code in ("old", "new"):
+                    r = _run_child(code, data, workers)
+                    if code not in best or r["wall"] < best[code]["wall"]:  # type: ignore[operator]
+                        best[code] = r
+            old, new = best["old"], best["new"]
+            if old["digest"] != new["digest"]:
+                print(f"FAILED: the plans differ at {n} files ({old['digest']} vs {new['digest']})")
+                return 1
+            rows.append((old, new))
+            print(
+                f"{old['files']:>8} files  old {old['wall']:8.2f} s ({old['cpu']:7.1f} CPU-s, "
+                f"{old['rss_mib']:6.0f} MiB)  new {new['wall']:7.2f} s ({new['cpu']:6.1f} CPU-s, "
+                f"{new['rss_mib']:6.0f} MiB)  ratio {old['wall'] / new['wall']:5.2f}  same plan",
+                flush=True,
+            )
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    files = np.array([o["files"] for o, _ in rows], dtype=float)
+    print()
+    print(f"per file (slope of the least-squares line, {workers} workers):")
+    proj: dict[str, dict[str, float]] = {}
+    for i, code in enumerate(("old", "new")):
+        proj[code] = {}
+        for what in ("wall", "cpu", "rss_mib"):
+            y = np.array([r[i][what] for r in rows], dtype=float)
+            slope, icpt = np.polyfit(files, y, 1) if len(files) > 1 else (y[0] / files[0], 0.0)
+            proj[code][what] = slope * RSNA_FILES + icpt
+            proj[code][what + "_per_file"] = slope
+        print(
+            f"  {code}: {proj[code]['wall_per_file'] * 1e6:7.1f} us wall, "
+            f"{proj[code]['cpu_per_file'] * 1e6:7.1f} us CPU"
+        )
+    o, w = proj["old"], proj["new"]
+    print(f"projected full RSNA ({RSNA_FILES:,} files, {workers} workers):")
+    print(
+        f"  old {o['wall']:7.0f} s wall ({o['wall'] / 60:5.1f} min), {o['cpu']:7.0f} CPU-s, "
+        f"peak RSS {o['rss_mib'] / 1024:5.2f} GiB"
+    )
+    print(
+        f"  new {w['wall']:7.0f} s wall ({w['wall'] / 60:5.1f} min), {w['cpu']:7.0f} CPU-s, "
+        f"peak RSS {w['rss_mib'] / 1024:5.2f} GiB"
+    )
+    print(f"  ratio old / new: {o['wall'] / w['wall']:.2f} wall, {o['cpu'] / w['cpu']:.2f} CPU")
+    ok = w["wall"] < PLANNING_TARGET_S
+    print(
+        f"target: projected planning < {PLANNING_TARGET_S / 60:.0f} min  "
+        f"{'OK' if ok else 'MISSED'} ({w['wall'] / 60:.1f} min on {workers} workers)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--series", type=int, default=4, help="series to generate (default 4)")
@@ -114,7 +293,30 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="series re-encoded for the compressed path (default 1)",
     )
+    ap.add_argument(
+        "--planning-files",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="time the planning on about N files each (e.g. 10000 40000 100000) instead",
+    )
+    ap.add_argument(
+        "--planning-size",
+        type=int,
+        default=64,
+        help="rows = columns of the planning sets (default 64)",
+    )
+    ap.add_argument("--planning-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.planning_child is not None:
+        code, data = args.planning_child
+        print(json.dumps(_planning_child(code, Path(data), args.workers)))
+        return 0
+    if args.planning_files:
+        return _planning(
+            args.planning_files, args.workers, args.repeat, args.data, args.planning_size
+        )
 
     import pandas as pd
     import pydicom
