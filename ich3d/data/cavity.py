@@ -219,10 +219,8 @@ def write_slice_stats(
 ) -> Path:
     """Write ``root/slice_stats.csv`` and its ``.json`` (rule, volume slice counts).
 
-    ``keys`` in ``volumes.csv`` order, ``fractions`` their :func:`cavity_fraction`;
-    the ingest calls this with the fractions its workers computed while building
-    the volumes, :func:`ensure_slice_stats` with freshly computed ones. Returns the
-    CSV path.
+    ``keys`` in ``volumes.csv`` order, ``fractions`` their :func:`cavity_fraction`
+    (as :func:`volume_fractions` gives them). Returns the CSV path.
     """
     rule = rule or CavityRule()
     csv = Path(root) / STATS_CSV
@@ -241,9 +239,9 @@ def ensure_slice_stats(
     """Write ``CACHE/slice_stats.csv`` (+ ``.json``) unless current; return the CSV path.
 
     Disk work for ``prepare_data``: current means same rule parameters and the
-    same volumes (keys and slice counts) as ``volumes.csv``. The ingest writes
-    them for the default rule, so this computes only for another rule (or a
-    cache from before that), over ``workers`` processes.
+    same volumes (keys and slice counts) as ``volumes.csv``. Computed over
+    ``workers`` processes (``data.ingest_workers`` in ``prepare_data``), each
+    handed chunks of volumes; the table is the same for any number of workers.
     """
     rule = rule or CavityRule()
     csv = cache.root / STATS_CSV

@@ -6,9 +6,6 @@
     CACHE/slices.csv          schema.SLICE_COLUMNS, one row per kept slice
     CACHE/volumes.csv         schema.VOLUME_COLUMNS, one row per volume
     CACHE/skipped.csv         schema.SKIPPED_COLUMNS, one row per skipped item (with detail)
-    CACHE/slice_stats.csv     cranial-cavity fraction of every slice (ich3d.data.cavity,
-                              default rule; + slice_stats.json), computed by the workers
-                              of pass 3 while each volume is in memory
     CACHE/ingest.json         parameters, input fingerprint, counts, version;
                               ``"complete": true`` (written last)
 
@@ -229,7 +226,6 @@ REASON_SERIES_NOT_SELECTED = "other series of the study selected"
 
 _PARTIAL = ".ingest-partial.json"
 _TABLES = ("slices.csv", "volumes.csv", "skipped.csv")
-_STATS = ("slice_stats.csv", "slice_stats.json")  # ich3d.data.cavity.STATS_CSV / STATS_JSON
 _KEY_FILE = re.compile(r"^[0-9a-f]{16}\.npy$")
 
 
@@ -580,18 +576,12 @@ class _VolumeTask:
     slices: tuple[SliceHeader, ...]
 
 
-def _build_volume(
-    task: _VolumeTask,
-) -> tuple[str, list[int], list[tuple[int, str]], np.ndarray | None]:
+def _build_volume(task: _VolumeTask) -> tuple[str, list[int], list[tuple[int, str]]]:
     """Pass 2: read, pool, convert and stack one volume; write it atomically.
 
-    Returns the path, the indices of blank (constant) slices, the slices whose
-    pixels could not be read as (index, detail) (nothing is written when there are
-    any) and the volume's cranial-cavity fractions (default rule, computed here while
-    the volume is in memory; None when not written).
+    Returns the path, the indices of blank (constant) slices and the slices whose
+    pixels could not be read as (index, detail); nothing is written when there are any.
     """
-    from ich3d.data.cavity import cavity_fraction
-
     vol = np.empty(task.shape, dtype=np.int16)
     failed: list[tuple[int, str]] = []
     decoded_path: str | None = None
@@ -614,9 +604,9 @@ def _build_volume(
         except SkipSlice as exc:
             failed.append((i, exc.detail))
     if failed:
-        return task.path, [], failed, None
+        return task.path, [], failed
     _atomic_save_npy(task.path, vol)
-    return task.path, _blank_indices(vol), [], cavity_fraction(vol)
+    return task.path, _blank_indices(vol), []
 
 
 def _blank_indices(vol: np.ndarray) -> list[int]:
@@ -821,28 +811,6 @@ def _group_of(h: SliceHeader) -> str:
     return h.series_uid
 
 
-def _write_slice_stats(
-    out: Path,
-    volumes: Sequence[_Volume],
-    fractions: dict[str, np.ndarray],
-    workers: int,
-    progress: bool,
-) -> None:
-    """``slice_stats.csv`` / ``.json`` of the default cranial-cavity rule.
-
-    The fractions of the volumes this run built come from its workers; those of
-    volumes reused from an earlier run are computed here, over the same workers.
-    """
-    from ich3d.data.cavity import volume_fractions, write_slice_stats
-
-    missing = [v for v in volumes if v.group not in fractions]
-    if missing:
-        paths = [out / "volumes" / f"{v.key}.npy" for v in missing]
-        done = volume_fractions(paths, workers=workers, progress=progress)
-        fractions = {**fractions, **{v.group: f for v, f in zip(missing, done, strict=True)}}
-    write_slice_stats(out, [v.key for v in volumes], [fractions[v.group] for v in volumes])
-
-
 def _csv_text(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -914,7 +882,9 @@ def _plan(
     chunk = max(1, min(256, len(items) // (workers * 8) or 1))
     task = _header_task_packed if workers > 1 and len(items) > 1 else _header_task
     with tqdm(total=len(items), desc="ingest: headers", unit="file", disable=not progress) as bar:
-        for (rel, _size), res in zip(listing, _map(task, items, workers, chunk, bar), strict=True):
+        for (rel, _size), res in zip(
+            listing, _map(task, items, workers, chunk, bar), strict=True
+        ):
             if isinstance(res, list):
                 for h in res:
                     if not isinstance(h, SliceHeader):
@@ -1045,7 +1015,7 @@ def _clear_cache(out: Path) -> None:
         for entry in os.scandir(vdir):
             if _KEY_FILE.match(entry.name) or entry.name.startswith("."):
                 os.remove(entry.path)
-    for name in (*_TABLES, *_STATS, "ingest.json", _PARTIAL):
+    for name in (*_TABLES, "ingest.json", _PARTIAL):
         p = out / name
         if p.exists():
             p.unlink()
@@ -1244,7 +1214,6 @@ def run_ingest(
     # ---- pass 2: volumes (a slice that fails to decode is dropped and its volume re-planned)
     reused = written = 0
     blank: dict[str, list[int]] = {}
-    fractions: dict[str, np.ndarray] = {}  # cranial-cavity fractions of the volumes built
     pending = sorted(planned)
     while pending:
         tasks: list[_VolumeTask] = []
@@ -1272,11 +1241,10 @@ def run_ingest(
             total=sum(weights), desc="ingest: volumes", unit="slice", disable=not progress
         ) as bar:
             results = list(_map(_build_volume, tasks, workers, 1, bar, weights))
-        for group, task, (_path, idx, failed, frac) in zip(task_group, tasks, results, strict=True):
+        for group, task, (_path, idx, failed) in zip(task_group, tasks, results, strict=True):
             if not failed:
                 written += 1
                 blank[group] = idx
-                fractions[group] = frac
                 continue
             bad = {id(task.slices[i]): detail for i, detail in failed}
             for h in task.slices:
@@ -1375,7 +1343,6 @@ def run_ingest(
     atomic_write_text(out / "slices.csv", _csv_text(SLICE_COLUMNS, slice_rows))
     atomic_write_text(out / "volumes.csv", _csv_text(VOLUME_COLUMNS, volume_rows))
     atomic_write_text(out / "skipped.csv", _csv_text(SKIPPED_COLUMNS, skipped))
-    _write_slice_stats(out, volumes, fractions, workers, progress)
 
     reasons = Counter(reason for _, reason, _ in skipped)
     counts = {
