@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ich3d.data import dicom
-from ich3d.data.dicom import SkipSlice, SliceHeader, slice_normal, superior_normal
+from ich3d.data.dicom import SkipSlice, SliceHeader
 from ich3d.data.ingest import (
     GAP_FACTOR,
     ORIENTATION_TOLERANCE,
@@ -55,6 +55,19 @@ def _read_headers(path: str, file_size: int | None) -> list[SliceHeader]:
         raise
     except Exception as exc:  # noqa: BLE001 - a malformed tag value
         raise SkipSlice(dicom.REASON_UNREADABLE_FILE, f"{type(exc).__name__}: {exc}") from None
+
+
+def slice_normal(orientation: tuple[float, ...] | list[float]) -> np.ndarray:
+    n = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float))
+    return n / np.linalg.norm(n)
+
+
+def superior_normal(orientation: tuple[float, ...] | list[float]) -> np.ndarray:
+    n = slice_normal(orientation)
+    if abs(n[2]) > 1e-6:
+        return n if n[2] > 0 else -n
+    k = int(np.argmax(np.abs(n)))
+    return n if n[k] > 0 else -n
 
 
 def _header_task(item: tuple[str, str, int]) -> list[SliceHeader] | tuple[str, str, str]:

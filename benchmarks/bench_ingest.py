@@ -50,6 +50,19 @@ and the current one, interleaved, best of ``--repeat``. It checks that both
 plan the same volumes and skips, fits time = a + b x files by least squares and
 prints the projection for the full RSNA training set (752,803 files) with the
 ratio. Target: projected full-RSNA planning < 5 min on 2 cores.
+
+Cranial-cavity statistics (issue 10)::
+
+    python -m benchmarks.bench_ingest --cavity --series 8 --slices 40 --size 512 --workers 2
+
+ingests ``--series`` synthetic series (a 256 x 256 cache at the default
+``--size``), then times, best of ``--repeat`` and interleaved, (1) the rule on
+every cached volume in memory, one process: the pre-change kernel (four
+running-or scans, kept below as the baseline) against
+:func:`ich3d.data.cavity.cavity_fraction`, which must give the same fractions;
+(2) ``compute_slice_stats`` (volumes read from the cache) with one process and
+with ``--workers``, which must give the same table. Prints ms per slice, the
+ratios and the projection for RSNA's 752,803 slices.
 """
 
 from __future__ import annotations
@@ -192,6 +205,92 @@ def _planning_child(code: str, data: Path, workers: int) -> dict[str, object]:
     }
 
 
+def _cavity_fraction_baseline(volume: np.ndarray, rule: object) -> np.ndarray:
+    """The cavity rule before issue 10: four running-or scans (``np.logical_or.accumulate``)."""
+    v = np.asarray(volume)
+    bone = v >= rule.bone_hu  # type: ignore[attr-defined]
+    enclosed = (v >= rule.soft_min) & (v <= rule.soft_max)  # type: ignore[attr-defined]
+    enclosed &= np.logical_or.accumulate(bone, axis=2)
+    enclosed &= np.logical_or.accumulate(bone[:, :, ::-1], axis=2)[:, :, ::-1]
+    enclosed &= np.logical_or.accumulate(bone, axis=1)
+    enclosed &= np.logical_or.accumulate(bone[:, ::-1, :], axis=1)[:, ::-1, :]
+    return enclosed.mean(axis=(1, 2), dtype=np.float64)
+
+
+def _cavity(args: argparse.Namespace) -> int:
+    """The cranial-cavity statistics benchmark (see the module docstring)."""
+    from ich3d import synth
+    from ich3d.data.cache import open_cache
+    from ich3d.data.cavity import CavityRule, cavity_fraction, compute_slice_stats
+    from ich3d.data.ingest import run_ingest
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_cavity_"))
+    data = args.data or tmp / "data"
+    try:
+        if not (data / synth.IMAGES_DIR).is_dir():
+            synth.generate(
+                data,
+                patients=args.series,
+                size=args.size,
+                slices=(args.slices, args.slices),
+                studies=(1, 1),
+                seed=0,
+                progress=False,
+            )
+        out = tmp / "cache"
+        run_ingest(
+            data / synth.IMAGES_DIR,
+            data / synth.LABELS_CSV,
+            out,
+            workers=max(1, args.workers),
+            progress=False,
+        )
+        cache = open_cache(out)
+        keys = list(cache.volumes["key"])
+        vols = [np.load(cache.volume_path(k)) for k in keys]
+        n = sum(len(v) for v in vols)
+        rule = CavityRule()
+        t_old = t_new = float("inf")
+        for _ in range(args.repeat):  # interleaved
+            t0 = time.perf_counter()
+            old = [_cavity_fraction_baseline(v, rule) for v in vols]
+            t_old = min(t_old, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            new = [cavity_fraction(v, rule) for v in vols]
+            t_new = min(t_new, time.perf_counter() - t0)
+        same = all(np.array_equal(a, b) for a, b in zip(old, new, strict=True))
+        w = max(2, args.workers)
+        t_one = t_par = float("inf")
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            one = compute_slice_stats(cache, rule, workers=1, progress=False)
+            t_one = min(t_one, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            par = compute_slice_stats(cache, rule, workers=w, progress=False)
+            t_par = min(t_par, time.perf_counter() - t0)
+        same_table = one.equals(par)
+        shape = vols[0].shape[1:]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ms = lambda t: t / n * 1e3  # noqa: E731
+    print(f"{len(keys)} volumes, {n} slices of {shape[0]} x {shape[1]}, best of {args.repeat}")
+    print(
+        f"(1) rule in memory, one process: before {ms(t_old):.3f} ms/slice, "
+        f"now {ms(t_new):.3f} ms/slice, ratio {t_old / t_new:.2f}; same fractions: {same}"
+    )
+    print(
+        f"(2) compute_slice_stats from the cache: 1 process {ms(t_one):.3f} ms/slice, "
+        f"{w} processes {ms(t_par):.3f} ms/slice, speed-up {t_one / t_par:.2f}x; "
+        f"same table: {same_table}"
+    )
+    full = RSNA_FILES / 60e3  # ms -> min
+    print(
+        f"projected for {RSNA_FILES:,} slices: before, one process {ms(t_old) * full:.1f} min; "
+        f"now {ms(t_one) * full:.1f} min in one process, {ms(t_par) * full:.1f} min on {w}"
+    )
+    return 0 if same and same_table else 1
+
+
 def _run_child(code: str, data: Path, workers: int) -> dict[str, object]:
     cmd = [sys.executable, "-m", "benchmarks.bench_ingest", "--planning-child", code, str(data)]
     cmd += ["--workers", str(workers)]
@@ -251,7 +350,7 @@ def _planning(sizes: list[int], workers: int, repeat: int, root: Path | None, si
         proj[code] = {}
         for what in ("wall", "cpu", "rss_mib"):
             y = np.array([r[i][what] for r in rows], dtype=float)
-            slope, icpt = np.polyfit(files, y, 1) if len(files) > 1 else (y[0] / files[0], 0.0)
+            slope, icpt = np.polyfit(files, y, 1)
             proj[code][what] = slope * RSNA_FILES + icpt
             proj[code][what + "_per_file"] = slope
         print(
@@ -308,12 +407,19 @@ def main(argv: list[str] | None = None) -> int:
         help="rows = columns of the planning sets (default 64)",
     )
     ap.add_argument("--planning-child", nargs=2, default=None, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--cavity", action="store_true", help="time the cranial-cavity statistics instead"
+    )
     args = ap.parse_args(argv)
     if args.planning_child is not None:
         code, data = args.planning_child
         print(json.dumps(_planning_child(code, Path(data), args.workers)))
         return 0
+    if args.cavity:
+        return _cavity(args)
     if args.planning_files:
+        if len(set(args.planning_files)) < 2:
+            ap.error("--planning-files needs two sizes or more (the fit has an intercept)")
         return _planning(
             args.planning_files, args.workers, args.repeat, args.data, args.planning_size
         )

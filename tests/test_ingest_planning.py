@@ -269,3 +269,13 @@ def test_fast_header_read_equals_pydicom(dataset, tmp_path):
         b[int(k)] = int(rng.integers(0, 256))
         cut.write_bytes(bytes(b))
         assert _result(str(cut)) == _reference_headers(str(cut)), int(k)
+
+
+def test_slice_normal_is_numpys_cross_over_norm():
+    rng = np.random.default_rng(5)
+    cases = list(rng.normal(0, 1, (3000, 6))) + list(np.round(rng.normal(0, 1, (3000, 6)), 6))
+    cases += [(1, 0, 0, 0, 1, 0), (1, 0, 0, 0, -1, 0), (0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 0.9, 0.4)]
+    for o in cases:
+        a, b = np.asarray(o[:3], float), np.asarray(o[3:6], float)
+        ref = np.cross(a, b) / np.linalg.norm(np.cross(a, b))
+        np.testing.assert_array_equal(dicom.slice_normal(tuple(o)), ref)

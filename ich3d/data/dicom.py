@@ -959,9 +959,16 @@ def read_slice(path: str | os.PathLike[str] | Path) -> tuple[SliceHeader, np.nda
 
 
 def slice_normal(orientation: tuple[float, ...] | list[float]) -> np.ndarray:
-    """Unit normal of a slice: cross product of the row and column direction cosines."""
-    n = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float))
-    return n / np.linalg.norm(n)
+    """Unit normal of a slice: cross product of the row and column direction cosines.
+
+    The cross product in plain floats (the same IEEE operations as ``np.cross``,
+    which costs ~10x more on one vector) divided by ``sqrt(n . n)``, as
+    ``np.linalg.norm`` computes it: bit for bit the values of
+    ``np.cross(a, b) / np.linalg.norm(np.cross(a, b))``.
+    """
+    a0, a1, a2, b0, b1, b2 = (float(v) for v in orientation[:6])
+    n = np.array((a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0))
+    return n / math.sqrt(n.dot(n))
 
 
 def superior_normal(orientation: tuple[float, ...] | list[float]) -> np.ndarray:
