@@ -279,3 +279,34 @@ def test_slice_normal_is_numpys_cross_over_norm():
         a, b = np.asarray(o[:3], float), np.asarray(o[3:6], float)
         ref = np.cross(a, b) / np.linalg.norm(np.cross(a, b))
         np.testing.assert_array_equal(dicom.slice_normal(tuple(o)), ref)
+
+
+def test_plan_equals_the_pre_change_plan_on_synthetic_defects(tmp_path):
+    """The frozen pre-change planning (the benchmark's baseline) and today's agree."""
+    from benchmarks.bench_ingest import _planning_child
+    from ich3d import synth
+
+    rates = {name: 0.3 for name in synth.DefectRates.__dataclass_fields__}
+    synth.generate(
+        tmp_path,
+        patients=6,
+        size=32,
+        slices=(5, 12),
+        seed=4,
+        defects=synth.DefectRates(**rates),
+        progress=False,
+    )
+    for workers in (1, 2):
+        old = _planning_child("old", tmp_path, workers)
+        new = _planning_child("new", tmp_path, workers)
+        assert old["digest"] == new["digest"] and old["files"] == new["files"] > 60
+        assert new["volumes"] >= 6
+
+
+def test_planning_benchmark_runs_small(tmp_path, capsys):
+    from benchmarks.bench_ingest import main
+
+    args = ["--planning-files", "150", "300", "--workers", "1", "--repeat", "1"]
+    assert main([*args, "--data", str(tmp_path), "--planning-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("same plan") == 2 and "projected full RSNA (752,803 files" in out
