@@ -6,8 +6,9 @@ Stage-1 training uses only slices that show part of the cranial cavity
 1. **bone** pixels are those with HU >= ``bone_hu`` (default 300; skull is
    700-1500+, blood 50-90, calcifications 100-300 in the phantom);
 2. a pixel is **enclosed** when its row has bone somewhere to its left *and*
-   to its right, and its column has bone somewhere above *and* below it (four
-   running "any bone so far" scans, vectorised over the whole volume);
+   to its right, and its column has bone somewhere above *and* below it (the
+   pixel itself counts; i.e. it lies between the first and the last bone pixel
+   of its row and of its column: four ``argmax`` scans over the whole volume);
 3. **soft tissue** pixels are those with HU in ``soft_range`` (default
    [0, 100]: brain 20-45, CSF 0-15, blood 50-90);
 4. ``cavity_fraction`` = (enclosed soft-tissue pixels) / (all pixels of the slice);
@@ -105,8 +106,8 @@ def cavity_fraction(volume: np.ndarray, rule: CavityRule | None = None) -> np.nd
     bone = v >= rule.bone_hu
     enclosed = (v >= rule.soft_min) & (v <= rule.soft_max)
     # "bone somewhere to the left and to the right (at or beyond the pixel)" is "between the
-    # first and the last bone pixel of the row": two argmax scans instead of two running-or
-    # scans (accumulate, not vectorised by numpy) give the same pixels, 2-3x faster
+    # first and the last bone pixel of the row": two argmax scans per axis give the same
+    # pixels as running-or scans (ufunc accumulate, element by element), 2-3x faster
     for axis in (2, 1):
         first, last = _bone_span(bone, axis)
         index = np.arange(v.shape[axis], dtype=first.dtype)
