@@ -314,6 +314,47 @@ def _run_child(code: str, data: Path, workers: int) -> dict[str, object]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _header_before(path: str) -> object:
+    """The pre-change read_headers: pydicom's partial read, then the same decoding."""
+    from ich3d.data import dicom
+
+    ds, syntax = dicom._pydicom_dataset(path)
+    return dicom._headers(ds, path, syntax, None)
+
+
+def _header_reads(files: list[str], repeat: int) -> None:
+    """Per-file cost of ways to read a header without its pixels, one process, interleaved."""
+    import pydicom
+
+    from ich3d.data import dicom
+
+    tags = dicom._tag_list()
+    ways: dict[str, Callable[[str], object]] = {
+        "ich3d read_headers (now)": lambda f: dicom.read_headers(f),
+        "before: dcmread(defer_size=256, specific_tags) + decode": _header_before,
+        "dcmread(stop_before_pixels=True)": lambda f: pydicom.dcmread(f, stop_before_pixels=True),
+        "dcmread(stop_before_pixels=True, specific_tags)": lambda f: pydicom.dcmread(
+            f, stop_before_pixels=True, specific_tags=tags
+        ),
+        "dcmread(defer_size=256)": lambda f: pydicom.dcmread(f, defer_size=256),
+    }
+
+    def each(fn: Callable[[str], object]) -> None:
+        for f in files:
+            try:
+                fn(f)
+            except Exception:  # noqa: BLE001 - the set's stray and corrupt files
+                pass
+
+    best = dict.fromkeys(ways, float("inf"))
+    for _ in range(max(3, repeat)):
+        for name, fn in ways.items():
+            best[name] = min(best[name], _best(lambda fn=fn: each(fn), 1))
+    print(f"header read, {len(files)} files, one process, best of {max(3, repeat)}:")
+    for name, t in best.items():
+        print(f"  {name:<58}{t / len(files) * 1e6:8.1f} us per file")
+
+
 def _planning(sizes: list[int], workers: int, repeat: int, root: Path | None, size: int) -> int:
     """The planning-at-scale benchmark (see the module docstring)."""
     from ich3d import synth
@@ -336,8 +377,11 @@ def _planning(sizes: list[int], workers: int, repeat: int, root: Path | None, si
                     progress=False,
                 )
                 print(f"generated ~{n} files in {time.perf_counter() - t0:.0f} s -> {data}")
-            for f in (data / synth.IMAGES_DIR).iterdir():  # warm the page cache
-                f.read_bytes()
+            files = sorted(str(f) for f in (data / synth.IMAGES_DIR).iterdir())
+            for f in files:  # warm the page cache
+                Path(f).read_bytes()
+            if not rows:
+                _header_reads(files[:3000], repeat)
             best: dict[str, dict[str, object]] = {}
             for _ in range(repeat):  # interleaved: a shared machine's load hits both alike
                 for code in ("old", "new"):
