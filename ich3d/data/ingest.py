@@ -823,7 +823,6 @@ def _csv_text(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 class _Planner:
     """What pass 1 and the plan hand to pass 2 (which may plan a group again)."""
 
-    listing: Sequence[tuple[str, int]]
     table: LabelTable | None
     study_table: StudyLabelTable | None
     min_slices: int
@@ -866,7 +865,7 @@ def _plan(
     t0 = time.perf_counter()
     table = read_labels(labels) if labels is not None else None
     study_table = read_study_labels(study_labels) if study_labels is not None else None
-    planner = _Planner(listing, table, study_table, int(min_slices))
+    planner = _Planner(table, study_table, int(min_slices))
     skipped, item_of, by_group, planned = (
         planner.skipped,
         planner.item_of,
