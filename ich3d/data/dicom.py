@@ -472,11 +472,13 @@ def _fast_dataset(path: str, file_size: int | None) -> tuple[_RawHeader, _RawHea
     n = len(buf)
     if n < 144 or buf[128:132] != b"DICM":
         return None
-    # file meta: explicit VR little endian, group 0002
+    explicit = _STRUCT_EXPLICIT.unpack_from
+    u32 = _STRUCT_U32.unpack_from
+    # file meta: explicit VR little endian, group 0002 (the syntax and the SOP class kept)
     meta = _RawHeader()
     pos = 132
     while pos + 8 <= n:
-        group, elem, vr, length = _STRUCT_EXPLICIT.unpack_from(buf, pos)
+        group, elem, vr, length = explicit(buf, pos)
         if group != 2:
             break
         if vr not in explicit_vrs:
@@ -485,11 +487,12 @@ def _fast_dataset(path: str, file_size: int | None) -> tuple[_RawHeader, _RawHea
         if vr in long_vrs:
             if pos + 4 > n:
                 return None
-            length = _STRUCT_U32.unpack_from(buf, pos)[0]
+            length = u32(buf, pos)[0]
             pos += 4
         if length == 0xFFFFFFFF or pos + length > n:
             return None
-        meta[group << 16 | elem] = _RawElement(buf[pos : pos + length], length, pos)
+        if elem == 0x0010 or elem == 0x0002:
+            meta[0x00020000 | elem] = _RawElement(buf[pos : pos + length], length, pos)
         pos += length
     else:
         return None
@@ -504,24 +507,26 @@ def _fast_dataset(path: str, file_size: int | None) -> tuple[_RawHeader, _RawHea
     if (not (0x40 < b0 < 0x5B and 0x40 < b1 < 0x5B)) != implicit:
         return None  # the dataset's encoding is not the syntax's: pydicom's switch rules
     ds = _RawHeader()
+    implicit_tag = _STRUCT_TAG.unpack_from
+    wanted, decline = _WANTED, _FAST_DECLINE
     while True:
         if pos + 8 > n:
             return None
         if implicit:
-            group, elem, length = _STRUCT_TAG.unpack_from(buf, pos)
+            group, elem, length = implicit_tag(buf, pos)
             pos += 8
         else:
-            group, elem, vr, length = _STRUCT_EXPLICIT.unpack_from(buf, pos)
+            group, elem, vr, length = explicit(buf, pos)
             pos += 8
             if vr not in explicit_vrs or vr == b"SQ":
                 return None
             if vr in long_vrs:
                 if pos + 4 > n:
                     return None
-                length = _STRUCT_U32.unpack_from(buf, pos)[0]
+                length = u32(buf, pos)[0]
                 pos += 4
         tag = group << 16 | elem
-        if length == 0xFFFFFFFF or group == 0 or tag in _FAST_DECLINE:
+        if length == 0xFFFFFFFF or group == 0 or tag in decline:
             return None
         if tag == _T_PIXEL_DATA:
             size = file_size if file_size is not None else os.path.getsize(path)
@@ -529,7 +534,7 @@ def _fast_dataset(path: str, file_size: int | None) -> tuple[_RawHeader, _RawHea
                 return None  # something after the pixel data: pydicom reads it
             ds[tag] = _RawElement(None, length, pos)
             return meta, ds, syntax
-        if tag in _WANTED:
+        if tag in wanted:
             if length > 256 and tag != _T_CHARSET:
                 ds[tag] = _RawElement(None, length, pos)  # deferred, as pydicom's defer_size
             else:
