@@ -82,3 +82,33 @@ def test_streaks_only_near_the_petrous_ridges(monkeypatch: pytest.MonkeyPatch) -
     near = diff[~far]
     assert near.min() < -1.0 and near.max() > 1.0  # the dark bar and the bright streaks
     assert np.abs(near).max() <= amp + 1e-3
+
+
+def test_synth_no_artefacts_is_the_phantom_without_them(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ich3d synth --no-artefacts` writes what the generator gives with the artefacts switched off."""
+    from ich3d.cli.main import main as cli_main
+    from ich3d.synth import load_truth, series_phantom
+
+    args = ["--patients", "2", "--size", "40", "--slices", "5", "6", "--seed", "4", "--no-progress"]
+    assert cli_main(["synth", str(tmp_path / "off"), *args, "--no-artefacts"]) == 0
+    assert cli_main(["synth", str(tmp_path / "on"), *args]) == 0
+    with monkeypatch.context() as m:
+        m.setattr(ph, "paint_artefacts", lambda *a, **k: None)
+        assert cli_main(["synth", str(tmp_path / "patched"), *args]) == 0
+
+    def dicoms(root):  # noqa: ANN001, ANN202
+        return {p.name: p.read_bytes() for p in sorted((root / "stage_2_train").glob("*.dcm"))}
+
+    off, on, patched = dicoms(tmp_path / "off"), dicoms(tmp_path / "on"), dicoms(tmp_path / "patched")
+    assert off == patched  # the same images as the generator without the artefacts
+    assert off.keys() == on.keys() and off != on  # same files, other pixels
+    truth = load_truth(tmp_path / "off")
+    entry = truth["series"][0]
+    assert entry["regenerate"]["artefacts"] is False
+    assert "artefacts" not in load_truth(tmp_path / "on")["series"][0]["regenerate"]
+    # the truth re-renders the series as written: without the artefacts
+    again = series_phantom(entry)
+    with monkeypatch.context() as m:
+        m.setattr(ph, "paint_artefacts", lambda *a, **k: None)
+        plain = series_phantom(entry)
+    assert np.array_equal(again.hu, plain.hu)

@@ -90,6 +90,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--no-defects", action="store_true", help="start from all rates 0 (then apply --defect)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier dataset in OUT")
+    p.add_argument(
+        "--no-artefacts",
+        action="store_true",
+        help="leave out the phantom's CT artefacts (partial volume of the vault, skull-base streaks), for ablations",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -130,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         defects=defects,
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        artefacts=not args.no_artefacts,
     )
     print(summary.format())
     return 0

@@ -133,7 +133,13 @@ class _SeriesPlan:
 
 
 def _plan_series(
-    seed: int, patient: int, study: int, size: int, slices: tuple[int, int], positive: bool
+    seed: int,
+    patient: int,
+    study: int,
+    size: int,
+    slices: tuple[int, int],
+    positive: bool,
+    artefacts: bool = True,
 ) -> _SeriesPlan:
     gen = rng(seed, PLAN_KEY, patient, study)
     n = int(gen.integers(slices[0], slices[1] + 1))
@@ -148,6 +154,7 @@ def _plan_series(
         head,
         positive=positive,
         noise_seed=seq(seed, NOISE_KEY, patient, study),
+        artefacts=artefacts,
     )
     return _SeriesPlan(geometry, head, phantom, storage, window, intercept_12)
 
@@ -162,6 +169,7 @@ def _plan_of(entry: dict[str, Any]) -> _SeriesPlan:
         int(r["size"]),
         (int(r["slices"][0]), int(r["slices"][1])),
         bool(r["planned_positive"]),
+        bool(r.get("artefacts", True)),
     )
 
 
@@ -206,6 +214,7 @@ def generate(
     defects: DefectRates = DEFAULT_DEFECTS,
     progress: bool = True,
     overwrite: bool = False,
+    artefacts: bool = True,
 ) -> SynthSummary:
     """Write a synthetic RSNA-format dataset to ``out``.
 
@@ -224,6 +233,8 @@ def generate(
         progress: show a progress bar over series.
         overwrite: delete an earlier ``stage_2_train`` folder, CSV and truth
             file in ``out`` first.
+        artefacts: paint the phantom's CT artefacts (:mod:`ich3d.synth.artefacts`;
+            default True); False gives the phantom without them, for ablations.
 
     Returns:
         A :class:`SynthSummary`; the ground truth is in ``out/synth_truth.json``
@@ -273,7 +284,7 @@ def generate(
     for p, s in tqdm(keys, desc="synth series", unit="series", disable=not progress):
         pid = people[p][0]
         entry, blocks, written, stray = _make_series(
-            seed, p, s, pid, size, slices, (p, s) in positives, defects, ids, img_dir, found
+            seed, p, s, pid, size, slices, (p, s) in positives, defects, ids, img_dir, found, artefacts
         )
         truth_series.append(entry)
         label_blocks.extend(blocks)
@@ -352,6 +363,7 @@ def _make_series(
     ids: Ids,
     img_dir: Path,
     found: dict[str, list[str]],
+    artefacts: bool = True,
 ) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]], int, int]:
     """Plan, draw the defects of, write and describe series ``s`` of patient ``p``.
 
@@ -359,7 +371,7 @@ def _make_series(
         The truth entry, the label blocks ``(image_id, labels)`` of the CSV,
         the number of DICOM files written and whether a stray file was written.
     """
-    plan = _plan_series(seed, p, s, size, slices, positive)
+    plan = _plan_series(seed, p, s, size, slices, positive, artefacts)
     g = plan.geometry
     n = g.n_slices
 
@@ -493,6 +505,7 @@ def _make_series(
             "size": size,
             "slices": list(slices),
             "planned_positive": positive,
+            **({} if artefacts else {"artefacts": False}),  # the default adds no key
         },
     }
     return entry, blocks, written, int(dr.stray)

@@ -155,6 +155,7 @@ def _render_chunk(
     box: tuple[int, int, int, int],
     out_hu: np.ndarray,
     out_code: np.ndarray,
+    artefacts: bool = True,
 ) -> None:
     """Render slices [k0, k1): the head inside ``box`` (rows r0:r1, cols c0:c1), air outside."""
     fr = Frame(geometry, head, k0, k1, box)
@@ -162,7 +163,8 @@ def _render_chunk(
     paint_edema(fr, bleeds, hu, tissues)
     paint_calcifications(fr, head, hu, tissues.cavity)
     code = paint_bleeds(fr, head, bleeds, hu, tissues, min_px, painted)
-    paint_artefacts(fr, head, hu, tissues, code)
+    if artefacts:
+        paint_artefacts(fr, head, hu, tissues, code)
     r0, r1, c0, c1 = box
     out_hu.fill(AIR_HU)
     out_hu[:, r0:r1, c0:c1] = hu
@@ -189,6 +191,7 @@ def render(
     head: Head,
     bleeds: list[Bleed],
     noise_seed: int | np.random.SeedSequence,
+    artefacts: bool = True,
 ) -> Phantom:
     """Render the series voxel by voxel and read the slice labels back.
 
@@ -198,6 +201,7 @@ def render(
         bleeds: hemorrhages to paint; those that end up on no slice are dropped
             from :attr:`Phantom.bleeds`.
         noise_seed: seed of the noise generator (the same seed, the same noise).
+        artefacts: paint the CT artefacts of :mod:`ich3d.synth.artefacts` (default True).
 
     Returns:
         The :class:`Phantom`; ``labels[k, j]`` is 1 iff slice ``k`` holds
@@ -214,7 +218,7 @@ def render(
     for k0 in range(0, n, step):
         k1 = min(n, k0 + step)
         _render_chunk(
-            geometry, head, bleeds, k0, k1, rng, min_px, painted, box, hu[k0:k1], code[k0:k1]
+            geometry, head, bleeds, k0, k1, rng, min_px, painted, box, hu[k0:k1], code[k0:k1], artefacts
         )
     labels = np.zeros((n, len(SUBTYPES)), dtype=np.uint8)
     for i in range(len(BLEED_SUBTYPES)):
@@ -237,6 +241,7 @@ def render_series(
     positive: bool,
     noise_seed: int | np.random.SeedSequence,
     tries: int = 12,
+    artefacts: bool = True,
 ) -> Phantom:
     """Render a negative series, or a positive one with one contiguous positive range.
 
@@ -247,10 +252,10 @@ def render_series(
     intraparenchymal bleed in the middle of the series is used.
     """
     if not positive:
-        return render(geometry, head, [], noise_seed)
+        return render(geometry, head, [], noise_seed, artefacts)
     for _ in range(tries):
         bleeds = sample_bleeds(rng, head, geometry)
-        ph = render(geometry, head, bleeds, noise_seed)
+        ph = render(geometry, head, bleeds, noise_seed, artefacts)
         if _contiguous(ph.labels[:, -1]):
             return ph
         # keep the bleeds whose slices join into one range, render once more
@@ -264,7 +269,7 @@ def render_series(
                 chosen.append(int(i))
         if chosen and len(chosen) < len(bleeds):
             sub = [bleeds[i] for i in sorted(chosen)]
-            ph = render(geometry, head, sub, noise_seed)
+            ph = render(geometry, head, sub, noise_seed, artefacts)
             if _contiguous(ph.labels[:, -1]):
                 return ph
     dz = geometry.slice_spacing * NATURAL_HALF_HEIGHT / head.z_half
@@ -280,4 +285,4 @@ def render_series(
             "edema": 18.0,
         },
     )
-    return render(geometry, head, [big], noise_seed)
+    return render(geometry, head, [big], noise_seed, artefacts)
