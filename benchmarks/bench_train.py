@@ -157,11 +157,10 @@ def _Profile(profiler: Any):
     return _P()
 
 
-def _plain_epoch(epoch: _Epoch) -> tuple[float, int]:
-    """Seconds and steps of the training epoch in a ``pl.Trainer`` with nothing switched on."""
+def _fit_plain(module: Any, dm: Any) -> tuple[float, int]:
+    """Seconds and steps of one training epoch of ``module`` in a ``pl.Trainer`` with nothing switched on."""
     import pytorch_lightning as pl
 
-    module, dm, _ = epoch.build()
     clock = _clock()
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -177,6 +176,12 @@ def _plain_epoch(epoch: _Epoch) -> tuple[float, int]:
     )
     trainer.fit(module, datamodule=dm)
     return clock.seconds, clock.steps
+
+
+def _plain_epoch(epoch: _Epoch) -> tuple[float, int]:
+    """Seconds and steps of the training epoch in a ``pl.Trainer`` with nothing switched on."""
+    module, dm, _ = epoch.build()
+    return _fit_plain(module, dm)
 
 
 def _forward_loss(model: Any, batch: dict, stage: str, loss_fn: Any) -> torch.Tensor:
@@ -212,21 +217,7 @@ def _floor_epoch(epoch: _Epoch) -> tuple[float, int]:
 
             return build_optimizer([p for p in self.parameters() if p.requires_grad], module.hparams["optimizer"])
 
-    clock = _clock()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[clock],
-    )
-    trainer.fit(_Floor(), datamodule=dm)
-    return clock.seconds, clock.steps
+    return _fit_plain(_Floor(), dm)
 
 
 def _bare_epoch(epoch: _Epoch) -> tuple[float, int]:
