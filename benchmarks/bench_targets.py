@@ -45,36 +45,14 @@ def _config(cache: Path, root: Path, samples: int, batch: int, targets: str | No
 
 def _epoch_seconds(config) -> tuple[float, int]:
     """Seconds of one stage-1 training epoch inside ``Trainer.fit`` and its step count."""
-    import pytorch_lightning as pl
-
+    from benchmarks.bench_train import _fit_plain
     from ich3d.training.runner import build_datamodule, build_module
-
-    class _Clock(pl.Callback):
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self.start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self.seconds = time.perf_counter() - self.start
 
     torch.manual_seed(0)
     module = build_module(config, "slice")
     dm = build_datamodule(config, "slice")
     dm.prepare_data()
-    clock = _Clock()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[clock],
-    )
-    trainer.fit(module, datamodule=dm)
-    return clock.seconds, int(trainer.global_step)
+    return _fit_plain(module, dm)
 
 
 def _interleaved_steps(configs: dict, steps: int) -> dict[str, list[float]]:
