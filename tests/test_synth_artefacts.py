@@ -10,16 +10,10 @@ from ich3d.synth import phantom as ph
 from ich3d.synth.geometry import Frame
 
 
-def _series(seed: int, positive: bool, n: int = 14, size: int = 96):
+def _render(seed: int, positive: bool, monkeypatch: pytest.MonkeyPatch, mode: str, n: int = 14, size: int = 96):
     gen = np.random.default_rng(seed)
     geometry = ph.sample_geometry(gen, size, n)
     head = ph.sample_head(gen, geometry)
-    state = gen.bit_generator.state
-    return geometry, head, gen, state
-
-
-def _render(seed: int, positive: bool, monkeypatch: pytest.MonkeyPatch, mode: str):
-    geometry, head, gen, _ = _series(seed, positive)
     with monkeypatch.context() as m:
         if mode == "none":
             m.setattr(ph, "paint_artefacts", lambda *a, **k: None)
