@@ -709,3 +709,18 @@ def test_registered_heads_are_one_class_with_checkpoint_keys(name, cell, bidirec
     assert list(head.state_dict()) == [*keys, "fc.weight", "fc.bias"]  # checkpoints still load
     with pytest.raises(UserError, match="unknown option.*cell"):
         build_head(name, in_features=8, cell="gru")  # cell and direction are the name's
+
+
+def test_recurrent_heads_are_variants_whose_options_are_derived_not_repeated() -> None:
+    import inspect
+
+    from ich3d.models.sequence import RecurrentHead
+
+    base = [n for n in inspect.signature(RecurrentHead).parameters if n not in ("cell", "bidirectional")]
+    expected = {"bilstm": ("lstm", True), "bigru": ("gru", True), "lstm": ("lstm", False), "gru": ("gru", False)}
+    for name, (cell, bidirectional) in expected.items():
+        assert list(inspect.signature(HEADS.get(name)).parameters) == base
+        head = build_head(name, in_features=8, hidden=HIDDEN, pooling="mean")
+        assert (head.cell, head.bidirectional, head.pooling) == (cell, bidirectional, "mean")
+    with pytest.raises(UserError, match="head 'bigru' got unknown option.*cell"):
+        build_head("bigru", in_features=8, cell="lstm")

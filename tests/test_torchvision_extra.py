@@ -179,3 +179,54 @@ def test_auto_without_file_warns_once_and_a_checkpoint_keeps_its_normalisation(
     old = {k: v for k, v in trained.state_dict().items() if k != "input_normalized"}
     rebuilt.load_state_dict(old)
     assert rebuilt.normalize is True
+
+
+def test_a_new_torchvision_encoder_is_one_subclass_of_the_public_base(tmp_path) -> None:
+    """An encoder added from this file: no private helper, weights and channels from the base."""
+    from ich3d.models.registry import ENCODERS as registry
+    from ich3d.models.torchvision_encoders import (
+        EncoderParts,
+        TorchvisionEncoder,
+        global_pool,
+        kaiming_fan_out,
+    )
+
+    class MobileNetV3Small(TorchvisionEncoder):
+        arch = "mobilenet_v3_small"
+        first_conv = "features.0.0"
+        init_first_conv = staticmethod(kaiming_fan_out)
+
+        def cut(self, net: nn.Module, layer: str) -> EncoderParts:
+            return EncoderParts(net.features, global_pool(), nn.Identity(), 576)
+
+    registry.register("test_mobilenet_v3_small")(MobileNetV3Small)
+    try:
+        torch.manual_seed(0)
+        reference = torchvision.models.mobilenet_v3_small(weights=None).eval()
+        weights = tmp_path / "mobilenet.pth"
+        torch.save(reference.state_dict(), weights)
+        enc = build_encoder("test_mobilenet_v3_small", weights_path=str(weights), feature_dim=16).eval()
+        assert enc.out_features == 16 and enc.pretrained_from == weights and enc.normalize
+        x = torch.rand(2, 3, SIZE, SIZE)
+        with torch.no_grad():
+            normalized = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            expected = reference.avgpool(reference.features(normalized)).flatten(1)
+            torch.testing.assert_close(enc.pool(enc.features(normalized)), expected)
+            assert enc(x).shape == (2, 16)
+        grey = build_encoder("test_mobilenet_v3_small", in_channels=1).eval()
+        assert grey.features[0][0].in_channels == 1 and not grey.normalize and grey.out_features == 576
+        assert grey(torch.rand(2, 1, SIZE, SIZE)).shape == (2, 576)
+        with pytest.raises(UserError, match="mobilenet_v3_small layer must be one of pool, got 'fc7'"):
+            build_encoder("test_mobilenet_v3_small", layer="fc7")
+        with pytest.raises(UserError, match="option feature_dim must be int or None"):
+            build_encoder("test_mobilenet_v3_small", feature_dim="16")
+    finally:
+        registry.unregister("test_mobilenet_v3_small")
+
+
+def test_densenet201_is_the_densenet_encoder_with_its_name() -> None:
+    from ich3d.models.torchvision_encoders import DenseNet201Encoder, DenseNetEncoder
+
+    assert issubclass(DenseNet201Encoder, DenseNetEncoder)
+    assert DenseNet201Encoder.__init__ is DenseNetEncoder.__init__
+    assert ENCODERS.get("densenet121").__init__ is ENCODERS.get("densenet201").__init__

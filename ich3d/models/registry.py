@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from ich3d.errors import UserError
+from ich3d.plugins import discover_once
 from ich3d.typecheck import Mismatch, convert
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "build_encoder",
     "build_head",
     "count_parameters",
+    "variant",
     "MODELS_PACKAGE",
 ]
 
@@ -56,8 +58,6 @@ MODELS_PACKAGE = "ich3d.models"
 
 def _import_builtins() -> None:
     """Import every module of :data:`MODELS_PACKAGE` once (each registers its entries)."""
-    from ich3d.plugins import discover_once
-
     discover_once(MODELS_PACKAGE, skip=("registry",))
 
 
@@ -87,6 +87,10 @@ class Registry:
             return builder
 
         return decorator
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (tests that register a toy entry clean up with this)."""
+        self._builders.pop(name, None)
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
@@ -184,6 +188,41 @@ def _describe(hint: Any) -> str:
     if origin in (tuple, list, collections.abc.Sequence):
         return "a list"
     return getattr(hint, "__name__", str(hint))
+
+
+def variant(base: Callable[..., Any], doc: str, **fixed: Any) -> Callable[..., Any]:
+    """A builder of ``base`` with the keyword arguments ``fixed`` set.
+
+    Its signature and annotations are ``base``'s without ``fixed`` (derived, not
+    repeated), so the registry checks a config's options against them as for
+    any builder::
+
+        BiGRUHead = HEADS.register("bigru")(variant(RecurrentHead, "BiGRU.", cell="gru"))
+
+    Raises:
+        TypeError: ``fixed`` names an argument ``base`` does not take.
+    """
+    sig = inspect.signature(base)
+    unknown = sorted(set(fixed) - set(sig.parameters))
+    if unknown:
+        raise TypeError(f"{getattr(base, '__name__', base)} takes no argument {', '.join(unknown)}")
+    own = sig.replace(
+        parameters=[p for name, p in sig.parameters.items() if name not in fixed],
+        return_annotation=base if inspect.isclass(base) else sig.return_annotation,
+    )
+    hints = typing.get_type_hints(base.__init__ if inspect.isclass(base) else base)
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        bound = own.bind(*args, **kwargs)
+        return base(**bound.arguments, **fixed)
+
+    build.__signature__ = own  # type: ignore[attr-defined]
+    build.__annotations__ = {k: v for k, v in hints.items() if k not in fixed}
+    build.__doc__ = f"{doc} Options as {getattr(base, '__name__', base)} without {', '.join(fixed)}."
+    build.__name__ = build.__qualname__ = getattr(base, "__name__", "builder") + "_" + "_".join(
+        f"{k}_{v}" for k, v in fixed.items()
+    )
+    return build
 
 
 #: Slice encoders: ``(N, C, H, W) -> (N, F)``.

@@ -33,7 +33,6 @@ Initialisation (METHOD.md, stage 2), :func:`init_recurrent`:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -41,7 +40,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ich3d.errors import UserError
-from ich3d.models.registry import HEADS
+from ich3d.models.registry import HEADS, variant
 
 __all__ = [
     "RecurrentHead",
@@ -255,40 +254,15 @@ class RecurrentHead(nn.Module):
             return logits.squeeze(-1) if self.num_outputs == 1 else logits
 
 
-def _variant(
-    cell: Literal["lstm", "gru"], bidirectional: bool, doc: str
-) -> Callable[..., RecurrentHead]:
-    """A builder of :class:`RecurrentHead` with ``cell`` and ``bidirectional`` fixed.
-
-    The registered heads differ only by these two; their options (and
-    ``state_dict`` keys) are those of :class:`RecurrentHead`.
-    """
-
-    def build(
-        in_features: int = 512,
-        hidden: int = 512,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        pooling: Pooling = "last",
-        head_dropout: float = 0.0,
-    ) -> RecurrentHead:
-        return RecurrentHead(
-            in_features, hidden, num_layers, dropout, cell, bidirectional, pooling, head_dropout
-        )
-
-    build.__doc__ = doc + " Args as :class:`RecurrentHead` (without ``cell``, ``bidirectional``)."
-    return build
-
-
 BiLSTMHead = HEADS.register("bilstm")(
-    _variant("lstm", True, "Bidirectional LSTM head (Patel et al. 2019).")
+    variant(RecurrentHead, "Bidirectional LSTM head (Patel et al. 2019).", cell="lstm", bidirectional=True)
 )
 BiGRUHead = HEADS.register("bigru")(
-    _variant("gru", True, "Bidirectional GRU head (Ayesha et al. 2025).")
+    variant(RecurrentHead, "Bidirectional GRU head (Ayesha et al. 2025).", cell="gru", bidirectional=True)
 )
 LSTMHead = HEADS.register("lstm")(
-    _variant("lstm", False, "Unidirectional LSTM head (reads from the first slice to the last).")
+    variant(RecurrentHead, "Unidirectional LSTM head (first slice to last).", cell="lstm", bidirectional=False)
 )
 GRUHead = HEADS.register("gru")(
-    _variant("gru", False, "Unidirectional GRU head (reads from the first slice to the last).")
+    variant(RecurrentHead, "Unidirectional GRU head (first slice to last).", cell="gru", bidirectional=False)
 )

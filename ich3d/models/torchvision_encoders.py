@@ -65,6 +65,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -77,6 +78,11 @@ from ich3d.models.registry import ENCODERS
 
 __all__ = [
     "TorchvisionEncoder",
+    "EncoderParts",
+    "DenseNetEncoder",
+    "global_pool",
+    "kaiming_fan_in",
+    "kaiming_fan_out",
     "AlexNetEncoder",
     "VGG16Encoder",
     "DenseNet201Encoder",
@@ -260,21 +266,61 @@ def adapt_first_conv(
     return new
 
 
-def _kaiming_fan_out(conv: nn.Conv2d) -> None:  # torchvision VGG
+def kaiming_fan_out(conv: nn.Conv2d) -> None:
+    """torchvision's initialisation of a fresh first convolution (VGG, ResNet, EfficientNet)."""
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
 
 
-def _kaiming_fan_in(conv: nn.Conv2d) -> None:  # torchvision DenseNet
+def kaiming_fan_in(conv: nn.Conv2d) -> None:
+    """torchvision DenseNet's initialisation of a fresh first convolution."""
     nn.init.kaiming_normal_(conv.weight)
 
 
-class TorchvisionEncoder(nn.Module):
-    """Common part: normalisation, backbone ``features``, ``pool``, ``fc`` and projection.
+def global_pool() -> nn.Module:
+    """Global average pool to ``(N, C)``."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
 
-    Subclasses build the torchvision model and choose the layers; use the
-    registered names ``"alexnet"``, ``"vgg16"``, ``"densenet201"``.
+
+@dataclass
+class EncoderParts:
+    """Where a torchvision network is cut: ``fc(pool(features(x)))`` gives ``out_features``."""
+
+    features: nn.Module
+    pool: nn.Module
+    fc: nn.Module
+    out_features: int
+
+
+class TorchvisionEncoder(nn.Module):
+    """The public base of the torchvision slice encoders: weights, channels, normalisation, cut.
+
+    A new torchvision encoder is a subclass that names the architecture and says
+    where to cut it; weights (never downloaded), the first convolution for
+    ``in_channels``, the ImageNet normalisation and the ``feature_dim``
+    projection come from here (module docstring)::
+
+        @ENCODERS.register("mobilenet_v3_small")
+        class MobileNetV3Small(TorchvisionEncoder):
+            arch = "mobilenet_v3_small"      # torchvision builder (and weights) name
+            first_conv = "features.0.0"      # the convolution that reads the input
+            init_first_conv = staticmethod(kaiming_fan_out)
+
+            def cut(self, net, layer):
+                return EncoderParts(net.features, global_pool(), nn.Identity(), 576)
+
+    (with ``register_weights(arch, ...)`` for ``pretrained`` when ``arch`` has no
+    entry yet). Its options are those of this ``__init__``.
+
+    Args:
+        in_channels: Input channels. Default 3.
+        layer: The feature layer, one of the class's ``layers`` (default the first).
+        pretrained: Load ImageNet weights from the torch hub cache (never downloads);
+            ``"auto"``: only if the file is there. Default False.
+        weights_path: Load weights from this torchvision-format file instead. Default None.
+        feature_dim: Optional ``Linear`` projection size (= ``out_features``). Default None.
+        normalize: Apply ImageNet normalisation; None: iff weights were loaded. Default None.
 
     Attributes:
         out_features: Feature size.
@@ -284,25 +330,66 @@ class TorchvisionEncoder(nn.Module):
             state dict sets).
     """
 
+    #: torchvision's builder name (``torchvision.models.<arch>``) and the weights' key.
     arch: str = ""
+    #: The feature layers :meth:`cut` knows, the default first.
+    layers: tuple[str, ...] = ("pool",)
+    #: Dotted path of the first convolution (replaced for ``in_channels != 3``).
+    first_conv: str = "features.0"
+    #: Initialiser of a fresh first convolution (None: PyTorch's own).
+    init_first_conv: Callable[[nn.Conv2d], None] | None = None
 
     def __init__(
         self,
-        features: nn.Module,
-        pool: nn.Module,
-        fc: nn.Module,
-        out_features: int,
-        in_channels: int,
-        normalize: bool,
-        feature_dim: int | None,
-        pretrained_from: Path | None,
+        in_channels: int = 3,
+        layer: str | None = None,
+        pretrained: bool | Literal["auto"] = False,
+        weights_path: str | Path | None = None,
+        feature_dim: int | None = None,
+        normalize: bool | None = None,
     ) -> None:
         super().__init__()
+        layer = self.layers[0] if layer is None else layer
+        if layer not in self.layers:
+            raise UserError(f"{self.arch} layer must be one of {', '.join(self.layers)}, got {layer!r}")
+        # the weights file is found and read before the network is built: a bad file fails fast
+        path = _resolve_weights(self.arch, pretrained, weights_path)
+        state = load_torchvision_state_dict(path) if path is not None else None
+        net = self.network()
+        if state is not None and path is not None:
+            _load_into(net, state, self.needed(layer), path)
+            logger.info("loaded %s weights from %s", self.arch, path)
+        parent_name, _, conv_name = self.first_conv.rpartition(".")
+        parent = net.get_submodule(parent_name) if parent_name else net
+        conv = adapt_first_conv(
+            parent.get_submodule(conv_name), in_channels, path is not None, type(self).init_first_conv
+        )
+        setattr(parent, conv_name, conv)  # in place: a Sequential keeps its order
+        parts = self.cut(net, layer)
+        self._assemble(parts, in_channels, (path is not None) if normalize is None else normalize, feature_dim)
+        self.pretrained_from = path
+        self.layer = layer
+
+    # ------------------------------------------------------------------ subclass hooks
+    def network(self) -> nn.Module:
+        """The torchvision network, randomly initialised (``weights=None``)."""
+        builder: Callable[..., nn.Module] = getattr(tvm, self.arch)
+        return builder(weights=None)
+
+    def needed(self, layer: str) -> tuple[str, ...]:
+        """State-dict prefixes a weights file must provide for ``layer``."""
+        return ("features.",)
+
+    def cut(self, net: nn.Module, layer: str) -> EncoderParts:
+        """The parts of ``net`` up to ``layer``."""
+        raise NotImplementedError(f"{type(self).__name__} must say where to cut {self.arch}")
+
+    # ------------------------------------------------------------------ common part
+    def _assemble(self, parts: EncoderParts, in_channels: int, normalize: bool, feature_dim: int | None) -> None:
         self.in_channels = in_channels
-        self.features = features
-        self.pool = pool
-        self.fc = fc
-        self.pretrained_from = pretrained_from
+        self.features = parts.features
+        self.pool = parts.pool
+        self.fc = parts.fc
         self.normalize = normalize
         if in_channels == 3:
             mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
@@ -314,6 +401,7 @@ class TorchvisionEncoder(nn.Module):
         self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
         # persistent: a checkpoint keeps the normalisation it was trained with
         self.register_buffer("input_normalized", torch.tensor(bool(normalize)))
+        out_features = parts.out_features
         if feature_dim is not None:
             if feature_dim < 1:
                 raise UserError(f"feature_dim must be >= 1, got {feature_dim}")
@@ -343,159 +431,60 @@ class TorchvisionEncoder(nn.Module):
         return self.proj(self.fc(self.pool(self.features(x))))
 
 
-def _prepare(
-    arch: str,
-    build: Callable[[], nn.Module],
-    needed: tuple[str, ...],
-    pretrained: bool | str,
-    weights_path: str | Path | None,
-    normalize: bool | None,
-) -> tuple[nn.Module, Path | None, bool]:
-    """Build the torchvision network and load weights if asked.
-
-    The weights file is found and read before the network is built, so a
-    missing or unreadable file fails fast.
-
-    Returns:
-        ``(network, weights file or None, normalize)``.
-    """
-    path = _resolve_weights(arch, pretrained, weights_path)
-    state = load_torchvision_state_dict(path) if path is not None else None
-    net = build()
-    if state is not None and path is not None:
-        _load_into(net, state, needed, path)
-        logger.info("loaded %s weights from %s", arch, path)
-    return net, path, (path is not None) if normalize is None else normalize
-
-
-def _check_layer(arch: str, layer: str, allowed: tuple[str, ...]) -> None:
-    if layer not in allowed:
-        raise UserError(f"{arch} layer must be one of {', '.join(allowed)}, got {layer!r}")
-
-
 @ENCODERS.register("alexnet")
 class AlexNetEncoder(TorchvisionEncoder):
-    """AlexNet (Dawud et al. 2019) cut at fc6 or fc7.
-
-    Args:
-        in_channels: Input channels. Default 3.
-        layer: ``"fc6"`` (AlexNet-SVM feature) or ``"fc7"``; both 4096. Default ``"fc6"``.
-        pretrained: Load ImageNet weights from the torch hub cache (never downloads);
-            ``"auto"``: only if the file is there. Default False.
-        weights_path: Load weights from this torchvision-format file instead. Default None.
-        feature_dim: Optional projection size. Default None (no projection).
-        normalize: Apply ImageNet normalisation; None: iff weights were loaded. Default None.
-    """
+    """AlexNet (Dawud et al. 2019) cut at ``layer`` ``"fc6"`` (default, the AlexNet-SVM
+    feature) or ``"fc7"``; both 4096. Options: :class:`TorchvisionEncoder`."""
 
     arch = "alexnet"
+    layers = ("fc6", "fc7")
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        layer: str = "fc6",
-        pretrained: bool | Literal["auto"] = False,
-        weights_path: str | Path | None = None,
-        feature_dim: int | None = None,
-        normalize: bool | None = None,
-    ) -> None:
-        _check_layer(self.arch, layer, ("fc6", "fc7"))
-        n_fc = 3 if layer == "fc6" else 6  # Dropout, Linear, ReLU (, Dropout, Linear, ReLU)
-        needed = ("features.",) + tuple(f"classifier.{i}." for i in range(n_fc))
-        net, path, norm = _prepare(
-            self.arch,
-            lambda: tvm.alexnet(weights=None),
-            needed,
-            pretrained,
-            weights_path,
-            normalize,
-        )
-        net.features[0] = adapt_first_conv(net.features[0], in_channels, path is not None)
+    @staticmethod
+    def _n_fc(layer: str) -> int:
+        return 3 if layer == "fc6" else 6  # Dropout, Linear, ReLU (, Dropout, Linear, ReLU)
+
+    def needed(self, layer: str) -> tuple[str, ...]:
+        return ("features.",) + tuple(f"classifier.{i}." for i in range(self._n_fc(layer)))
+
+    def cut(self, net: nn.Module, layer: str) -> EncoderParts:
         pool = nn.Sequential(net.avgpool, nn.Flatten(1))
-        super().__init__(
-            net.features, pool, net.classifier[:n_fc], 4096, in_channels, norm, feature_dim, path
-        )
+        return EncoderParts(net.features, pool, net.classifier[: self._n_fc(layer)], 4096)
 
 
 @ENCODERS.register("vgg16")
 class VGG16Encoder(TorchvisionEncoder):
-    """VGG-16 (Soni 2025) cut at fc7, fc6 or the global-average-pooled last conv block.
-
-    Args:
-        in_channels: Input channels. Default 3.
-        layer: ``"fc7"`` (4096), ``"fc6"`` (4096) or ``"pool"`` (512). Default ``"fc7"``.
-        pretrained: Load ImageNet weights from the torch hub cache (never downloads);
-            ``"auto"``: only if the file is there. Default False.
-        weights_path: Load weights from this torchvision-format file instead. Default None.
-        feature_dim: Optional projection size. Default None.
-        normalize: Apply ImageNet normalisation; None: iff weights were loaded. Default None.
-    """
+    """VGG-16 (Soni 2025) cut at ``layer`` ``"fc7"`` (default, 4096), ``"fc6"`` (4096) or
+    ``"pool"`` (512, the global-average-pooled last conv block). Options: :class:`TorchvisionEncoder`."""
 
     arch = "vgg16"
+    layers = ("fc7", "fc6", "pool")
+    init_first_conv = staticmethod(kaiming_fan_out)
+    _N_FC = {"fc7": 5, "fc6": 2, "pool": 0}  # Linear, ReLU (, Dropout, Linear, ReLU)
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        layer: str = "fc7",
-        pretrained: bool | Literal["auto"] = False,
-        weights_path: str | Path | None = None,
-        feature_dim: int | None = None,
-        normalize: bool | None = None,
-    ) -> None:
-        _check_layer(self.arch, layer, ("fc7", "fc6", "pool"))
-        n_fc = {"fc7": 5, "fc6": 2, "pool": 0}[layer]  # Linear, ReLU (, Dropout, Linear, ReLU)
-        needed = ("features.",) + tuple(f"classifier.{i}." for i in range(n_fc))
-        net, path, norm = _prepare(
-            self.arch, lambda: tvm.vgg16(weights=None), needed, pretrained, weights_path, normalize
-        )
-        net.features[0] = adapt_first_conv(
-            net.features[0], in_channels, path is not None, _kaiming_fan_out
-        )
+    def needed(self, layer: str) -> tuple[str, ...]:
+        return ("features.",) + tuple(f"classifier.{i}." for i in range(self._N_FC[layer]))
+
+    def cut(self, net: nn.Module, layer: str) -> EncoderParts:
         if layer == "pool":
-            pool: nn.Module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-            fc: nn.Module = nn.Identity()
-            out = 512
-        else:
-            pool = nn.Sequential(net.avgpool, nn.Flatten(1))
-            fc = net.classifier[:n_fc]
-            out = 4096
-        super().__init__(net.features, pool, fc, out, in_channels, norm, feature_dim, path)
+            return EncoderParts(net.features, global_pool(), nn.Identity(), 512)
+        pool = nn.Sequential(net.avgpool, nn.Flatten(1))
+        return EncoderParts(net.features, pool, net.classifier[: self._N_FC[layer]], 4096)
+
+
+class DenseNetEncoder(TorchvisionEncoder):
+    """A torchvision DenseNet (``arch`` names it): global average of the final features
+    after BN + ReLU. Options: :class:`TorchvisionEncoder`."""
+
+    first_conv = "features.conv0"
+    init_first_conv = staticmethod(kaiming_fan_in)
+
+    def cut(self, net: nn.Module, layer: str) -> EncoderParts:
+        pool = nn.Sequential(nn.ReLU(inplace=False), global_pool())
+        return EncoderParts(net.features, pool, nn.Identity(), net.classifier.in_features)
 
 
 @ENCODERS.register("densenet201")
-class DenseNet201Encoder(TorchvisionEncoder):
-    """DenseNet-201 (Kumar et al. 2022): global average of the final features, 1920.
-
-    Args:
-        in_channels: Input channels. Default 3.
-        pretrained: Load ImageNet weights from the torch hub cache (never downloads);
-            ``"auto"``: only if the file is there. Default False.
-        weights_path: Load weights from this torchvision-format file instead. Default None.
-        feature_dim: Optional projection size. Default None.
-        normalize: Apply ImageNet normalisation; None: iff weights were loaded. Default None.
-    """
+class DenseNet201Encoder(DenseNetEncoder):
+    """DenseNet-201 (Kumar et al. 2022): global average of the final features, 1920."""
 
     arch = "densenet201"
-
-    def __init__(
-        self,
-        in_channels: int = 3,
-        pretrained: bool | Literal["auto"] = False,
-        weights_path: str | Path | None = None,
-        feature_dim: int | None = None,
-        normalize: bool | None = None,
-    ) -> None:
-        net, path, norm = _prepare(
-            self.arch,
-            lambda: tvm.densenet201(weights=None),
-            ("features.",),
-            pretrained,
-            weights_path,
-            normalize,
-        )
-        net.features.conv0 = adapt_first_conv(
-            net.features.conv0, in_channels, path is not None, _kaiming_fan_in
-        )
-        pool = nn.Sequential(nn.ReLU(inplace=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        super().__init__(
-            net.features, pool, nn.Identity(), 1920, in_channels, norm, feature_dim, path
-        )

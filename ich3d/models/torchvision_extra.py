@@ -41,20 +41,16 @@ px works (the tests use 64 px); ImageNet weights were trained at 224 px.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import Literal
-
 import torchvision.models as tvm
 from torch import nn
 
 from ich3d.models.registry import ENCODERS
 from ich3d.models.torchvision_encoders import (
+    DenseNetEncoder,
+    EncoderParts,
     TorchvisionEncoder,
-    _kaiming_fan_in,
-    _kaiming_fan_out,
-    _prepare,
-    adapt_first_conv,
+    global_pool,
+    kaiming_fan_out,
     register_weights,
 )
 
@@ -91,43 +87,20 @@ register_weights("densenet169", tvm.DenseNet169_Weights.IMAGENET1K_V1)
 _RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 
-def _global_pool() -> nn.Module:
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-
 
 class ResNetEncoder(TorchvisionEncoder):
-    """A torchvision ResNet / ResNeXt up to the global average pool (``arch`` names it).
+    """A torchvision ResNet / ResNeXt (``arch`` names it) up to the global average pool.
+    Options: :class:`~ich3d.models.torchvision_encoders.TorchvisionEncoder`."""
 
-    Args:
-        in_channels: Input channels. Default 3.
-        pretrained: Load ImageNet weights from the torch hub cache (never downloads);
-            ``"auto"``: only if the file is there. Default False.
-        weights_path: Load weights from this torchvision-format file instead. Default None.
-        feature_dim: Optional ``Linear`` projection size (= ``out_features``). Default None.
-        normalize: Apply ImageNet normalisation; None: iff weights were loaded. Default None.
-    """
+    first_conv = "conv1"
+    init_first_conv = staticmethod(kaiming_fan_out)
 
-    arch = ""
+    def needed(self, layer: str) -> tuple[str, ...]:
+        return tuple(f"{part}." for part in _RESNET_PARTS if part not in ("relu", "maxpool"))
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        pretrained: bool | Literal["auto"] = False,
-        weights_path: str | Path | None = None,
-        feature_dim: int | None = None,
-        normalize: bool | None = None,
-    ) -> None:
-        builder: Callable[..., nn.Module] = getattr(tvm, self.arch)
-        needed = tuple(f"{part}." for part in _RESNET_PARTS if part not in ("relu", "maxpool"))
-        net, path, norm = _prepare(
-            self.arch, lambda: builder(weights=None), needed, pretrained, weights_path, normalize
-        )
-        net.conv1 = adapt_first_conv(net.conv1, in_channels, path is not None, _kaiming_fan_out)
+    def cut(self, net: nn.Module, layer: str) -> EncoderParts:
         features = nn.Sequential(*(getattr(net, part) for part in _RESNET_PARTS))
-        out = net.fc.in_features
-        super().__init__(
-            features, _global_pool(), nn.Identity(), out, in_channels, norm, feature_dim, path
-        )
+        return EncoderParts(features, global_pool(), nn.Identity(), net.fc.in_features)
 
 
 @ENCODERS.register("resnet18")
@@ -175,74 +148,14 @@ class ResNeXt101Encoder(ResNetEncoder):
 @ENCODERS.register("efficientnet_b0")
 class EfficientNetB0Encoder(TorchvisionEncoder):
     """EfficientNet-B0 up to the global average pool, 1280 features.
-
-    Args:
-        in_channels: Input channels. Default 3.
-        pretrained: Load ImageNet weights from the torch hub cache (never downloads);
-            ``"auto"``: only if the file is there. Default False.
-        weights_path: Load weights from this torchvision-format file instead. Default None.
-        feature_dim: Optional ``Linear`` projection size (= ``out_features``). Default None.
-        normalize: Apply ImageNet normalisation; None: iff weights were loaded. Default None.
-    """
+    Options: :class:`~ich3d.models.torchvision_encoders.TorchvisionEncoder`."""
 
     arch = "efficientnet_b0"
+    first_conv = "features.0.0"  # the stem: Conv2dNormActivation (conv, BN, SiLU)
+    init_first_conv = staticmethod(kaiming_fan_out)
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        pretrained: bool | Literal["auto"] = False,
-        weights_path: str | Path | None = None,
-        feature_dim: int | None = None,
-        normalize: bool | None = None,
-    ) -> None:
-        net, path, norm = _prepare(
-            self.arch,
-            lambda: tvm.efficientnet_b0(weights=None),
-            ("features.",),
-            pretrained,
-            weights_path,
-            normalize,
-        )
-        stem = net.features[0]  # Conv2dNormActivation: conv, BN, SiLU
-        stem[0] = adapt_first_conv(stem[0], in_channels, path is not None, _kaiming_fan_out)
-        out = net.classifier[-1].in_features
-        super().__init__(
-            net.features, _global_pool(), nn.Identity(), out, in_channels, norm, feature_dim, path
-        )
-
-
-class DenseNetEncoder(TorchvisionEncoder):
-    """A torchvision DenseNet: global average of the final features after BN + ReLU.
-
-    Args:
-        in_channels: Input channels. Default 3.
-        pretrained: Load ImageNet weights from the torch hub cache (never downloads);
-            ``"auto"``: only if the file is there. Default False.
-        weights_path: Load weights from this torchvision-format file instead. Default None.
-        feature_dim: Optional ``Linear`` projection size (= ``out_features``). Default None.
-        normalize: Apply ImageNet normalisation; None: iff weights were loaded. Default None.
-    """
-
-    arch = ""
-
-    def __init__(
-        self,
-        in_channels: int = 3,
-        pretrained: bool | Literal["auto"] = False,
-        weights_path: str | Path | None = None,
-        feature_dim: int | None = None,
-        normalize: bool | None = None,
-    ) -> None:
-        builder: Callable[..., nn.Module] = getattr(tvm, self.arch)
-        net, path, norm = _prepare(
-            self.arch, lambda: builder(weights=None), ("features.",), pretrained, weights_path, normalize
-        )
-        net.features.conv0 = adapt_first_conv(
-            net.features.conv0, in_channels, path is not None, _kaiming_fan_in
-        )
-        pool = nn.Sequential(nn.ReLU(inplace=False), _global_pool())
-        out = net.classifier.in_features
-        super().__init__(net.features, pool, nn.Identity(), out, in_channels, norm, feature_dim, path)
+    def cut(self, net: nn.Module, layer: str) -> EncoderParts:
+        return EncoderParts(net.features, global_pool(), nn.Identity(), net.classifier[-1].in_features)
 
 
 @ENCODERS.register("densenet121")

@@ -18,7 +18,7 @@ itself requires a gradient (saliency), which saves memory.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -73,17 +73,17 @@ class VolumeClassifier(nn.Module):
         checkpoint_chunks: bool = False,
     ) -> None:
         super().__init__()
-        if slice_chunk is not None and slice_chunk < 1:
-            raise UserError(f"slice_chunk must be >= 1 or None, got {slice_chunk}")
         out_features = getattr(encoder, "out_features", None)
         head_in = getattr(head, "in_features", None)
         if isinstance(out_features, int) and isinstance(head_in, int) and out_features != head_in:
             raise UserError(f"encoder gives {out_features} features but the head expects {head_in}")
         self.encoder = encoder
         self.head = head
-        self.slice_chunk = slice_chunk
+        self.slice_chunk: int | None = None
+        self.set_slice_chunk(slice_chunk)
         self.checkpoint_chunks = bool(checkpoint_chunks)
         self._encoder_frozen = False
+        self._logit_transforms: list[Callable[[Tensor], Tensor]] = []
 
     # ------------------------------------------------------------------ freezing
     @property
@@ -166,21 +166,98 @@ class VolumeClassifier(nn.Module):
         # non-reentrant: works with inputs that do not require grad, keeps RNG state (dropout)
         return checkpoint(self.encoder, part, use_reentrant=False, preserve_rng_state=True)
 
+    # ------------------------------------------------------------------ outputs
+    def add_logit_transform(self, transform: Callable[[Tensor], Tensor]) -> VolumeClassifier:
+        """Apply ``transform`` to every logit tensor the model returns, on every path.
+
+        The volume logits of :meth:`forward` and :meth:`head_logits` (cached features)
+        and the per-slice logits of :meth:`slice_logits` / :meth:`head_slice_logits`
+        all pass through it, in the order the transforms were added: a model option
+        (:mod:`ich3d.models.build`) that changes the outputs takes effect wherever
+        the model is used. Transforms are rebuilt from the spec, never saved.
+        """
+        self._logit_transforms.append(transform)
+        return self
+
+    def _transformed(self, logits: Tensor) -> Tensor:
+        for transform in self._logit_transforms:
+            logits = transform(logits)
+        return logits
+
+    @staticmethod
+    def _lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
+        if lengths is None:
+            return torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+        return torch.as_tensor(lengths, device=x.device).reshape(-1)
+
+    @property
+    def per_slice(self) -> bool:
+        """Whether the head labels every slice (:meth:`set_per_slice`, ``model.per_slice``)."""
+        return bool(getattr(self.head, "per_slice", False))
+
+    def head_logits(self, feats: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Volume logits ``(B,)`` (``(B, K)`` with K outputs) from slice features ``(B, T, F)``.
+
+        What :meth:`forward` computes after :meth:`encode`; the path of the cached
+        features of a frozen encoder (:mod:`ich3d.data.features`).
+        """
+        return self._transformed(self.head(feats, self._lengths(feats, lengths)))
+
+    def head_slice_logits(self, feats: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Per-slice logits ``(B, T[, K])`` from slice features (``model.per_slice``);
+        padded positions hold ``-inf``."""
+        if not self.per_slice:
+            raise UserError("this volume model has no per-slice outputs (model.per_slice is off)")
+        return self._transformed(self.head.slice_logits(feats, self._lengths(feats, lengths)))
+
     def slice_logits(self, volumes: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Per-slice logits ``(B, T[, K])`` of a head with per-slice outputs (``model.per_slice``)."""
-        if not getattr(self.head, "per_slice", False):
-            raise UserError("this volume model has no per-slice outputs (model.per_slice is off)")
-        if lengths is None:
-            lengths = torch.full((volumes.shape[0],), volumes.shape[1], dtype=torch.long, device=volumes.device)
-        return self.head.slice_logits(self.encode(volumes, lengths), lengths)
+        lengths = self._lengths(volumes, lengths)
+        return self.head_slice_logits(self.encode(volumes, lengths), lengths)
 
     def forward(self, volumes: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``(B, T, C, H, W), (B,) -> (B,)`` volume logits."""
-        if lengths is None:
-            lengths = torch.full(
-                (volumes.shape[0],), volumes.shape[1], dtype=torch.long, device=volumes.device
+        lengths = self._lengths(volumes, lengths)
+        return self.head_logits(self.encode(volumes, lengths), lengths)
+
+    # ------------------------------------------------------------------ options
+    def set_num_outputs(self, num_outputs: int) -> VolumeClassifier:
+        """Give the head ``num_outputs`` logits per volume (one per target).
+
+        Raises:
+            UserError: the head has one output and cannot have more.
+        """
+        if num_outputs == int(getattr(self.head, "num_outputs", 1)):
+            return self
+        set_outputs = getattr(self.head, "set_num_outputs", None)
+        if set_outputs is None:
+            raise UserError(
+                f"head {type(self.head).__name__} has one output; it cannot predict {num_outputs} targets"
             )
-        return self.head(self.encode(volumes, lengths), lengths)
+        set_outputs(num_outputs)
+        return self
+
+    def set_per_slice(self, per_slice: bool = True) -> VolumeClassifier:
+        """Let the head label every slice; the volume logit is the maximum over slices.
+
+        Raises:
+            UserError: the head cannot emit per-slice outputs.
+        """
+        if not per_slice and not self.per_slice:
+            return self
+        if not hasattr(self.head, "set_per_slice"):
+            raise UserError(
+                f"head {type(self.head).__name__} cannot emit per-slice outputs (model.per_slice)"
+            )
+        self.head.set_per_slice(bool(per_slice))
+        return self
+
+    def set_slice_chunk(self, slice_chunk: int | None) -> VolumeClassifier:
+        """Encode at most ``slice_chunk`` slices per encoder call (None: all at once)."""
+        if slice_chunk is not None and slice_chunk < 1:
+            raise UserError(f"slice_chunk must be >= 1 or None, got {slice_chunk}")
+        self.slice_chunk = slice_chunk
+        return self
 
 
 def _split_spec(spec: str | Mapping[str, Any], what: str) -> tuple[str, dict[str, Any]]:
@@ -240,17 +317,11 @@ def build_volume_model(
     if not isinstance(encoder, nn.Module):
         name, kwargs = _split_spec(encoder, "encoder")
         encoder = build_encoder(name, **kwargs)
-    if not isinstance(head, nn.Module):
-        name, kwargs = _split_spec(head, "head")
-        kwargs.setdefault("in_features", encoder.out_features)
-        head = build_head(name, **kwargs)
-        if num_outputs != 1:
-            set_outputs = getattr(head, "set_num_outputs", None)
-            if set_outputs is None:
-                raise UserError(f"head {name!r} has one output; it cannot predict {num_outputs} targets")
-            set_outputs(num_outputs)
-        if per_slice:
-            if not hasattr(head, "set_per_slice"):
-                raise UserError(f"head {name!r} cannot emit per-slice outputs (model.per_slice)")
-            head.set_per_slice(True)
-    return VolumeClassifier(encoder, head, slice_chunk=slice_chunk, checkpoint_chunks=checkpoint_chunks)
+    if isinstance(head, nn.Module):  # a built head already has its outputs
+        return VolumeClassifier(encoder, head, slice_chunk=slice_chunk, checkpoint_chunks=checkpoint_chunks)
+    name, kwargs = _split_spec(head, "head")
+    kwargs.setdefault("in_features", encoder.out_features)
+    model = VolumeClassifier(
+        encoder, build_head(name, **kwargs), slice_chunk=slice_chunk, checkpoint_chunks=checkpoint_chunks
+    )
+    return model.set_num_outputs(num_outputs).set_per_slice(per_slice)

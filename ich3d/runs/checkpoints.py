@@ -24,6 +24,7 @@ import torch
 
 from ich3d.config import Config
 from ich3d.errors import UserError
+from ich3d.models.build import build, build_slice
 from ich3d.models.speed import speed_up
 from ich3d.runs.run_dir import RunDir, open_run_dir
 from ich3d.stages import get_stage, volume_stages
@@ -101,8 +102,6 @@ def load_volume_model(
         ``(VolumeClassifier, Config)``; the model maps ``(B, T, C, H, W), (B,)`` to
         logits ``(B,)`` (apply ``torch.sigmoid`` for probabilities).
     """
-    from ich3d.models.volume import build_volume_model
-
     run = _run(run_dir)
     config = run.load_config()
     stage = stage or best_volume_stage(run)
@@ -110,14 +109,7 @@ def load_volume_model(
         names = ", ".join(s.name for s in volume_stages())
         raise UserError(f"{stage!r} is not a volume stage; expected one of {names}")
     ckpt = load_checkpoint(run.best_ckpt(stage))
-    spec = ckpt["hyper_parameters"]["model"]
-    model = build_volume_model(
-        dict(spec["encoder"]),
-        dict(spec["head"]),
-        slice_chunk=spec.get("slice_chunk"),
-        num_outputs=len(spec.get("targets") or [None]),
-        per_slice=bool(spec.get("per_slice")),
-    )
+    model = build(ckpt["hyper_parameters"]["model"])
     model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
     model.eval()
     speed_up(model, channels_last=config.model.channels_last, compile=config.model.compile)
@@ -132,14 +124,11 @@ def load_slice_model(run_dir: str | Path | RunDir, stage: str = "slice") -> torc
         ``SliceClassifier``: ``(N, C, H, W) -> (N,)`` logits; ``.encoder`` gives the
         512-element slice features.
     """
-    from ich3d.models.volume import build_slice_classifier
-
     run = _run(run_dir)
     if get_stage(stage).is_volume:
         raise UserError(f"{stage!r} is a volume stage, not a slice classifier")
     ckpt = load_checkpoint(run.best_ckpt(stage))
-    spec = ckpt["hyper_parameters"]["model"]
-    model = build_slice_classifier(dict(spec["encoder"]), num_outputs=len(spec.get("targets") or [None]))
+    model = build_slice(ckpt["hyper_parameters"]["model"])
     model.load_state_dict(sub_state_dict(ckpt["state_dict"], "model."))
     model.eval()
     m = run.load_config().model

@@ -32,8 +32,8 @@ from torchmetrics.classification import BinaryAUROC
 from torchmetrics.functional.classification import binary_auroc
 
 from ich3d.errors import UserError
+from ich3d.models.build import build, build_slice
 from ich3d.models.registry import count_parameters
-from ich3d.models.volume import build_slice_classifier, build_volume_model
 
 __all__ = [
     "SliceModule",
@@ -412,7 +412,7 @@ class SliceModule(_BinaryModule):
     ) -> None:
         super().__init__(model.get("targets"), target_weights, primary)
         self.save_hyperparameters()
-        self.model = build_slice_classifier(dict(model["encoder"]), num_outputs=self.num_targets)
+        self.model = build_slice(model)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C, H, W) -> (N,)`` slice logits."""
@@ -452,14 +452,7 @@ class VolumeModule(_BinaryModule):
     ) -> None:
         super().__init__(model.get("targets"), target_weights, primary)
         self.save_hyperparameters()
-        self.model = build_volume_model(
-            dict(model["encoder"]),
-            dict(model["head"]),
-            slice_chunk=model.get("slice_chunk"),
-            checkpoint_chunks=gradient_checkpointing,
-            num_outputs=self.num_targets,
-            per_slice=bool(model.get("per_slice")),
-        )
+        self.model = build(model, checkpoint_chunks=gradient_checkpointing)
         if freeze_encoder:
             self.model.freeze_encoder()
 
@@ -470,15 +463,18 @@ class VolumeModule(_BinaryModule):
     @property
     def per_slice(self) -> bool:
         """Whether the head labels every slice (``model.per_slice``)."""
-        return bool(self.hparams["model"].get("per_slice"))
+        return self.model.per_slice
 
     def _logits(self, batch: Mapping[str, Any]) -> Tensor:
+        """Volume logits through the model's own methods: :meth:`~VolumeClassifier.encode`
+        then :meth:`~VolumeClassifier.head_logits`, or only the latter on cached features."""
         x = batch["features"] if "features" in batch else batch["volume"]
         lengths = batch.get("length")
-        if lengths is not None:
-            lengths = torch.as_tensor(lengths, device=x.device).reshape(-1)
-        if lengths is None:
-            lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+        lengths = (
+            torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+            if lengths is None
+            else torch.as_tensor(lengths, device=x.device).reshape(-1)
+        )
         if "features" in batch:
             if not self.hparams["freeze_encoder"]:
                 raise RuntimeError("cached features feed a frozen encoder's head only")
@@ -486,10 +482,10 @@ class VolumeModule(_BinaryModule):
         else:
             feats = self.model.encode(x, lengths)
         if self.per_slice:  # per-slice logits kept for the slice loss; the volume logit is their max
-            self._slice_logits = self.model.head.slice_logits(feats, lengths)
+            self._slice_logits = self.model.head_slice_logits(feats, lengths)
             self._slice_lengths = lengths
             return self._slice_logits.amax(dim=1)
-        return self.model.head(feats, lengths)
+        return self.model.head_logits(feats, lengths)
 
     def _batch_loss(self, batch: Mapping[str, Any], logits: Tensor, y: Tensor) -> Tensor:
         """With per-slice outputs and ``slice_target`` in the batch: the (weighted) BCE over

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from ich3d.config import Config, StageConfig, resolve_precision
 from ich3d.data.targets import primary_index, resolve_targets, target_weights
 from ich3d.errors import UserError
+from ich3d.models.build import model_options
 from ich3d.runs.run_dir import RunDir
 from ich3d.stages import Stage, chain, get_stage, stage_names
 
@@ -126,13 +127,13 @@ def model_spec(config: Config) -> dict[str, Any]:
             f"model.encoder_args.in_channels is {encoder['in_channels']} but data.windows "
             f"gives {n_windows} channels; drop in_channels or make them agree"
         )
-    head = {"name": config.model.head, **config.model.head_args}
-    spec: dict[str, Any] = {"encoder": encoder, "head": head, "slice_chunk": config.model.slice_chunk}
+    spec: dict[str, Any] = {"encoder": encoder, "head": {"name": config.model.head, **config.model.head_args}}
     targets = resolve_targets(config.data.targets)
-    if targets is not None:  # one output per target; the binary spec stays as it was
-        spec["targets"] = list(targets)
-    if config.model.per_slice:
-        spec["per_slice"] = True
+    derived = {"targets": list(targets) if targets is not None else None}  # from data.*, not model.*
+    for option in model_options():
+        value = getattr(config.model, option.name, option.default) if option.from_config else derived.get(option.name)
+        if option.always or value != option.default:
+            spec[option.name] = value
     return spec
 
 
@@ -159,16 +160,9 @@ def optimizer_spec(stage_cfg: StageConfig) -> dict[str, Any]:
 
 def check_model(config: Config) -> None:
     """Build the networks once (CPU, cheap) so a bad name or option fails before any run dir exists."""
-    from ich3d.models.volume import build_volume_model
+    from ich3d.models.build import build
 
-    spec = model_spec(config)
-    build_volume_model(
-        dict(spec["encoder"]),
-        dict(spec["head"]),
-        slice_chunk=spec["slice_chunk"],
-        num_outputs=len(spec.get("targets") or [None]),
-        per_slice=bool(spec.get("per_slice")),
-    )
+    build(model_spec(config))
 
 
 def build_module(config: Config, stage: str) -> SliceModule | VolumeModule:
