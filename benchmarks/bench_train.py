@@ -97,7 +97,8 @@ class _Epoch:
 
     def build(self) -> tuple[Any, Any, Any]:
         from ich3d.runs.run_dir import RunDir
-        from ich3d.training.runner import _feature_datamodule, build_datamodule, build_module
+        from ich3d.training.runner import build_datamodule, build_module
+        from ich3d.training.stage_run import StageRun, feature_datamodule
 
         self.count += 1
         run = RunDir(self.root / "runs" / f"{self.stage}{int(self.cached)}-{self.count}")
@@ -106,7 +107,7 @@ class _Epoch:
         dm = build_datamodule(self.config, self.stage)
         if self.cached:  # the same weights every time: the store is built once and reused
             store = RunDir(self.root / "features")
-            dm = _feature_datamodule(self.config, store, self.stage, module, dm, None)
+            dm = feature_datamodule(self.config, StageRun.resolve(self.config, store, self.stage), module, dm, None)
         dm.prepare_data()
         return module, dm, run
 

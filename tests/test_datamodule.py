@@ -452,33 +452,53 @@ def test_prepare_data_runs_ingest_on_synthetic_dicom(tmp_path) -> None:
 # ----------------------------------------------------------------------------- typed seams
 
 
-def test_from_config_reads_the_config_sections(fake, tmp_path) -> None:
-    from ich3d.config import DataConfig, StageConfig
+def test_datamodules_from_a_config_read_its_sections(fake, tmp_path) -> None:
+    """The data layer takes plain arguments; training translates a config into them."""
+    from ich3d.config import config_from_dict
+    from ich3d.training.data import build_slice_datamodule, build_volume_datamodule
 
-    data = DataConfig(
-        cache_dir=str(fake.root),
-        images_dir=str(tmp_path / "dicom"),
-        windows=("brain", "bone"),
-        split_seed=7,
-        depth_pool=3,
-        label="subdural",
-        num_workers=0,
-    )
-    stage = StageConfig(batch_size=3, samples_per_epoch=40, augment=False)
-    dm = SliceDataModule.from_config(data, stage, 11)
+    raw = {
+        "seed": 11,
+        "data": {
+            "cache_dir": str(fake.root), "images_dir": str(tmp_path / "dicom"),
+            "windows": ["brain", "bone"], "split_seed": 7, "depth_pool": 3, "label": "subdural",
+            "num_workers": 0,
+        },
+        "stages": {"slice": {"batch_size": 3, "samples_per_epoch": 40, "augment": False},
+                   "finetune": {"batch_size": 3, "samples_per_epoch": 40, "augment": False}},
+    }
+    (tmp_path / "dicom").mkdir()
+    config = config_from_dict(raw)
+    dm = build_slice_datamodule(config)
     assert type(dm) is SliceDataModule
     assert (dm.cache_dir, dm.images_dir) == (fake.root, tmp_path / "dicom")
     assert (dm.windows, dm.split_seed, dm.label) == (["brain", "bone"], 7, "subdural")
     assert (dm.batch_size, dm.samples_per_epoch, dm.augment, dm.seed) == (3, 40, False, 11)
     # another cache is never ingested from the config's images; overrides win
-    vm = VolumeDataModule.from_config(data, stage, 11, cache_dir=tmp_path / "other", augment=True)
+    vm = build_volume_datamodule(config, tmp_path / "other", augment=True)
     assert type(vm) is VolumeDataModule
     assert (vm.cache_dir, vm.images_dir, vm.labels_csv) == (tmp_path / "other", None, None)
     assert (vm.depth_pool, vm.pad_batches, vm.augment) == (3, True, True)  # batch 3 pads
-    one = VolumeDataModule.from_config(data, StageConfig(batch_size=1), 0, depth_pool=1)
-    assert (one.depth_pool, one.pad_batches) == (1, False)
+    one = build_volume_datamodule(config, stage="sequence", depth_pool=1)
+    assert (one.depth_pool, one.pad_batches, one.batch_size) == (1, False, 1)
+    # inference: no stage's training settings
+    inference = build_volume_datamodule(config, stage=None, batch_size=2, augment=False)
+    assert (inference.pad_batches, inference.samples_per_epoch, inference.slice_targets) == (True, None, False)
     with pytest.raises(UserError, match="data.cache_dir"):
-        SliceDataModule.from_config(DataConfig(), stage, 0)
+        build_slice_datamodule(config_from_dict({}))
+
+
+def test_the_data_layer_does_not_import_the_config() -> None:
+    import ast
+    from pathlib import Path
+
+    import ich3d.data as data
+
+    for path in Path(data.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in imported if m and (m == "ich3d.config" or m.startswith("ich3d.training"))}, path.name
 
 
 def test_open_cache_is_the_one_read_path(fake, tmp_path) -> None:

@@ -300,10 +300,12 @@ def test_augment_on_auto_follows_the_trainer_device(cache) -> None:
 
 
 def test_augment_on_config_key(cache, tmp_path) -> None:
+    from ich3d.training.data import build_volume_datamodule
+
     raw = {"data": {"cache_dir": str(cache), "augment_on": "device"}}
     config = config_from_dict(raw)
     assert config.data.augment_on == "device" and config_from_dict({}).data.augment_on == "auto"
-    dm = VolumeDataModule.from_config(config.data, config.stages.get("finetune"), seed=0)
+    dm = build_volume_datamodule(config)
     assert dm.augment_on == "device"
     with pytest.raises(UserError, match="augment_on"):
         config_from_dict({"data": {"augment_on": "gpu"}})

@@ -21,6 +21,7 @@ import torch
 from _train_helpers import make_cache, run_cli, tiny_raw_config, write_config
 
 import ich3d.training.runner as runner
+import ich3d.training.trainer as trainer_lib
 from ich3d.config import config_from_dict
 from ich3d.errors import UserError
 from ich3d.runs.checkpoints import load_checkpoint
@@ -62,7 +63,9 @@ def test_newest_checkpoint_by_global_step_whichever_kind(tmp_path):
     os.utime(tmp_path / "last.ckpt", (1, 1))
     assert newest_checkpoint(tmp_path).name == "hpc_ckpt_11.ckpt"
     removed = prune_requeue_checkpoints(tmp_path, keep=tmp_path / "hpc_ckpt_11.ckpt")
-    assert sorted(p.name for p in removed) == ["hpc_ckpt_1.ckpt", "hpc_ckpt_10.ckpt", "hpc_ckpt_2.ckpt"]
+    assert sorted(p.name for p in removed) == ["hpc_ckpt_1.ckpt", "hpc_ckpt_2.ckpt"]
+    # the unreadable one is never deleted: moved aside, no longer a requeue checkpoint (issue 18)
+    assert (tmp_path / "hpc_ckpt_10.ckpt.unreadable").is_file()
     prune_requeue_checkpoints(tmp_path)
     assert requeue_checkpoints(tmp_path) == [] and (tmp_path / "last.ckpt").is_file()
 
@@ -80,7 +83,7 @@ class _Preempt(pl.Callback):
 
 
 def _with_preemption(monkeypatch, targets, requeued):
-    real = runner.build_trainer
+    real = trainer_lib.build_trainer
 
     def build(*args, **kwargs):
         trainer = real(*args, **kwargs)
@@ -92,7 +95,7 @@ def _with_preemption(monkeypatch, targets, requeued):
         trainer.callbacks.extend([RequeueOnSignal(requeue=requeue), _Preempt(targets)])
         return trainer
 
-    monkeypatch.setattr(runner, "build_trainer", build)
+    monkeypatch.setattr(trainer_lib, "build_trainer", build)
 
 
 def _row_keys(path):
@@ -251,17 +254,17 @@ def test_crash_resumes_from_last_ckpt_with_every_row_once(cache, tmp_path, monke
     assert run_cli("train", str(_slice_config(cache, reference)), "--stage", "slice", "--run-id", "ref") == 0
     expected = _row_keys(reference / "runs" / "tiny" / "ref" / "slice" / "metrics.csv")
     cfg = _slice_config(cache, tmp_path)
-    real = runner.build_trainer
+    real = trainer_lib.build_trainer
 
     def build(*args, **kwargs):
         trainer = real(*args, **kwargs)
         trainer.callbacks.append(_Crash(6))
         return trainer
 
-    monkeypatch.setattr(runner, "build_trainer", build)
+    monkeypatch.setattr(trainer_lib, "build_trainer", build)
     with pytest.raises(RuntimeError, match="node lost"):
         run_cli("train", str(cfg), "--stage", "slice", "--run-id", "crash")
-    monkeypatch.setattr(runner, "build_trainer", real)
+    monkeypatch.setattr(trainer_lib, "build_trainer", real)
     run = open_run_dir(tmp_path / "runs" / "tiny" / "crash")
     assert newest_checkpoint(run.stage_dir("slice")) == run.last_ckpt("slice")
     assert load_checkpoint(run.last_ckpt("slice"))["global_step"] == 4

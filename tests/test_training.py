@@ -260,7 +260,7 @@ def test_interrupted_stage_resumes_from_last_checkpoint(cache, tmp_path, monkeyp
 
     import pytorch_lightning as pl
 
-    import ich3d.training.runner as stages
+    import ich3d.training.trainer as stages
 
     class _Interrupt(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):

@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             if result is not None:
                 print(
                     f"  {stage:<9} best val AUC {_format_auc(result.get('best_val_auc'))} "
-                    f"(epoch {result.get('best_epoch')}, step {result.get('global_step')})"
+                    f"(epoch {result.get('best_epoch')}, step {result.get('best_global_step')})"
                 )
         sys.stdout.flush()
     return 0

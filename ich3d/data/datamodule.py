@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,6 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ich3d.config import DataConfig, StageConfig
 from ich3d.data.augment import augment_batch, build_augment_2d, build_augment_3d
 from ich3d.data.cache import IngestCache, open_cache
 from ich3d.data.cavity import CavityRule, ensure_slice_stats, load_slice_stats
@@ -80,8 +79,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_DM = TypeVar("_DM", bound="ICHDataModule")
 
 #: Values of ``augment_on`` (``data.augment_on``).
 AUGMENT_ON: tuple[str, ...] = ("auto", "loader", "device")
@@ -255,57 +252,6 @@ class ICHDataModule(pl.LightningDataModule):
         self.splits: Splits | None = None
         self.size: tuple[int, int] | None = None
         self._tables: dict[str, pd.DataFrame] = {}
-
-    @classmethod
-    def from_config(
-        cls: type[_DM],
-        data: DataConfig,
-        stage: StageConfig,
-        seed: int,
-        *,
-        cache_dir: str | Path | None = None,
-        **overrides: Any,
-    ) -> _DM:
-        """The DataModule of a config's ``data`` section and one stage's settings.
-
-        Args:
-            data: the config's ``data`` section (cache, ingest, windows, splits, loaders).
-            stage: the stage whose ``batch_size``, ``samples_per_epoch`` and ``augment``
-                apply.
-            seed: the experiment seed (training draws, augmentation).
-            cache_dir: another ingest cache (prediction, evaluation elsewhere); it is
-                never re-ingested from ``data.images_dir``. Default ``data.cache_dir``
-                (ingested from ``data.images_dir`` when that is set).
-            **overrides: any constructor keyword (``batch_size=4``, ``augment=False``).
-        """
-        from ich3d.data.targets import resolve_targets
-
-        own_cache = cache_dir is None
-        root = data.cache_dir if own_cache else cache_dir
-        if root is None:
-            raise UserError("config key 'data.cache_dir' is required (the ingest cache folder)")
-        kwargs: dict[str, Any] = {
-            "images_dir": data.images_dir if own_cache else None,
-            "labels_csv": data.labels_csv if own_cache else None,
-            "ingest_workers": data.ingest_workers,
-            "min_slices": data.min_slices,
-            "windows": list(data.windows),
-            "split_fractions": tuple(data.split_fractions),
-            "split_seed": data.split_seed,
-            "splits_file": data.splits_file,
-            "batch_size": stage.batch_size,
-            "num_workers": data.num_workers,
-            "pin_memory": data.pin_memory,
-            "persistent_workers": data.persistent_workers,
-            "seed": seed,
-            "samples_per_epoch": stage.samples_per_epoch,
-            "augment": stage.augment,
-            "label": data.label,
-            "targets": resolve_targets(getattr(data, "targets", None)),
-            "val_samples": stage.val_samples,
-            "augment_on": data.augment_on,
-        }
-        return cls(root, **{**kwargs, **overrides})
 
     # ------------------------------------------------------------------ disk work
     def prepare_data(self) -> None:
@@ -673,23 +619,6 @@ class VolumeDataModule(ICHDataModule):
                 f"batch_size {self.batch_size} needs pad_batches=True (volumes differ in length)"
             )
         self.collate = VolumeCollate(self.windows)
-
-    @classmethod
-    def from_config(
-        cls,
-        data: DataConfig,
-        stage: StageConfig,
-        seed: int,
-        *,
-        cache_dir: str | Path | None = None,
-        **overrides: Any,
-    ) -> VolumeDataModule:
-        """See :meth:`ICHDataModule.from_config`; adds ``depth_pool`` (``data.depth_pool``)
-        and ``pad_batches`` (True when the batch size is above 1) unless overridden."""
-        overrides.setdefault("depth_pool", data.depth_pool)
-        if "pad_batches" not in overrides:
-            overrides["pad_batches"] = int(overrides.get("batch_size", stage.batch_size)) > 1
-        return super().from_config(data, stage, seed, cache_dir=cache_dir, **overrides)
 
     _image_key = "volume"
 

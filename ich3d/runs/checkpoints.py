@@ -8,6 +8,7 @@ no pickled class to rebuild its network. Resuming a stage passes
 Public API::
 
     load_checkpoint(path) -> dict
+    describe_load_error(exc) -> str
     load_volume_model(run_dir, stage=None) -> (VolumeClassifier, Config)
     load_slice_model(run_dir) -> SliceClassifier
     best_volume_stage(run_dir) -> str
@@ -31,6 +32,7 @@ from ich3d.stages import get_stage, volume_stages
 
 __all__ = [
     "load_checkpoint",
+    "describe_load_error",
     "sub_state_dict",
     "load_volume_model",
     "load_slice_model",
@@ -38,6 +40,23 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+def describe_load_error(exc: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` failed.
+
+    torch's refusal of a pickled object is a many-line message that ends by
+    suggesting ``weights_only=False``, which would run the file's code; ich3d
+    never loads that way, so the line says what the file holds instead.
+    """
+    text = str(exc)
+    if "weights_only" in text or "Weights only load failed" in text:
+        return (
+            "it holds pickled Python objects, not only tensors and plain data, and ich3d "
+            "loads checkpoints only with weights_only=True (it never runs code from a file)"
+        )
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a Lightning checkpoint on CPU with ``weights_only=True``.
@@ -51,7 +70,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, or a pickle weights_only refuses
-        raise UserError(f"cannot read checkpoint {path}: {exc}") from None
+        raise UserError(f"cannot read checkpoint {path}: {describe_load_error(exc)}") from None
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a Lightning checkpoint (no state_dict)")
     return dict(ckpt)

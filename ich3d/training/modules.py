@@ -36,6 +36,7 @@ from ich3d.models.build import build, build_slice
 from ich3d.models.registry import count_parameters
 
 __all__ = [
+    "NonFiniteLoss",
     "SliceModule",
     "VolumeModule",
     "build_optimizer",
@@ -69,6 +70,21 @@ def build_optimizer(params: Sequence[nn.Parameter], spec: Mapping[str, Any]) -> 
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=momentum)
     raise UserError(f"unknown optimizer {name!r}; allowed: {', '.join(_OPTIMIZERS)}")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training or validation loss became NaN or infinite (the stage cannot go on).
+
+    Attributes:
+        which: ``"training"`` or ``"validation"``.
+        value: the first non-finite loss seen (NaN where another process saw it).
+        step: the global step at which it was seen.
+        epoch: the epoch of that step.
+    """
+
+    def __init__(self, which: str, value: float, step: int, epoch: int) -> None:
+        super().__init__(f"the {which} loss is not finite ({value}) at step {step} (epoch {epoch})")
+        self.which, self.value, self.step, self.epoch = which, value, step, epoch
 
 
 def _key_hash(key: str) -> int:
@@ -214,7 +230,11 @@ class _BinaryModule(pl.LightningModule):
         self._val_ids: list[Tensor] = []
         self._val_probs: list[Tensor] = []
         self._val_labels: list[Tensor] = []
+        # the first non-finite training loss: its step (-1: none) and value, kept on the device
+        self._bad_step: Tensor | None = None
+        self._bad_value: Tensor | None = None
         self.last_val_auc: float = float("nan")
+        self.last_val_loss: float = float("nan")
         self.last_val_metrics: dict[str, float] = {}
         self.val_predictions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -265,13 +285,40 @@ class _BinaryModule(pl.LightningModule):
         self._train_loss_n += n
         self._train_probs.append(torch.sigmoid(self._primary(logits).detach()))
         self._train_labels.append(self._primary(y).detach().long())
+        self._track_finite(detached)
         return loss
+
+    def _track_finite(self, loss: Tensor) -> None:
+        """Remember the first non-finite training loss, on the device (no host sync per step)."""
+        if self._bad_step is None or self._bad_step.device != loss.device:
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._bad_value = torch.zeros((), device=loss.device)
+        first = ~torch.isfinite(loss).all() & (self._bad_step < 0)
+        step = torch.full((), self.global_step, dtype=torch.long, device=loss.device)
+        self._bad_step = torch.where(first, step, self._bad_step)
+        self._bad_value = torch.where(first, loss.float().reshape(-1)[0], self._bad_value)
+
+    def _check_finite(self, val_loss: Tensor | None = None) -> None:
+        """Raise :class:`NonFiniteLoss` when a process saw a non-finite training loss, or
+        when ``val_loss`` (the validation epoch's mean, the same on every process) is not
+        finite. Every process calls it at the same points (the check is a collective)."""
+        if self._bad_step is not None:
+            bad = self._bad_step
+            if self.trainer.world_size > 1:
+                bad = self.trainer.strategy.reduce(bad.clone(), reduce_op="max")
+            step = int(bad)
+            if step >= 0:
+                local = float(self._bad_value) if int(self._bad_step) >= 0 else float("nan")
+                raise NonFiniteLoss("training", local, step, int(self.current_epoch))
+        if val_loss is not None and not bool(torch.isfinite(val_loss)):
+            raise NonFiniteLoss("validation", float(val_loss), int(self.global_step), int(self.current_epoch))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # ``train/loss_step`` only at the steps Lightning writes to the loggers (every
         # ``log_every_n_steps``, the check Lightning makes right after this hook)
         trainer = self.trainer
         if self._step_loss is not None and (trainer._logger_connector.should_update_logs or trainer.fast_dev_run):
+            self._check_finite()
             self.log("train/loss_step", self._step_loss, on_step=True, on_epoch=False, prog_bar=True,
                      batch_size=self._step_n, sync_dist=True)
         self._step_loss = None
@@ -280,27 +327,29 @@ class _BinaryModule(pl.LightningModule):
         self._reset_train_epoch()
 
     def on_train_epoch_end(self) -> None:
+        self._check_finite()
         self._log_epoch_mean("train/loss_epoch", self._train_loss_sum, self._train_loss_n)
         if self._train_probs:
             self.train_auc.update(torch.cat(self._train_probs), torch.cat(self._train_labels))
             self.log("train/auc", self.train_auc, on_step=False, on_epoch=True)
         self._reset_train_epoch()
 
-    def _log_epoch_mean(self, name: str, total: Tensor, count: int) -> None:
+    def _log_epoch_mean(self, name: str, total: Tensor, count: int) -> Tensor | None:
         """Log Lightning's batch-size-weighted epoch mean ``sum_b(loss_b * n_b) / sum_b n_b``
         over the batches of every process, in the same float32 arithmetic (nothing when
-        no process had a batch; every process takes part in the reduction)."""
+        no process had a batch; every process takes part in the reduction). Returns the mean."""
         if self.trainer.world_size > 1:
             both = torch.stack([total.float(), total.new_tensor(float(count))])
             both = self.trainer.strategy.reduce(both, reduce_op="sum")
             if float(both[1]) == 0:
-                return
+                return None
             mean = both[0] / both[1]
         elif count:
             mean = total / count
         else:
-            return
+            return None
         self.log(name, mean, on_step=False, on_epoch=True, prog_bar=True, batch_size=1, sync_dist=False)
+        return mean
 
     def _reset_train_epoch(self) -> None:
         self._step_loss, self._step_n = None, 0
@@ -325,7 +374,8 @@ class _BinaryModule(pl.LightningModule):
         return loss
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_mean("val/loss", self._val_loss_sum, self._val_loss_n)
+        val_loss = self._log_epoch_mean("val/loss", self._val_loss_sum, self._val_loss_n)
+        self._check_finite(val_loss)
         if self._val_ids:
             ids = torch.cat(self._val_ids)
             probs = torch.cat(self._val_probs)
@@ -345,6 +395,7 @@ class _BinaryModule(pl.LightningModule):
             auc = metrics[f"auc_{self.targets[self.primary]}"]
         if not self.trainer.sanity_checking:
             self.last_val_auc = auc
+            self.last_val_loss = float(val_loss) if val_loss is not None else float("nan")
             self.last_val_metrics = metrics
         # identical on every rank by construction: no reduction
         self.log("val/auc", torch.tensor(auc, dtype=torch.float32), prog_bar=True, sync_dist=False)
@@ -379,6 +430,7 @@ class _BinaryModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = {
             "val_auc": float(self.last_val_auc),
+            "val_loss": float(self.last_val_loss),
             "epoch": int(self.current_epoch),
             "global_step": int(self.global_step),
         }

@@ -58,9 +58,13 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+
+from ich3d.runs.checkpoints import describe_load_error
 
 __all__ = [
     "HPC_PREFIX",
+    "UNREADABLE_SUFFIX",
     "requeue_checkpoints",
     "checkpoint_step",
     "newest_checkpoint",
@@ -75,6 +79,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Appended to the name of an unreadable requeue checkpoint moved aside.
+UNREADABLE_SUFFIX = ".unreadable"
 #: Lightning's file-name prefix of requeue checkpoints (``hpc_ckpt_<n>.ckpt``).
 HPC_PREFIX = "hpc_ckpt_"
 _HPC = re.compile(rf"^{HPC_PREFIX}(\d+)\.ckpt$")
@@ -94,13 +100,11 @@ def checkpoint_step(path: str | Path) -> int | None:
 
     Reads with ``weights_only=True`` and ``mmap=True`` (no tensor is loaded to memory).
     """
-    import torch
-
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return int(ckpt["global_step"])
     except Exception as exc:  # truncated by a kill during the save, or not a checkpoint
-        log.warning("ignoring unreadable checkpoint %s (%s)", path, exc)
+        log.warning("ignoring unreadable checkpoint %s (%s)", path, describe_load_error(exc))
         return None
 
 
@@ -130,16 +134,23 @@ def newest_checkpoint(stage_dir: str | Path) -> Path | None:
 
 
 def prune_requeue_checkpoints(stage_dir: str | Path, keep: str | Path | None = None) -> list[Path]:
-    """Delete the requeue checkpoints other than ``keep``; return what was deleted.
+    """Delete the readable requeue checkpoints other than ``keep``; return what was deleted.
 
     Called with ``keep`` = the newest checkpoint when a stage resumes (older ones
     are superseded), after each new requeue checkpoint, and with ``keep=None`` when
-    the stage has finished (``last.ckpt`` is then its final state).
+    the stage has finished (``last.ckpt`` is then its final state). An unreadable
+    one is never deleted: it is moved aside to ``<name>.unreadable`` (a warning says
+    so), where it no longer counts as a checkpoint.
     """
     keep_path = Path(keep).resolve() if keep is not None else None
     removed = []
     for path in requeue_checkpoints(stage_dir):
         if keep_path is not None and path.resolve() == keep_path:
+            continue
+        if checkpoint_step(path) is None:
+            aside = path.with_name(path.name + UNREADABLE_SUFFIX)
+            path.replace(aside)
+            log.warning("moved the unreadable requeue checkpoint %s aside to %s (not deleted)", path.name, aside)
             continue
         path.unlink(missing_ok=True)
         removed.append(path)
