@@ -42,7 +42,12 @@ from torch.utils.data import DataLoader, Dataset
 from ich3d.data.augment import build_augment_3d
 from ich3d.data.cache import atomic_write_text
 from ich3d.data.datamodule import VolumeDataModule
-from ich3d.data.datasets import BalancedSampler, VolumeDataset, collate_volume_fields
+from ich3d.data.datasets import (
+    BalancedSampler,
+    VolumeDataset,
+    collate_volume_fields,
+    slice_label_arrays,
+)
 from ich3d.errors import UserError
 
 __all__ = [
@@ -297,8 +302,6 @@ class FeatureDataModule(pl.LightningDataModule):
         columns = getattr(self.volumes, "slice_columns", None)
         slice_targets = None
         if columns:
-            from ich3d.data.datasets import slice_label_arrays
-
             slice_targets = slice_label_arrays(self.volumes.cache, list(table["key"]), columns, self.volumes.depth_pool)
         return FeatureDataset(self._stores[split], table, getattr(self.volumes, "targets", None), slice_targets)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ich3d.errors import UserError
+from ich3d.plugins import discover_once
 
 __all__ = [
     "StageConfig",
@@ -161,8 +162,6 @@ class Stage:
 _STAGES: dict[str, Stage] = {}
 def _discover() -> None:
     """Import every module of :mod:`ich3d.stages` once (each registers its entry)."""
-    from ich3d.plugins import discover_once
-
     discover_once("ich3d.stages")
 
 
