@@ -126,7 +126,7 @@ def _measure(args: argparse.Namespace, dev: torch.device, precision: str, varian
         feats = frozen.encode(vol, lengths).float()
 
     def stage2_cached() -> None:
-        loss = bce(frozen.head(feats, lengths).float(), vol_y)
+        loss = bce(frozen.head_logits(feats, lengths).float(), vol_y)
         opt2.zero_grad(set_to_none=True)
         loss.backward()
         opt2.step()

@@ -49,7 +49,7 @@ def _infer(model: torch.nn.Module, vol: torch.Tensor, lengths: torch.Tensor) -> 
     """``(logits, slice features)`` of one volume, as evaluation computes them."""
     with torch.inference_mode():
         feats = model.encode(vol, lengths)
-        return model.head(feats, lengths), feats
+        return model.head_logits(feats, lengths), feats
 
 
 def _measure(args: argparse.Namespace, threads: int, variants: list[str]) -> dict[str, Any]:

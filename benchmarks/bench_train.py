@@ -190,7 +190,7 @@ def _forward_loss(model: Any, batch: dict, stage: str, loss_fn: Any) -> torch.Te
     if stage == "slice":
         logits = model(batch["image"])
     elif "features" in batch:
-        logits = model.head(batch["features"], batch["length"])
+        logits = model.head_logits(batch["features"], batch["length"])
     else:
         logits = model(batch["volume"], batch["length"])
     return loss_fn(logits.float(), batch["label"].float())

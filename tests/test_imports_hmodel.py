@@ -25,6 +25,7 @@ CHECKED = [
     *sorted((ROOT / "training").glob("*.py")),
     *sorted((ROOT / "stages").glob("*.py")),
     ROOT / "runs" / "checkpoints.py",
+    ROOT / "runs" / "datamodules.py",
     *(ROOT / "data" / f"{n}.py" for n in ("datamodule", "datamodule_base", "batching", "datasets", "features", "augment", "windows")),
 ]
 #: ``training/modules.py`` reads the weighted log loss from evaluation until it moves to ``ich3d.stats``

@@ -454,7 +454,7 @@ def build_eval_datamodule(
         stage: ``setup`` stage: ``predict`` accepts unlabeled caches, ``test``
             requires labels.
     """
-    from ich3d.training.data import build_volume_datamodule
+    from ich3d.runs.datamodules import volume_datamodule
 
     d = config.data
     bs = int(batch_size or config.evaluation.batch_size)
@@ -464,10 +464,9 @@ def build_eval_datamodule(
         raise UserError("the run's config has no data.cache_dir to evaluate on")
     if image_size is None and not own:
         image_size = training_image_size(config)
-    dm = build_volume_datamodule(
+    dm = volume_datamodule(  # inference: no stage's training settings
         config,
         cache_dir=d.cache_dir if own else cache_dir,  # explicit: never an ingest
-        stage=None,  # inference: no stage's training settings
         # the run's splits file lists the run's volumes, not another cache's
         splits_file=d.splits_file if own else None,
         batch_size=bs,

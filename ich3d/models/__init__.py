@@ -1,6 +1,12 @@
 """Networks: slice encoders, sequence heads and the volume model, behind a small registry.
 
-Build by name (the names come from the config)::
+From a model spec (what checkpoints store; :mod:`ich3d.models.build`), the one
+builder training, resume and the checkpoint loaders use::
+
+    from ich3d.models import build
+    model = build({"encoder": {"name": "patel_cnn", "in_channels": 3}, "head": {"name": "bilstm"}})
+
+By name, from parts (tests, benchmarks)::
 
     from ich3d.models import build_volume_model, build_slice_classifier, ENCODERS, HEADS
 
@@ -15,6 +21,7 @@ use); heads ``bilstm``, ``bigru``, ``lstm``, ``gru``.
 
 from __future__ import annotations
 
+from ich3d.models.build import ModelOption, build, build_slice, register_option
 from ich3d.models.registry import (
     ENCODERS,
     HEADS,
@@ -29,6 +36,10 @@ from ich3d.models.small_cnn import DawudSmallCNN
 from ich3d.models.volume import VolumeClassifier, build_slice_classifier, build_volume_model
 
 __all__ = [
+    "build",
+    "build_slice",
+    "ModelOption",
+    "register_option",
     "Registry",
     "ENCODERS",
     "HEADS",
