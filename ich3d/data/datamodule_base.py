@@ -37,6 +37,7 @@ do not augment).
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -273,7 +274,7 @@ class ICHDataModule(pl.LightningDataModule):
                 self.cache_dir,
                 workers=self.ingest_workers,
                 min_slices=self.min_slices,
-                progress=True,
+                progress=sys.stderr.isatty(),  # no bar frames in log files and job logs
             )
         cache = open_cache(self.cache_dir)
         if cache.labeled:
