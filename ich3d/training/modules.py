@@ -73,7 +73,8 @@ class _BinaryModule(pl.LightningModule):
 
     Logging costs no per-step work beyond the loss itself: a training step keeps
     its loss and predictions on the device (no ``self.log``, no metric update, no
-    host sync); ``train/loss_step`` is logged only at the steps Lightning writes
+    host sync; the first non-finite loss is remembered on the device too and read
+    at the logging steps and the epoch's end, :class:`NonFiniteLoss`); ``train/loss_step`` is logged only at the steps Lightning writes
     (every ``log_every_n_steps``), and ``train/loss_epoch``, ``train/auc`` and
     ``val/loss`` once per epoch, with Lightning's arithmetic (the batch-size
     weighted mean, one ``BinaryAUROC`` over the epoch's predictions), so
