@@ -1,7 +1,7 @@
 """The ingest's cheap planning gives exactly the outputs of the reference path.
 
 The header pass reads plain native files straight from their bytes
-(:func:`ich3d.data.dicom._fast_dataset`) and the plan is vectorised per series;
+(:func:`ich3d.data.dicom.raw.fast_dataset`) and the plan is vectorised per series;
 both must change nothing: these tests pin the cache bytes of a dataset with
 every kind of file and defect (hashes recorded with the ingest before the
 change), and compare the fast header read with pydicom's on every file, and on
@@ -26,6 +26,8 @@ from _ingest_helpers import (
 )
 
 from ich3d.data import dicom
+from ich3d.data.dicom import headers as dicom_headers
+from ich3d.data.dicom import raw as dicom_raw
 from ich3d.data.ingest import run_ingest
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # ID_... UIs, altered bytes
@@ -232,12 +234,12 @@ def test_cache_bytes_pinned(dataset, tmp_path, workers):
 
 def _reference_headers(path: str) -> object:
     """read_headers with pydicom only (the fast path off)."""
-    fast = dicom._fast_dataset
-    dicom._fast_dataset = lambda p, s: None
+    fast = dicom_headers.fast_dataset
+    dicom_headers.fast_dataset = lambda p, s: None
     try:
         return _result(path)
     finally:
-        dicom._fast_dataset = fast
+        dicom_headers.fast_dataset = fast
 
 
 def _result(path: str) -> object:
@@ -250,7 +252,7 @@ def _result(path: str) -> object:
 def test_fast_header_read_equals_pydicom(dataset, tmp_path):
     img, _ = dataset
     files = sorted(str(p) for p in img.rglob("*") if p.is_file())
-    fast = [f for f in files if dicom._fast_dataset(f, os.path.getsize(f)) is not None]
+    fast = [f for f in files if dicom_raw.fast_dataset(f, os.path.getsize(f)) is not None]
     assert len(fast) >= 60  # the plain files take the fast path
     for f in files:
         assert _result(f) == _reference_headers(f), f

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ich3d.data.cache import open_cache
 from ich3d.data.targets import model_targets
 from ich3d.errors import UserError
 
@@ -45,8 +46,6 @@ def _digest(obj: Any) -> str:
 
 def cache_image_size(cache_dir: str | Path) -> list[int] | None:
     """The most common in-plane ``[H, W]`` of a cache's volumes (what the data modules pad to)."""
-    from ich3d.data.cache import open_cache
-
     if not (Path(cache_dir) / "volumes.csv").is_file():
         return None
     common = open_cache(cache_dir, require_complete=False).common_size()
