@@ -172,7 +172,7 @@ def _planning_child(code: str, data: Path, workers: int) -> dict[str, object]:
 
     images, labels = data / synth.IMAGES_DIR, data / synth.LABELS_CSV
     t0 = time.perf_counter()
-    listing = list_files(images, exclude=None)
+    listing = list_files(images, exclude=None).files
     if code == "old":
         from benchmarks._ingest_planning_baseline import baseline_plan
 

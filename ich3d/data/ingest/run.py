@@ -130,7 +130,7 @@ def run_ingest(
     )
     workers = int(workers)
     listing = list_files(images, exclude=out)
-    if not listing:
+    if not listing.files and not listing.skipped:
         raise UserError(f"images folder {images} holds no files")
     params = parameters(
         min_slices, labels is not None, study_labels is not None, series_per_study, target_thickness
@@ -142,7 +142,7 @@ def run_ingest(
     vdir = _start(out, params, inputs)
     planner = plan_ingest(
         images,
-        listing,
+        listing.files,
         labels,
         study_labels,
         workers=workers,
@@ -151,6 +151,7 @@ def run_ingest(
         target_thickness=target_thickness,
         progress=progress,
     )
+    planner.skipped.extend(listing.skipped)
     written, reused, blank = _build_volumes(planner, vdir, workers, progress)
     paths = [os.path.abspath(images), abspath_or_none(labels), abspath_or_none(study_labels)]
     record = {"parameters": params, "input": inputs, **dict(zip(_PATH_KEYS, paths, strict=True))}

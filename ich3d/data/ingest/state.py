@@ -35,8 +35,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Version of the cache layout and of the rules; part of the parameters. 2: compressed
-#: syntaxes, per-slice rules, foot -> head, unique ids, multi-frame, new columns.
-INGEST_FORMAT = 2
+#: syntaxes, per-slice rules, foot -> head, unique ids, multi-frame, new columns. 3: regular
+#: files only (links followed once), modification times in the input fingerprint, rescale
+#: and geometry checked, lossless first among duplicates, the tables' hashes recorded.
+INGEST_FORMAT = 3
 TWELVE_BIT_RULE = (
     "rsna-v1: if BitsStored == 12 and PixelRepresentation == 0 and RescaleIntercept > -100: "
     "pixel += 1000; pixel[pixel >= 4096] -= 4096; intercept = -1000"
@@ -126,9 +128,8 @@ def check_cache_state(
             if old is not None:
                 raise UserError(
                     f"cache {out} was written by an older ingest (format {old}; this ich3d "
-                    f"writes format {INGEST_FORMAT}: foot -> head order, compressed DICOM, new "
-                    "columns); re-ingest it: pass --overwrite (overwrite=True) or choose "
-                    "another --out"
+                    f"writes format {INGEST_FORMAT}: other rules, see its ingest.json); re-ingest "
+                    "it: pass --overwrite (overwrite=True) or choose another --out"
                 )
             what = "parameters" if record.get("parameters") != params else "input files"
             raise UserError(

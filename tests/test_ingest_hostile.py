@@ -1,0 +1,121 @@
+"""Hostile inputs to the ingest (issue 18): every one a logged skip with its reason or one
+``ich3d: error:`` line, nothing hung, nothing else changed."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from _ingest_helpers import write_series
+
+from ich3d.data.ingest import listing as listing_mod
+from ich3d.data.ingest import run_ingest
+from ich3d.errors import UserError
+
+def _series(folder: Path, n: int = 5, start: int = 0x100, **kwargs: object) -> list[Path]:
+    hu = np.random.default_rng(start).integers(-1000, 1500, size=(n, 16, 16)).astype(np.int32)
+    return write_series(folder, hu, series=f"ID_s{start:x}", start=start, **kwargs)
+
+
+def _skipped(out: Path) -> dict[str, tuple[str, str]]:
+    frame = pd.read_csv(out / "skipped.csv", dtype=str, keep_default_na=False)
+    return {r.item: (r.reason, r.detail) for r in frame.itertuples()}
+
+
+def _same_volumes(a: Path, b: Path) -> None:
+    """The same slices.csv, volumes.csv and volume bytes (what a model sees)."""
+    for name in ("slices.csv", "volumes.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    names = sorted(os.listdir(a / "volumes"))
+    assert names == sorted(os.listdir(b / "volumes")) and names
+    for n in names:
+        assert (a / "volumes" / n).read_bytes() == (b / "volumes" / n).read_bytes(), n
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ich3d.cli.main", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def test_special_files_links_and_bad_names_are_skipped_never_opened(tmp_path):
+    clean, img = tmp_path / "clean", tmp_path / "images"
+    _series(clean)
+    _series(img)
+    os.mkfifo(img / "fifo.dcm")  # opening it would block forever
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(img / "sock.dcm"))
+    (img / "dangling.dcm").symlink_to(img / "nowhere.dcm")
+    (img / "self.dcm").symlink_to(img / "self.dcm")
+    (img / "sub").mkdir()
+    (img / "sub" / "up").symlink_to(img)  # a loop: sub/up/sub/up/...
+    (img / "twice").symlink_to(img / "sub")  # a second path to a listed folder
+    bad = os.fsencode(img) + b"/bad\xff.dcm"
+    with open(bad, "wb") as fh:
+        fh.write(b"not read")
+    try:
+        res = _cli("ingest", "--images", str(img), "--out", str(tmp_path / "cache"), "--no-progress")
+    finally:
+        sock.close()
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "UnicodeEncodeError" not in res.stderr
+    skipped = _skipped(tmp_path / "cache")
+    assert skipped == {
+        "bad\\xff.dcm": ("file name not valid UTF-8", "rename it"),
+        "dangling.dcm": ("dangling symbolic link", "No such file or directory"),
+        "fifo.dcm": ("not a regular file", "FIFO (named pipe)"),
+        "self.dcm": ("symbolic link loop", "Too many levels of symbolic links"),
+        "sock.dcm": ("not a regular file", "socket"),
+        "sub/up": ("symbolic link loop", "links to a folder above it"),
+        "twice": ("folder already listed through another path", "not listed again"),
+    }
+    assert "files seen            5" in res.stdout
+    run_ingest(clean, None, tmp_path / "clean_cache", progress=False)
+    _same_volumes(tmp_path / "cache", tmp_path / "clean_cache")
+
+
+def test_unreadable_folder_is_accounted_for(tmp_path, monkeypatch):
+    img = tmp_path / "images"
+    _series(img)
+    _series(img / "locked", start=0x200)
+    real = os.scandir
+
+    def scandir(path: str | os.PathLike[str] = ".") -> object:  # root reads every folder
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(listing_mod.os, "scandir", scandir)
+    s = run_ingest(img, None, tmp_path / "cache", progress=False)
+    assert s.volumes == 1 and s.slices_kept == 5
+    assert _skipped(tmp_path / "cache") == {"locked": ("unreadable folder", "Permission denied")}
+
+
+def test_same_size_rewrite_is_seen(tmp_path):
+    img = tmp_path / "images"
+    files = _series(img)
+    out = tmp_path / "cache"
+    run_ingest(img, None, out, progress=False)
+    before = np.load(next((out / "volumes").glob("*.npy")))
+    size = files[2].stat().st_size
+    data = bytearray(files[2].read_bytes())
+    data[-2:] = b"\x00\x08"  # the last pixel: another value, same size
+    files[2].write_bytes(bytes(data))
+    st = files[2].stat()
+    os.utime(files[2], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert files[2].stat().st_size == size
+    with pytest.raises(UserError, match="other input files.*--overwrite"):
+        run_ingest(img, None, out, progress=False)
+    run_ingest(img, None, out, progress=False, overwrite=True)
+    after = np.load(next((out / "volumes").glob("*.npy")))
+    changed = np.argwhere(before != after)
+    assert changed.shape[0] == 1 and tuple(changed[0][:1]) == (2,)
