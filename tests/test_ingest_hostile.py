@@ -18,6 +18,7 @@ from ich3d.data.ingest import listing as listing_mod
 from ich3d.data.ingest import run_ingest
 from ich3d.errors import UserError
 
+
 def _series(folder: Path, n: int = 5, start: int = 0x100, **kwargs: object) -> list[Path]:
     hu = np.random.default_rng(start).integers(-1000, 1500, size=(n, 16, 16)).astype(np.int32)
     return write_series(folder, hu, series=f"ID_s{start:x}", start=start, **kwargs)
