@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _ingest_helpers import write_series
+from _ingest_helpers import write_labels, write_series, write_slice
 
 from ich3d.data.ingest import listing as listing_mod
 from ich3d.data.ingest import run_ingest
@@ -120,3 +120,44 @@ def test_same_size_rewrite_is_seen(tmp_path):
     after = np.load(next((out / "volumes").glob("*.npy")))
     changed = np.argwhere(before != after)
     assert changed.shape[0] == 1 and tuple(changed[0][:1]) == (2,)
+
+
+# --------------------------------------------------------------------------- DICOM values
+
+_BAD_VALUES = [
+    ({"slope": 0.0}, "unusable rescale slope or intercept", "RescaleSlope 0.0 (must be finite, > 0)"),
+    ({"slope": -1.0}, "unusable rescale slope or intercept", "RescaleSlope -1.0 (must be finite, > 0)"),
+    ({"slope": float("nan")}, "unusable rescale slope or intercept", "RescaleSlope nan (must be finite, > 0)"),
+    ({"intercept": float("inf")}, "unusable rescale slope or intercept", "RescaleIntercept inf not finite"),
+    ({"position": [float("nan"), 0.0, 12.5]}, "unusable geometry", "ImagePositionPatient nan\\0.0\\12.5 not finite"),
+    ({"orientation": (1, 0, 0, 0, float("inf"), 0)}, "unusable geometry", "ImageOrientationPatient 1.0\\0.0\\0.0\\0.0\\inf\\0.0 not finite"),
+    ({"spacing": 0.0}, "unusable geometry", "PixelSpacing 0.0\\0.0 not > 0"),
+    ({"spacing": float("inf")}, "unusable geometry", "PixelSpacing inf\\inf not finite"),
+]  # fmt: skip
+
+
+def test_unusable_rescale_and_geometry_slices_are_skipped(tmp_path):
+    """Each bad slice is skipped with its reason (it was cached as a constant with its
+    labels); the rest of its series is the volume a clean copy without it gives."""
+    clean, img = tmp_path / "clean", tmp_path / "images"
+    labels: dict[str, list[int]] = {}
+    expected = {}
+    for k, (bad, reason, detail) in enumerate(_BAD_VALUES):
+        start = 0x100 * (k + 1)
+        hu = np.random.default_rng(k).integers(-1000, 1500, size=(6, 16, 16)).astype(np.int32)
+        for folder in (clean, img):
+            write_series(folder, hu[:5], series=f"ID_b{k}", start=start)
+        name = f"ID_{start + 5:09x}"
+        write_slice(img / f"{name}.dcm", hu[5] + 1024, z=12.5, series=f"ID_b{k}", **bad)
+        expected[f"{name}.dcm"] = (reason, detail)
+        for i in range(6):
+            labels[f"ID_{start + i:09x}"] = [1, 0, 0, 0, 0, 1]  # a bleed: labels would leak
+    with_bad = write_labels(tmp_path / "labels.csv", labels)
+    without = write_labels(
+        tmp_path / "labels_clean.csv", {i: v for i, v in labels.items() if f"{i}.dcm" not in expected}
+    )
+    s = run_ingest(img, with_bad, tmp_path / "cache", progress=False)
+    assert s.volumes == len(_BAD_VALUES) and s.slices_kept == 5 * len(_BAD_VALUES)
+    assert _skipped(tmp_path / "cache") == expected
+    run_ingest(clean, without, tmp_path / "clean_cache", progress=False)
+    _same_volumes(tmp_path / "cache", tmp_path / "clean_cache")

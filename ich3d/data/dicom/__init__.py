@@ -60,6 +60,8 @@ from ich3d.data.dicom.pixels import (
 )
 from ich3d.data.dicom.records import (
     NATIVE_TRANSFER_SYNTAXES,
+    REASON_BAD_GEOMETRY,
+    REASON_BAD_RESCALE,
     REASON_DICOMDIR,
     REASON_LOCALIZER,
     REASON_MISSING_POSITION,
@@ -106,4 +108,6 @@ __all__ = [
     "REASON_UNREADABLE_PIXELS",
     "REASON_UNSUPPORTED_PIXELS",
     "REASON_NO_DECODER",
+    "REASON_BAD_RESCALE",
+    "REASON_BAD_GEOMETRY",
 ]

@@ -21,6 +21,8 @@ from ich3d.data.dicom.records import (
     DEFLATED,
     DICOMDIR_CLASS,
     NATIVE_TRANSFER_SYNTAXES,
+    REASON_BAD_GEOMETRY,
+    REASON_BAD_RESCALE,
     REASON_DICOMDIR,
     REASON_LOCALIZER,
     REASON_MISSING_POSITION,
@@ -175,10 +177,11 @@ def headers_of(ds: Any, path: str, syntax: str, file_size: int | None) -> list[S
 
     position = tag_floats(ds, T_POSITION)
     orientation = tag_floats(ds, T_ORIENTATION)
-    _check_geometry(position, orientation, "")
     spacing = tag_floats(ds, T_SPACING)
+    _check_geometry(position, orientation, spacing, "")
     slope = tag_floats(ds, T_SLOPE)
     intercept = tag_floats(ds, T_INTERCEPT)
+    _check_rescale(slope[0] if slope else 1.0, intercept[0] if intercept else 0.0, "")
     thickness = tag_floats(ds, T_THICKNESS)
     # shared objects for what a series has in common: a pickled chunk of headers
     # from a worker then carries them once, and 750k records stay small in RAM
@@ -286,11 +289,24 @@ def _pixel_layout(
 
 
 def _check_geometry(
-    position: list[float] | None, orientation: list[float] | None, where: str
+    position: list[float] | None,
+    orientation: list[float] | None,
+    spacing: list[float] | None,
+    where: str,
 ) -> None:
+    """Refuse a slice without usable position, orientation or (present) pixel spacing."""
     reason = REASON_MULTIFRAME if where else REASON_MISSING_POSITION
     if position is None or len(position) != 3 or orientation is None or len(orientation) != 6:
         raise SkipSlice(reason, f"{where}no ImagePositionPatient / ImageOrientationPatient")
+    for name, values in (
+        ("ImagePositionPatient", position),
+        ("ImageOrientationPatient", orientation),
+        ("PixelSpacing", spacing or []),
+    ):
+        if not all(math.isfinite(v) for v in values):
+            raise SkipSlice(REASON_BAD_GEOMETRY, f"{where}{name} {_values(values)} not finite")
+    if spacing and not all(v > 0 for v in spacing):
+        raise SkipSlice(REASON_BAD_GEOMETRY, f"{where}PixelSpacing {_values(spacing)} not > 0")
     a, b = orientation[:3], orientation[3:]
     normal = (  # a plain cross product: np.cross costs more than the rest of this check
         a[1] * b[2] - a[2] * b[1],
@@ -298,8 +314,20 @@ def _check_geometry(
         a[0] * b[1] - a[1] * b[0],
     )
     norm = math.sqrt(sum(c * c for c in normal))
-    if not all(math.isfinite(p) for p in position) or not norm > 1e-6:
+    if not norm > 1e-6:
         raise SkipSlice(reason, f"{where}degenerate orientation")
+
+
+def _check_rescale(slope: float, intercept: float, where: str) -> None:
+    """Refuse a rescale that would turn every pixel into one value (or into NaN)."""
+    if not (math.isfinite(slope) and slope > 0):
+        raise SkipSlice(REASON_BAD_RESCALE, f"{where}RescaleSlope {slope!r} (must be finite, > 0)")
+    if not math.isfinite(intercept):
+        raise SkipSlice(REASON_BAD_RESCALE, f"{where}RescaleIntercept {intercept!r} not finite")
+
+
+def _values(values: list[float]) -> str:
+    return "\\".join(repr(v) for v in values)
 
 
 def _group_value(items: list[Any], sequence: str, keyword: str) -> Any:
@@ -336,8 +364,11 @@ def _frame_headers(
         ori = _group_value(groups, "PlaneOrientationSequence", "ImageOrientationPatient")
         position = [float(v) for v in pos] if pos is not None else None
         orientation = [float(v) for v in ori] if ori is not None else None
-        _check_geometry(position, orientation, f"frame {i + 1}: ")
         spacing = _group_value(groups, "PixelMeasuresSequence", "PixelSpacing")
+        where = f"frame {i + 1}: "
+        _check_geometry(
+            position, orientation, [float(v) for v in spacing] if spacing else None, where
+        )
         thickness = _group_value(groups, "PixelMeasuresSequence", "SliceThickness")
         slope = _group_value(groups, "PixelValueTransformationSequence", "RescaleSlope")
         intercept = _group_value(groups, "PixelValueTransformationSequence", "RescaleIntercept")
@@ -345,6 +376,7 @@ def _frame_headers(
             slope = top_slope[0] if top_slope else 1.0
         if intercept is None:
             intercept = top_intercept[0] if top_intercept else 0.0
+        _check_rescale(float(slope), float(intercept), where)
         orient = tuple(orientation)  # type: ignore[arg-type]
         orient = _SHARED.setdefault(orient, orient)
         out.append(

@@ -26,6 +26,8 @@ __all__ = [
     "REASON_UNREADABLE_PIXELS",
     "REASON_UNSUPPORTED_PIXELS",
     "REASON_NO_DECODER",
+    "REASON_BAD_RESCALE",
+    "REASON_BAD_GEOMETRY",
 ]
 
 #: Skip reasons decided from one file alone.
@@ -40,6 +42,8 @@ REASON_MULTIFRAME = "multi-frame file without usable per-frame geometry"
 REASON_UNREADABLE_PIXELS = "unreadable pixel data"
 REASON_UNSUPPORTED_PIXELS = "unsupported pixel format"
 REASON_NO_DECODER = "no decoder for transfer syntax"
+REASON_BAD_RESCALE = "unusable rescale slope or intercept"
+REASON_BAD_GEOMETRY = "unusable geometry"
 
 #: Uncompressed transfer syntaxes whose pixel bytes are read directly.
 NATIVE_TRANSFER_SYNTAXES: dict[str, bool] = {  # UID -> little endian
