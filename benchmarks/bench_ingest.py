@@ -167,6 +167,7 @@ def _planning_child(code: str, data: Path, workers: int) -> dict[str, object]:
     import resource
 
     from ich3d import synth
+    from ich3d.data.ingest.labels import read_labels
     from ich3d.data.ingest.listing import list_files
     from ich3d.data.ingest.plan import plan_ingest
 
@@ -181,7 +182,7 @@ def _planning_child(code: str, data: Path, workers: int) -> dict[str, object]:
         planner = plan_ingest(
             images,
             listing,
-            labels,
+            read_labels(labels),
             None,
             workers=workers,
             min_slices=4,

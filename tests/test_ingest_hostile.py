@@ -161,3 +161,55 @@ def test_unusable_rescale_and_geometry_slices_are_skipped(tmp_path):
     assert _skipped(tmp_path / "cache") == expected
     run_ingest(clean, without, tmp_path / "clean_cache", progress=False)
     _same_volumes(tmp_path / "cache", tmp_path / "clean_cache")
+
+
+# --------------------------------------------------------------------------- label CSVs
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ich3d: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "option,content,message",
+    [
+        (
+            "--labels",
+            "ID,Label\nID_000000100_any,0\nID_\u00e9_any,1\n".encode("latin-1"),
+            "is not UTF-8 text (byte 0xe9 on line 3); save it as UTF-8",
+        ),
+        (
+            "--labels",
+            "ID,Label\nID_000000100_any,0\n".encode("utf-16"),
+            "is not UTF-8 text (byte 0xff on line 1); save it as UTF-8",
+        ),
+        (
+            "--labels",
+            b'ID,Label\nID_000000100_any,0\n"' + b"x" * 200_000 + b'",1\n',
+            "line 3 is not CSV (field larger than field limit (131072))",
+        ),
+        (
+            "--study-labels",
+            "StudyInstanceUID,any\n\u00e9t\u00e9,1\n".encode("cp1252"),
+            "is not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8",
+        ),
+    ],
+    ids=["latin-1", "utf-16", "oversized-field", "study-cp1252"],
+)
+def test_label_csv_not_utf8_or_not_csv_is_one_error_line(tmp_path, capsys, option, content, message):
+    from ich3d.cli.main import main
+
+    img = tmp_path / "images"
+    _series(img)
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_bytes(content)
+    out = tmp_path / "cache"
+    args = ["ingest", "--images", str(img), "--out", str(out), "--no-progress"]
+    assert main([*args, option, str(csv_path)]) == 2
+    line = _error_line(capsys)
+    assert str(csv_path) in line and message in line
+    assert not out.exists()  # refused before anything is written

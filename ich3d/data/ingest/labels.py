@@ -41,6 +41,50 @@ REASON_ORPHAN_STUDY_LABEL = "study label row with no volume"
 REASON_MALFORMED_STUDY_LABEL = "malformed study label row"
 
 
+class _CsvReader:
+    """Rows of a UTF-8 CSV file; a file that is not UTF-8 text or not CSV (a field over the
+    csv module's limit, a NUL byte) is one :class:`UserError` naming the file and line."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.what = path, what
+
+    def __enter__(self) -> _CsvReader:
+        self._fh = open(self.path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed in __exit__
+        self._reader = csv.reader(self._fh)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+    def __iter__(self) -> _CsvReader:
+        return self
+
+    def __next__(self) -> list[str]:
+        try:
+            return next(self._reader)
+        except UnicodeDecodeError:
+            raise UserError(
+                f"{self.what} {self.path} is not UTF-8 text ({_first_bad_byte(self.path)}); "
+                "save it as UTF-8, e.g. `iconv -f <its encoding> -t utf-8 OLD > NEW`"
+            ) from None
+        except csv.Error as exc:
+            raise UserError(
+                f"{self.what} {self.path} line {self._reader.line_num} is not CSV ({exc}); "
+                "check the file"
+            ) from None
+
+
+def _first_bad_byte(path: Path) -> str:
+    """Where a file first fails to decode as UTF-8: ``byte 0xNN on line N``."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return f"byte 0x{raw[exc.start]:02x} on line {line}"
+    return "undecodable bytes"  # pragma: no cover - the reader failed, so the bytes do
+
+
 @dataclass(frozen=True)
 class LabelTable:
     """Parsed labels CSV.
@@ -83,8 +127,7 @@ def read_labels(path: Path) -> LabelTable:
     conflicted: set[tuple[str, str]] = set()
     malformed: set[str] = set()
     rows = duplicates = 0
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
+    with _CsvReader(path, "labels CSV") as reader:
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["ID", "Label"]:
             raise UserError(
@@ -168,8 +211,7 @@ def read_study_labels(path: Path) -> StudyLabelTable:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"study labels CSV {path} does not exist")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
+    with _CsvReader(path, "study labels CSV") as reader:
         header = [h.strip() for h in next(reader, [])]
         key_column = next((k for k in STUDY_LABEL_KEYS if k in header), None)
         if key_column is None or "any" not in header:

@@ -27,8 +27,6 @@ from ich3d.data.ingest.labels import (
     REASON_ORPHAN_STUDY_LABEL,
     LabelTable,
     StudyLabelTable,
-    read_labels,
-    read_study_labels,
     study_key,
 )
 from ich3d.data.ingest.listing import image_ids
@@ -263,8 +261,8 @@ class Planner:
 def plan_ingest(
     images: Path,
     listing: Sequence[tuple[str, int]],
-    labels: Path | None,
-    study_labels: Path | None,
+    table: LabelTable | None,
+    study_table: StudyLabelTable | None,
     *,
     workers: int,
     min_slices: int,
@@ -272,10 +270,19 @@ def plan_ingest(
     target_thickness: float,
     progress: bool,
 ) -> Planner:
-    """Labels, pass 1 (headers, over the worker pool) and the plan (no pixel data read)."""
-    t0 = time.perf_counter()
-    table = read_labels(labels) if labels is not None else None
-    study_table = read_study_labels(study_labels) if study_labels is not None else None
+    """Pass 1 (headers, over the worker pool) and the plan (no pixel data read).
+
+    Args:
+        images: the images folder.
+        listing: its regular files (:attr:`~ich3d.data.ingest.listing.Listing.files`).
+        table: the slice labels (:func:`read_labels`) or None.
+        study_table: the study labels (:func:`read_study_labels`) or None.
+        workers: processes for the header pass.
+        min_slices: a shorter volume is skipped.
+        series_per_study: ``"all"`` or ``"one"``.
+        target_thickness: the slice thickness ``"one"`` prefers (mm).
+        progress: show a progress bar.
+    """
     planner = Planner(table, study_table, int(min_slices))
     t1 = time.perf_counter()
     ids = image_ids(listing)
@@ -304,9 +311,9 @@ def plan_ingest(
             planner.skipped.append((image_id, REASON_ORPHAN_LABEL, ""))
         for raw_id in table.malformed:
             planner.skipped.append((raw_id, REASON_MALFORMED_LABEL, ""))
-    planner.seconds = {"labels": t1 - t0, "headers": t2 - t1, "plan": time.perf_counter() - t2}
+    planner.seconds = {"headers": t2 - t1, "plan": time.perf_counter() - t2}
     log.info(
-        "ingest: labels %.1f s, headers %.1f s, plan %.1f s (%d files, %d workers)",
+        "ingest: headers %.1f s, plan %.1f s (%d files, %d workers)",
         *planner.seconds.values(),
         len(listing),
         workers,

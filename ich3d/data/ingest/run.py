@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from ich3d.data.cache import atomic_write_text
 from ich3d.data.dicom import REASON_UNREADABLE_PIXELS
 from ich3d.data.ingest import workers as _workers
+from ich3d.data.ingest.labels import read_labels, read_study_labels
 from ich3d.data.ingest.listing import fingerprint, list_files
 from ich3d.data.ingest.plan import SERIES_PER_STUDY, Planner, Volume, plan_ingest
 from ich3d.data.ingest.state import (
@@ -116,8 +117,7 @@ def run_ingest(
             parameters, inputs or an older format (without ``overwrite``).
     """
     images, out = Path(images), Path(out)
-    labels = Path(labels) if labels is not None else None
-    study_labels = Path(study_labels) if study_labels is not None else None
+    labels, study_labels = (Path(p) if p is not None else None for p in (labels, study_labels))
     _check_arguments(
         images,
         labels,
@@ -129,6 +129,8 @@ def run_ingest(
         target_thickness=target_thickness,
     )
     workers = int(workers)
+    table = read_labels(labels) if labels is not None else None  # a bad CSV: before any write
+    study_table = read_study_labels(study_labels) if study_labels is not None else None
     listing = list_files(images, exclude=out)
     if not listing.files and not listing.skipped:
         raise UserError(f"images folder {images} holds no files")
@@ -143,8 +145,8 @@ def run_ingest(
     planner = plan_ingest(
         images,
         listing.files,
-        labels,
-        study_labels,
+        table,
+        study_table,
         workers=workers,
         min_slices=min_slices,
         series_per_study=series_per_study,
