@@ -213,3 +213,86 @@ def test_label_csv_not_utf8_or_not_csv_is_one_error_line(tmp_path, capsys, optio
     line = _error_line(capsys)
     assert str(csv_path) in line and message in line
     assert not out.exists()  # refused before anything is written
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+@pytest.fixture()
+def built(tmp_path):
+    img = tmp_path / "images"
+    _series(img)
+    _series(img, n=6, start=0x200)
+    out = tmp_path / "cache"
+    run_ingest(img, None, out, progress=False)
+    return img, out
+
+
+def _tamper_row(out: Path) -> None:
+    lines = (out / "volumes.csv").read_text().splitlines(keepends=True)
+    (out / "volumes.csv").write_text("".join(lines[:-1]))  # a row deleted
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+_TAMPER = {
+    "row deleted": (_tamper_row, "volumes", "cache table {out}/volumes.csv is not the one the ingest wrote"),
+    "table truncated": (lambda o: _truncate(o / "slices.csv"), "slices", "cache table {out}/slices.csv is not the one the ingest wrote"),
+    "table deleted": (lambda o: (o / "volumes.csv").unlink(), "volumes", "cache table {out}/volumes.csv cannot be read (No such file or directory)"),
+    "ingest.json truncated": (lambda o: _truncate(o / "ingest.json"), "open", "{out}/ingest.json is damaged (not a JSON object: truncated or edited)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_TAMPER))
+def test_tampered_tables_are_refused_with_the_rebuild_command(built, case):
+    from ich3d.cli.main import main
+    from ich3d.config import DataConfig
+    from ich3d.data.cache import open_cache
+    from ich3d.runs.inputs import input_signature
+
+    img, out = built
+    pin = input_signature(DataConfig(cache_dir=str(out)))["cache"]
+    before = {n: (out / n).read_bytes() for n in ("slices.csv", "volumes.csv", "skipped.csv")}
+    tamper, what, message = _TAMPER[case]
+    tamper(out)
+    shown = "IMAGES" if what == "open" else img  # a damaged ingest.json no longer names them
+    fix = f"rebuild the cache: `ich3d ingest --images {shown} --out {out} --overwrite`"
+    with pytest.raises(UserError) as err:
+        cache = open_cache(out)
+        getattr(cache, what)
+    assert str(err.value).startswith(message.format(out=out)) and str(err.value).endswith(fix)
+    with pytest.raises(UserError, match="rebuild the cache"):
+        input_signature(DataConfig(cache_dir=str(out)))
+    command = fix.split("`")[1].replace("IMAGES", str(img)).split()[1:]
+    assert main([*command, "--no-progress"]) == 0  # the advice works
+    assert {n: (out / n).read_bytes() for n in before} == before
+    assert input_signature(DataConfig(cache_dir=str(out)))["cache"] == pin
+
+
+@pytest.mark.parametrize("case", ["deleted", "truncated", "wrong shape"])
+def test_damaged_volume_is_refused_where_it_is_loaded(built, case):
+    from ich3d.data.cache import open_cache
+
+    img, out = built
+    cache = open_cache(out)
+    key = cache.volumes["key"].iloc[0]
+    path = out / "volumes" / f"{key}.npy"
+    good = np.load(path)
+    if case == "deleted":
+        path.unlink()
+        message = f"cache volume {path} is missing"
+    elif case == "truncated":
+        _truncate(path)
+        message = f"cache volume {path} is damaged"
+    else:
+        np.save(path, good[:-1])
+        message = f"cache volume {path} is int16 {tuple(good[:-1].shape)}, volumes.csv says int16 {good.shape}"
+    for mmap in (True, False):
+        with pytest.raises(UserError) as err:
+            open_cache(out).load_volume(key, mmap=mmap)
+        assert str(err.value).startswith(message), str(err.value)
+        assert str(err.value).endswith(f"`ich3d ingest --images {img} --out {out} --overwrite`")
+    other = cache.volumes["key"].iloc[1]
+    assert open_cache(out).load_volume(other).shape[0] in (5, 6)  # the rest still reads

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ich3d import __version__
-from ich3d.data.cache import atomic_write_text
+from ich3d.data.cache import atomic_write_text, table_sha256
 from ich3d.data.ingest.labels import LabelTable, StudyLabelTable
 from ich3d.data.ingest.plan import Volume
 from ich3d.data.schema import (
@@ -137,10 +137,13 @@ def write_outputs(
     tables: dict[str, str],
     record: dict[str, Any],
 ) -> None:
-    """Write the tables, then ``ingest.json`` (last: it marks the cache complete)."""
+    """Write the tables, then ``ingest.json`` with their sha256 (last: it marks the cache
+    complete; :func:`~ich3d.data.cache.open_cache` checks the tables against it)."""
+    hashes = {}
     for name, text in tables.items():
         atomic_write_text(out / name, text)
-    record = {"ich3d_version": __version__, **record, "complete": True}
+        hashes[name] = table_sha256((out / name).read_bytes())
+    record = {"ich3d_version": __version__, **record, "tables": hashes, "complete": True}
     atomic_write_text(out / "ingest.json", json.dumps(record, indent=2, sort_keys=False) + "\n")
 
 
