@@ -296,3 +296,53 @@ def test_damaged_volume_is_refused_where_it_is_loaded(built, case):
         assert str(err.value).endswith(f"`ich3d ingest --images {img} --out {out} --overwrite`")
     other = cache.volumes["key"].iloc[1]
     assert open_cache(out).load_volume(other).shape[0] in (5, 6)  # the rest still reads
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def test_second_writer_is_refused_naming_the_first(built, capsys):
+    import fcntl
+
+    from ich3d.cli.main import main
+
+    img, out = built
+    before = {p.name: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    with open(out / ".ingest.lock", "r+") as fh:  # another process's lock, as flock sees it
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fh.seek(0)
+        fh.truncate()
+        fh.write("pid 4242 on other-host\n")
+        fh.flush()
+        before[".ingest.lock"] = (out / ".ingest.lock").read_bytes()
+        args = ["ingest", "--images", str(img), "--out", str(out), "--overwrite", "--no-progress"]
+        assert main(args) == 2
+        line = _error_line(capsys)
+        assert line == (
+            f"ich3d: error: another ingest (pid 4242 on other-host) is writing {out}; wait for "
+            "it to finish (its outputs are then complete), or give this one another --out"
+        )
+        after = {p.name: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+        assert after == before  # nothing removed, nothing rewritten
+    assert main(args) == 0  # the lock ends with its holder
+    assert f"pid {os.getpid()} on" in (out / ".ingest.lock").read_text()
+
+
+def test_temporary_files_of_a_killed_write_are_swept(built, tmp_path):
+    img, out = built
+    ref = tmp_path / "ref"
+    run_ingest(img, None, ref, progress=False)
+    left = [
+        out / ".volumes.csv.k1ll3d_.tmp",
+        out / ".ingest.json.x2y_z9.tmp",
+        out / "..ingest-partial.json.abc123.tmp",
+        out / "volumes" / ".0123456789abcdef.npy.tmp-999",
+    ]
+    for p in left:
+        p.write_bytes(b"half")
+    keep = out / ".splits.json.abc.tmp"  # not the ingest's: left alone
+    keep.write_bytes(b"x")
+    s = run_ingest(img, None, out, progress=False)
+    assert s.cached and not any(p.exists() for p in left) and keep.exists()
+    keep.unlink()
+    _same_volumes(out, ref)

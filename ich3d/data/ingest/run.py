@@ -22,7 +22,9 @@ from ich3d.data.ingest.state import (
     KEY_FILE,
     PARTIAL,
     check_cache_state,
+    ingest_lock,
     parameters,
+    sweep_temporary,
 )
 from ich3d.data.ingest.summary import IngestSummary
 from ich3d.data.ingest.tables import (
@@ -138,26 +140,28 @@ def run_ingest(
         min_slices, labels is not None, study_labels is not None, series_per_study, target_thickness
     )
     inputs = fingerprint(listing, labels, study_labels)
-    done = check_cache_state(out, params, inputs, overwrite)
-    if done is not None:
-        return done
-    vdir = _start(out, params, inputs)
-    planner = plan_ingest(
-        images,
-        listing.files,
-        table,
-        study_table,
-        workers=workers,
-        min_slices=min_slices,
-        series_per_study=series_per_study,
-        target_thickness=target_thickness,
-        progress=progress,
-    )
-    planner.skipped.extend(listing.skipped)
-    written, reused, blank = _build_volumes(planner, vdir, workers, progress)
     paths = [os.path.abspath(images), abspath_or_none(labels), abspath_or_none(study_labels)]
     record = {"parameters": params, "input": inputs, **dict(zip(_PATH_KEYS, paths, strict=True))}
-    counts = _finish(out, planner, len(listing), blank, record)
+    with ingest_lock(out):  # one writer per cache; what a killed writer left is swept
+        sweep_temporary(out)
+        done = check_cache_state(out, params, inputs, overwrite)
+        if done is not None:
+            return done
+        vdir = _start(out, params, inputs)
+        planner = plan_ingest(
+            images,
+            listing.files,
+            table,
+            study_table,
+            workers=workers,
+            min_slices=min_slices,
+            series_per_study=series_per_study,
+            target_thickness=target_thickness,
+            progress=progress,
+        )
+        planner.skipped.extend(listing.skipped)
+        written, reused, blank = _build_volumes(planner, vdir, workers, progress)
+        counts = _finish(out, planner, len(listing), blank, record)
     return _summarize(out, counts, written, reused)
 
 
@@ -177,12 +181,9 @@ def _summarize(out: Path, counts: dict[str, Any], written: int, reused: int) -> 
 
 
 def _start(out: Path, params: dict[str, Any], inputs: dict[str, Any]) -> Path:
-    """Create the volumes folder, sweep a killed run's temporary files, record the start."""
+    """Create the volumes folder and record the start (parameters and inputs)."""
     vdir = out / "volumes"
     vdir.mkdir(parents=True, exist_ok=True)
-    for entry in os.scandir(vdir):  # temp files of a killed run
-        if entry.name.startswith(".") and ".tmp-" in entry.name:
-            os.remove(entry.path)
     if not (out / PARTIAL).exists():
         text = json.dumps({"parameters": params, "input": inputs}, indent=2, sort_keys=True)
         atomic_write_text(out / PARTIAL, text + "\n")

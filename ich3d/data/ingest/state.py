@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
 import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,9 @@ __all__ = [
     "clear_cache",
     "old_format",
     "check_cache_state",
+    "ingest_lock",
+    "sweep_temporary",
+    "LOCK",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,8 @@ IMAGE_ID_RULE = (
 DIRECTION_RULE = "ascending along the slice normal signed so its superior (z) component is > 0"
 
 PARTIAL = ".ingest-partial.json"
+#: The lock file an ingest holds (``fcntl.flock``) while it writes the cache; kept.
+LOCK = ".ingest.lock"
 TABLES = ("slices.csv", "volumes.csv", "skipped.csv")
 KEY_FILE = re.compile(r"^[0-9a-f]{16}\.npy$")
 
@@ -161,3 +171,51 @@ def check_cache_state(
         if overwrite:
             clear_cache(out)
     return None
+
+
+@contextmanager
+def ingest_lock(out: Path) -> Iterator[None]:
+    """Hold the cache's write lock (``fcntl.flock`` on ``out/.ingest.lock``) while writing.
+
+    The lock file records who holds it (process id and host); the lock is released
+    when the holder ends, however it ends. The file itself stays.
+
+    Raises:
+        UserError: another process holds the lock (it is named).
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(f"cache folder {out} cannot be written ({exc.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "unknown"
+            raise UserError(
+                f"another ingest ({holder}) is writing {out}; wait for it to finish "
+                "(its outputs are then complete), or give this one another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def sweep_temporary(out: Path) -> None:
+    """Remove the temporary files a killed ingest left (tables, records, volumes)."""
+    names = {*TABLES, "ingest.json", PARTIAL}
+    for entry in os.scandir(out):
+        base = entry.name[1:].rsplit(".", 2)[0] if entry.name.startswith(".") else ""
+        if entry.name.endswith(".tmp") and base in names:
+            os.remove(entry.path)
+            log.info("ingest: removed %s, left by an interrupted run", entry.name)
+    vdir = out / "volumes"
+    if vdir.is_dir():
+        for entry in os.scandir(vdir):
+            if entry.name.startswith(".") and ".tmp-" in entry.name:
+                os.remove(entry.path)
