@@ -199,8 +199,10 @@ def ingest_lock(out: Path) -> Iterator[None]:
                 f"another ingest ({holder}) is writing {out}; wait for it to finish "
                 "(its outputs are then complete), or give this one another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        holder = f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
+        if os.pread(fd, 256, 0) != holder:  # (a re-run in one process leaves it untouched)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder, 0)
         yield
     finally:
         os.close(fd)
