@@ -16,6 +16,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ich3d.data.dicom.decoders import DECODER_PACKAGES, decoder_available
+from ich3d.data.dicom.quiet import quiet
 from ich3d.data.dicom.raw import fast_dataset
 from ich3d.data.dicom.records import (
     DEFLATED,
@@ -75,7 +76,25 @@ from ich3d.data.dicom.tags import (
 )
 from ich3d.data.schema import PATIENT_FROM_STUDY_PREFIX
 
-__all__ = ["read_dataset", "pydicom_dataset", "headers_of", "read_header", "read_headers"]
+__all__ = [
+    "read_dataset",
+    "pydicom_dataset",
+    "headers_of",
+    "read_header",
+    "read_headers",
+    "NOT_DICOM_DETAIL",
+    "TRUNCATED_ENCAPSULATED",
+]
+
+#: The detail of a *not DICOM* file (read with and without file meta, as pydicom's
+#: ``force=True``).
+NOT_DICOM_DETAIL = (
+    "no DICOM file meta ('DICM' prefix); read without it: no Modality or SOPClassUID"
+)
+#: The detail of a file that ends inside its encapsulated (compressed) pixel data.
+TRUNCATED_ENCAPSULATED = "truncated: the file ends inside its compressed pixel data"
+_EOF_IN_PIXELS = "End of file reached before delimiter"
+_SIZE_TAGS = ("SeriesInstanceUID", "Rows", "Columns")
 
 _SHARED: dict[tuple[float, ...], tuple[float, ...]] = {}
 
@@ -93,29 +112,46 @@ def read_dataset(path: str, file_size: int | None = None) -> tuple[Any, str]:
 
 
 def pydicom_dataset(path: str) -> tuple[Any, str]:
-    """:func:`read_dataset` with pydicom (the reference; every file the fast path declines)."""
-    try:
+    """:func:`read_dataset` with pydicom (the reference; every file the fast path declines).
+
+    pydicom's warnings and log records are kept off the console (:func:`quiet`); a
+    file that ends inside its encapsulated pixel data (pydicom 3 then returns an empty
+    dataset) is *unreadable pixel data*, "truncated".
+    """
+    skip: SkipSlice | None = None
+    with quiet() as said:
         try:
-            ds = pydicom.dcmread(path, defer_size=256, specific_tags=tag_list())
-        except InvalidDicomError as exc:
-            # no 128-byte preamble / file meta: pydicom reads it with force=True; it counts as
-            # DICOM when it then holds a Modality or a SOPClassUID
-            try:
-                ds = pydicom.dcmread(path, defer_size=256, specific_tags=tag_list(), force=True)
-            except Exception:  # noqa: BLE001 - not parseable at all
-                raise SkipSlice(REASON_NOT_DICOM, str(exc)) from None
-            if ds.get_item(T_MODALITY) is None and ds.get_item(T_SOP_CLASS) is None:
-                raise SkipSlice(REASON_NOT_DICOM, str(exc)) from None
-        meta = getattr(ds, "file_meta", None)
-        syntax = (tag_text(meta, 0x00020010) or "") if meta is not None else ""
-        sop_class = (tag_text(meta, 0x00020002) or "") if meta is not None else ""
-    except SkipSlice:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any parser failure is an unreadable file
-        raise SkipSlice(REASON_UNREADABLE_FILE, f"{type(exc).__name__}: {exc}") from None
+            ds = _dcmread(path)
+            meta = getattr(ds, "file_meta", None)
+            syntax = (tag_text(meta, 0x00020010) or "") if meta is not None else ""
+            sop_class = (tag_text(meta, 0x00020002) or "") if meta is not None else ""
+        except SkipSlice as exc:
+            skip = exc
+        except Exception as exc:  # noqa: BLE001 - any parser failure is an unreadable file
+            skip = SkipSlice(REASON_UNREADABLE_FILE, f"{type(exc).__name__}: {exc}")
+    if _EOF_IN_PIXELS in said:
+        raise SkipSlice(REASON_UNREADABLE_PIXELS, TRUNCATED_ENCAPSULATED)
+    if skip is not None:
+        raise skip
     if sop_class == DICOMDIR_CLASS or os.path.basename(path).upper() == "DICOMDIR":
         raise SkipSlice(REASON_DICOMDIR)
     return ds, syntax
+
+
+def _dcmread(path: str) -> Any:
+    """``dcmread`` of the header tags; without file meta, forced (DICOM when it then holds a
+    Modality or a SOPClassUID)."""
+    try:
+        return pydicom.dcmread(path, defer_size=256, specific_tags=tag_list())
+    except InvalidDicomError:
+        pass
+    try:
+        ds = pydicom.dcmread(path, defer_size=256, specific_tags=tag_list(), force=True)
+    except Exception:  # noqa: BLE001 - not parseable at all
+        raise SkipSlice(REASON_NOT_DICOM, NOT_DICOM_DETAIL) from None
+    if ds.get_item(T_MODALITY) is None and ds.get_item(T_SOP_CLASS) is None:
+        raise SkipSlice(REASON_NOT_DICOM, NOT_DICOM_DETAIL)
+    return ds
 
 
 def read_header(path: str | os.PathLike[str], file_size: int | None = None) -> SliceHeader:
@@ -215,7 +251,8 @@ def _identity(ds: Any) -> dict[str, Any]:
     rows = tag_ushort(ds, T_ROWS)
     columns = tag_ushort(ds, T_COLUMNS)
     if not series_uid or not rows or not columns:
-        raise SkipSlice(REASON_MISSING_TAG, "SeriesInstanceUID, Rows or Columns")
+        missing = [n for n, v in zip(_SIZE_TAGS, (series_uid, rows, columns), strict=True) if not v]
+        raise SkipSlice(REASON_MISSING_TAG, f"no {' / '.join(missing)}")
     from_study = not patient_id
     if from_study:
         if not study_uid:

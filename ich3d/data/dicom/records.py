@@ -66,6 +66,7 @@ class SkipSlice(Exception):
     """A file that cannot become a slice; ``reason`` is the skipped.csv reason."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
+        detail = " ".join(str(detail).split())  # one line in skipped.csv, whatever was said
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail

@@ -51,8 +51,9 @@ Rules:
   product points to the feet). ``position`` in slices.csv is that projection
   (mm). In-plane, rows and columns stay as stored (no flip).
 * **Duplicate positions**: slices whose projections lie within
-  ``POSITION_TOLERANCE_MM`` of the previous one form a group; the lowest
-  image id of a group is kept, the others are skipped ("duplicate position").
+  ``POSITION_TOLERANCE_MM`` of the previous one form a group; of a group the
+  lossless copies come first, then the lowest image id: that one is kept, the
+  others are skipped ("duplicate position").
 * **Spacing**: ``slice_spacing`` = median difference of consecutive
   projections, ``slice_spacing_min`` / ``_max`` their range;
   ``uniform_spacing`` = 1 when max - min <= ``SPACING_TOLERANCE`` (1 % of the

@@ -187,7 +187,7 @@ def plan_group(
 
     def close_group() -> None:
         if grp:
-            best = min(grp, key=lambda i: members[i].image_id)
+            best = min(grp, key=lambda i: (members[i].lossy, members[i].image_id))
             kept.append(best)
             for i in grp:
                 if i != best:
