@@ -85,8 +85,8 @@ def decode_frames(path: str | os.PathLike[str], transfer_syntax: str | None = No
         except Exception as exc:  # noqa: BLE001 - GDCM failed too
             second = one_line(f"gdcm.ImageReader: {exc}")
     detail = first if second is None else f"{first}; {second}"
-    noise = said.summary()
-    if noise and noise not in detail:
+    noise = said.summary(known=detail)
+    if noise:
         detail = f"{detail} ({noise})"
     if second is None and "does not support" in first:
         name = DECODER_PACKAGES.get(transfer_syntax or "", (transfer_syntax, ""))[0]
@@ -126,6 +126,8 @@ def _gdcm_decode(path: str) -> np.ndarray:
         )
     dims = list(image.GetDimensions())
     raw = image.GetBuffer()
+    if raw is None:
+        raise ValueError("no pixels decoded")
     data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else bytes(raw)
     dtype = np.dtype("<i2" if fmt.GetPixelRepresentation() else "<u2")
     frames = dims[2] if len(dims) > 2 else 1

@@ -35,10 +35,10 @@ class Said:
     def __contains__(self, text: str) -> bool:
         return any(text in m for m in self.messages)
 
-    def summary(self) -> str:
-        """The distinct messages, in order, on one line."""
+    def summary(self, known: str = "") -> str:
+        """The distinct messages not already in ``known``, in order, on one line."""
         seen = dict.fromkeys(one_line(m) for m in self.messages if m.strip())
-        return "; ".join(seen)
+        return "; ".join(m for m in seen if m not in known)
 
 
 class _Collect(logging.Handler):
