@@ -51,11 +51,11 @@ def _plain_series(folder: Path) -> list[Path]:
     return files
 
 
-def _jpeg_series(plain: list[Path], folder: Path) -> list[Path]:
+def _jpeg_series(plain: list[Path], folder: Path, fresh: bool = True) -> list[Path]:
     """The plain series as 12-bit JPEG Extended: dcmtk's ``dcmcjpeg +ee`` where it is
-    installed, else the committed files it made."""
+    installed (and ``fresh``), else the committed files it made."""
     folder.mkdir(parents=True, exist_ok=True)
-    tool = shutil.which("dcmcjpeg")
+    tool = shutil.which("dcmcjpeg") if fresh else None
     out = []
     for f in plain:
         dst = folder / f.name
@@ -67,10 +67,10 @@ def _jpeg_series(plain: list[Path], folder: Path) -> list[Path]:
     return out
 
 
-@pytest.fixture()
-def twins(tmp_path):
+@pytest.fixture(params=["dcmcjpeg", "committed"])
+def twins(request, tmp_path):
     plain = _plain_series(tmp_path / "plain")
-    return plain, _jpeg_series(plain, tmp_path / "jpeg")
+    return plain, _jpeg_series(plain, tmp_path / "jpeg", fresh=request.param == "dcmcjpeg")
 
 
 def _skipped(out: Path) -> pd.DataFrame:
