@@ -31,7 +31,17 @@ Per-file rules (each a :class:`SkipSlice` reason):
   SOPClassUID to count as DICOM), is *not DICOM*; a DICOMDIR is *DICOMDIR*;
 * ``ImageType`` containing ``LOCALIZER`` is a *localizer (scout) image*;
 * a compressed syntax with no decoder installed is *no decoder for transfer
-  syntax*, and the detail names the syntax and the package to install;
+  syntax*, and the detail names the syntax and the package to install; where
+  pydicom's plugins fail on a file (its GDCM and Pillow plugins refuse 12-bit
+  JPEG Extended), python-gdcm's own ``gdcm.ImageReader`` decodes it
+  (:func:`decode_frames`); what the decoders print stays off the console and
+  goes into the skip detail, which is always one line;
+* a file that ends inside its compressed pixel data is *unreadable pixel data*
+  ("truncated: ..."), as a truncated native file is ("file truncated");
+* non-finite ImagePositionPatient / ImageOrientationPatient / PixelSpacing, or
+  a PixelSpacing <= 0, is *unusable geometry*; a RescaleSlope that is not finite
+  or not > 0, or a non-finite RescaleIntercept, is *unusable rescale slope or
+  intercept* (such a slice would be cached as a constant image);
 * text tags are decoded with the file's ``SpecificCharacterSet`` (default
   ISO 646 / Latin-1 superset, as pydicom does);
 * without a PatientID the StudyInstanceUID stands in for the patient
@@ -41,7 +51,8 @@ Per-file rules (each a :class:`SkipSlice` reason):
 Modules: :mod:`~ich3d.data.dicom.records` (the slice record, skip reasons),
 :mod:`~ich3d.data.dicom.tags` (tags and raw values), :mod:`~ich3d.data.dicom.raw`
 (the fast header path), :mod:`~ich3d.data.dicom.headers` (the header rules),
-:mod:`~ich3d.data.dicom.decoders` (compressed pixel data) and
+:mod:`~ich3d.data.dicom.decoders` (compressed pixel data),
+:mod:`~ich3d.data.dicom.quiet` (decoder output kept off the console) and
 :mod:`~ich3d.data.dicom.pixels` (stored integers -> pooled HU, the pixel rule).
 """
 

@@ -30,6 +30,11 @@ Rules:
 
 * **Files**: every regular file under the images folder, recursively, any
   name (``IM000001``, no extension); the cache folder itself is excluded.
+  The listing only stats (opens nothing, so nothing can block): symbolic links are followed
+  once; everything else is a skipped.csv row with its reason (item = its path):
+  *not a regular file* (FIFO, socket, device), *dangling symbolic link*,
+  *symbolic link loop*, *folder already listed through another path*,
+  *unreadable folder*, *file name not valid UTF-8* (item with ``\\xNN`` bytes).
 * **image_id** is the file name without ``.dcm`` (RSNA names files after
   their SOPInstanceUID and the labels CSV uses that name). Where a file name
   occurs more than once in the input (PACS exports: ``IM000001`` in every
@@ -63,7 +68,8 @@ Rules:
   (mm, first value) of the first slice; the pooled volume's in-plane spacing
   is twice that. height / width are the pooled sizes. ``slice_thickness`` is
   the median SliceThickness, ``kernel`` the ConvolutionKernel of the first
-  slice, ``transfer_syntax`` its TransferSyntaxUID, ``lossy`` = 1 when any
+  slice, ``transfer_syntax`` the TransferSyntaxUID of its slices (``mixed``
+  when they differ, e.g. a native series with JPEG slices), ``lossy`` = 1 when any
   slice was stored with lossy compression.
 * **Patients**: a file without PatientID gets ``study:<StudyInstanceUID>``
   (``patient_from_study`` = 1 in volumes.csv; logged).
@@ -93,9 +99,11 @@ Rules:
   accounts for its label rows too), or the id itself is in skipped.csv with
   "label row with no image" (or "malformed label row" for an ID that does not
   parse; item = the raw ID). A file gets the first reason that applies, in
-  this order: not DICOM / DICOMDIR, unreadable file, not CT, localizer,
-  missing tags, missing position or orientation, multi-frame geometry,
-  unsupported / unreadable pixel data / no decoder, no label row, incomplete
+  this order: the listing's reasons, not DICOM / DICOMDIR, unreadable file,
+  not CT, localizer, missing tags, unsupported / unreadable pixel data / no
+  decoder, missing position or orientation, multi-frame geometry, unusable
+  geometry (non-finite position / orientation / pixel spacing, spacing <= 0),
+  unusable rescale slope or intercept (not finite, slope <= 0), no label row, incomplete
   label rows, inconsistent slice size, inconsistent orientation, duplicate
   position, series shorter than min_slices, no study label row, other series
   of the study selected.
@@ -106,6 +114,10 @@ Modules: :mod:`~ich3d.data.ingest.labels` (label CSVs),
 (header reads and volume builds), :mod:`~ich3d.data.ingest.state` (resume state),
 :mod:`~ich3d.data.ingest.tables` (the tables and ingest.json),
 :mod:`~ich3d.data.ingest.run` (:func:`run_ingest`).
+
+One writer per cache: an ingest holds ``fcntl.flock`` on ``CACHE/.ingest.lock``
+(which names it: process id and host) while it writes; a second one is refused
+with that name. Temporary files a killed run left are removed by the next run.
 
 Idempotent and resumable: every output is written to a temp file in its
 directory and renamed. A run first writes ``CACHE/.ingest-partial.json``
