@@ -22,6 +22,7 @@ import numpy as np
 
 from ich3d.data import dicom
 from ich3d.data.dicom import SkipSlice, SliceHeader
+from ich3d.data.dicom import headers as dicom_headers
 from ich3d.data.ingest import (
     GAP_FACTOR,
     ORIENTATION_TOLERANCE,
@@ -34,12 +35,12 @@ from ich3d.data.ingest import (
     REASON_ORPHAN_LABEL,
     REASON_SHORT_SERIES,
     REASON_SIZE_MISMATCH,
-    _group_of,
-    _image_ids,
-    _map,
-    _Volume,
     read_labels,
 )
+from ich3d.data.ingest.listing import image_ids as _image_ids
+from ich3d.data.ingest.plan import Volume as _Volume
+from ich3d.data.ingest.plan import group_of as _group_of
+from ich3d.data.ingest.workers import pmap as _map
 from ich3d.data.schema import most_common_size, series_key
 
 __all__ = ["baseline_plan"]
@@ -48,9 +49,9 @@ log = logging.getLogger(__name__)
 
 
 def _read_headers(path: str, file_size: int | None) -> list[SliceHeader]:
-    ds, syntax = dicom._pydicom_dataset(path)
+    ds, syntax = dicom_headers.pydicom_dataset(path)
     try:
-        return dicom._headers(ds, path, syntax, file_size)
+        return dicom_headers.headers_of(ds, path, syntax, file_size)
     except SkipSlice:
         raise
     except Exception as exc:  # noqa: BLE001 - a malformed tag value

@@ -167,20 +167,22 @@ def _planning_child(code: str, data: Path, workers: int) -> dict[str, object]:
     import resource
 
     from ich3d import synth
-    from ich3d.data import ingest
+    from ich3d.data.ingest.labels import read_labels
+    from ich3d.data.ingest.listing import list_files
+    from ich3d.data.ingest.plan import plan_ingest
 
     images, labels = data / synth.IMAGES_DIR, data / synth.LABELS_CSV
     t0 = time.perf_counter()
-    listing = ingest._list_files(images, exclude=None)
+    listing = list_files(images, exclude=None).files
     if code == "old":
         from benchmarks._ingest_planning_baseline import baseline_plan
 
         planned, skipped = baseline_plan(images, listing, labels, workers=workers)
     else:
-        planner = ingest._plan(
+        planner = plan_ingest(
             images,
             listing,
-            labels,
+            read_labels(labels),
             None,
             workers=workers,
             min_slices=4,
@@ -332,10 +334,10 @@ def _run_child(code: str, data: Path, workers: int) -> dict[str, object]:
 
 def _header_before(path: str) -> object:
     """The pre-change read_headers: pydicom's partial read, then the same decoding."""
-    from ich3d.data import dicom
+    from ich3d.data.dicom import headers as dicom_headers
 
-    ds, syntax = dicom._pydicom_dataset(path)
-    return dicom._headers(ds, path, syntax, None)
+    ds, syntax = dicom_headers.pydicom_dataset(path)
+    return dicom_headers.headers_of(ds, path, syntax, None)
 
 
 def _header_reads(files: list[str], repeat: int) -> None:
@@ -343,8 +345,9 @@ def _header_reads(files: list[str], repeat: int) -> None:
     import pydicom
 
     from ich3d.data import dicom
+    from ich3d.data.dicom import tags as dicom_tags
 
-    tags = dicom._tag_list()
+    tags = dicom_tags.tag_list()
     ways: dict[str, Callable[[str], object]] = {
         "ich3d read_headers (now)": lambda f: dicom.read_headers(f),
         "before: dcmread(defer_size=256, specific_tags) + decode": _header_before,

@@ -432,12 +432,12 @@ def test_two_workers_give_identical_outputs(many_series, tmp_path):
 
 _SLOW_INGEST = """
 import sys, time
-import ich3d.data.ingest as ing
-build = ing._build_volume
+import ich3d.data.ingest.workers as workers
+build = workers.build_volume
 def slow(task):
     time.sleep(0.3)
     return build(task)
-ing._build_volume = slow
+workers.build_volume = slow
 from ich3d.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -37,6 +37,7 @@ from pydicom.uid import JPEGLossless as JPEGLossless57
 
 from ich3d.data import dicom
 from ich3d.data import ingest as ing
+from ich3d.data.dicom import decoders
 from ich3d.data.ingest import most_common_size, run_ingest
 from ich3d.data.schema import SKIPPED_COLUMNS, UNLABELED, series_key
 from ich3d.errors import UserError
@@ -142,7 +143,7 @@ def test_no_decoder_names_the_syntax_and_package(twin, tmp_path, monkeypatch):
     packed = tmp_path / "jls"
     for f in sorted(native.iterdir()):
         compress_copy(f, packed / f.name, JPEGLSLossless)
-    monkeypatch.setitem(dicom._DECODER_OK, str(JPEGLSLossless), False)  # as if none installed
+    monkeypatch.setitem(decoders._DECODER_OK, str(JPEGLSLossless), False)  # as if none installed
     out = tmp_path / "cache"
     s = _ingest(packed, out)
     assert s.volumes == 0

@@ -294,11 +294,11 @@ def test_no_defect_at_rate_zero(clean: Path) -> None:
 def test_storage_variants_read_right(
     storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ich3d.synth import generator
+    from ich3d.synth import series
     from ich3d.synth import storage as st
 
     names = list(st.STORAGES)
-    monkeypatch.setattr(generator, "STORAGE_P", tuple(float(n == storage) for n in names))
+    monkeypatch.setattr(series, "STORAGE_P", tuple(float(n == storage) for n in names))
     out = tmp_path / storage
     generate(
         out, patients=1, studies=(1, 1), size=40, slices=(4, 4), defects=NO_DEFECTS, progress=False

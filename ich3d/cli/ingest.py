@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ich3d.data.ingest import run_ingest
+
 __all__ = ["add_parser", "run"]
 
 
@@ -82,8 +84,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ich3d.data.ingest import run_ingest
-
     summary = run_ingest(
         args.images,
         args.labels,

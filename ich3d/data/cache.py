@@ -13,11 +13,22 @@ Files added by the data modules: ``splits.json`` (:mod:`ich3d.data.splits`),
 
 Every reader opens a cache through :func:`open_cache` (the DataModules,
 ``predict``, evaluation and ``ingest`` when it checks an existing cache), so
-the tables are parsed one way everywhere.
+the tables are parsed one way everywhere, and checked where they are used:
+
+- a table is read only when its bytes have the sha256 ``ingest.json`` recorded
+  for it (``"tables"``; a cache written before the hashes were recorded is read
+  as it is), so a changed, truncated or shortened table is refused;
+- a volume is returned only when its file exists, reads as a ``.npy`` and has
+  the shape ``(n_slices, height, width)`` and type int16 ``volumes.csv`` gives;
+- a missing or damaged ``ingest.json``, table or volume is one
+  :class:`~ich3d.errors.UserError` naming it, with the command that rebuilds the
+  cache (``ich3d ingest --images ... --out CACHE --overwrite``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tempfile
@@ -37,7 +48,18 @@ from ich3d.data.schema import (
 )
 from ich3d.errors import UserError
 
-__all__ = ["IngestCache", "open_cache", "is_complete", "atomic_write_text", "atomic_write_csv"]
+__all__ = [
+    "IngestCache",
+    "open_cache",
+    "is_complete",
+    "atomic_write_text",
+    "atomic_write_csv",
+    "table_sha256",
+    "INGEST_TABLES",
+]
+
+#: The tables the ingest writes; ``ingest.json`` records their sha256 (``"tables"``).
+INGEST_TABLES: tuple[str, ...] = ("slices.csv", "volumes.csv", "skipped.csv")
 
 _STR_COLUMNS = ("key", "patient_id", "study_uid", "series_uid", "image_id", "path")
 
@@ -71,16 +93,27 @@ def atomic_write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     atomic_write_text(path, frame.to_csv(index=False))
 
 
-def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"cache table {path} is missing; run `ich3d ingest` first")
+def table_sha256(data: bytes) -> str:
+    """The hash ``ingest.json`` records for a table's bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _parse_table(data: bytes, path: Path, columns: tuple[str, ...], fix: str) -> pd.DataFrame:
     dtypes = {c: str for c in _STR_COLUMNS}
-    frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+    try:
+        frame = pd.read_csv(io.BytesIO(data), dtype=dtypes, keep_default_na=False, na_values=[""])
+    except (ValueError, UnicodeDecodeError) as exc:  # pandas' ParserError is a ValueError
+        raise UserError(f"cache table {path} does not read as CSV ({exc}); {fix}") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise UserError(f"{path} lacks columns {missing}; expected {list(columns)}")
-    for c in LABEL_COLUMNS:
-        frame[c] = frame[c].fillna(UNLABELED).astype(np.int64)
+    try:
+        for c in LABEL_COLUMNS:
+            frame[c] = frame[c].fillna(UNLABELED).astype(np.int64)
+    except (ValueError, TypeError) as exc:
+        raise UserError(
+            f"cache table {path} has labels that are not integers ({exc}); {fix}"
+        ) from None
     return frame
 
 
@@ -102,6 +135,11 @@ class IngestCache:
         self, root: str | Path, *, require_complete: bool = True, max_open: int = 64
     ) -> None:
         self.root = Path(root)
+        if require_complete and (self.root / "ingest.json").is_file() and not self.info:
+            raise UserError(
+                f"{self.root / 'ingest.json'} is damaged (not a JSON object: truncated or "
+                f"edited); {self.rebuild_advice()}"
+            )
         if require_complete and not is_complete(self.root):
             raise UserError(
                 f"{self.root} is not a complete ich3d cache (no ingest.json with "
@@ -113,6 +151,7 @@ class IngestCache:
         self._slices: pd.DataFrame | None = None
         self._paths: dict[str, Path] | None = None
         self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._shapes: dict[str, tuple[int, int, int]] | None = None
 
     # pickling for DataLoader workers: drop open maps
     def __getstate__(self) -> dict[str, Any]:
@@ -128,18 +167,57 @@ class IngestCache:
         except (OSError, ValueError):
             return {}
 
+    def rebuild_advice(self) -> str:
+        """The command that rebuilds this cache from the inputs ``ingest.json`` names."""
+        record = self.info
+        words = ["ich3d ingest", "--images", str(record.get("images") or "IMAGES")]
+        for key, flag in (("labels", "--labels"), ("study_labels", "--study-labels")):
+            if record.get(key):
+                words += [flag, str(record[key])]
+        words += ["--out", str(self.root), "--overwrite"]
+        return f"rebuild the cache: `{' '.join(words)}`"
+
+    def table_bytes(self, name: str) -> bytes:
+        """The bytes of the table ``name``, checked against the hash ``ingest.json`` recorded.
+
+        Raises:
+            UserError: the table is missing, or its bytes are not the ones the ingest wrote.
+        """
+        path = self.root / name
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UserError(
+                f"cache table {path} cannot be read ({exc.strerror}); {self.rebuild_advice()}"
+            ) from None
+        recorded = (self.info.get("tables") or {}).get(name)
+        if recorded is not None and table_sha256(data) != recorded:
+            raise UserError(
+                f"cache table {path} is not the one the ingest wrote (changed, truncated or "
+                f"rows deleted: its sha256 differs from ingest.json's); {self.rebuild_advice()}"
+            )
+        return data
+
+    def table_hashes(self) -> dict[str, str]:
+        """sha256 of every ingest table (each checked by :meth:`table_bytes`)."""
+        return {name: table_sha256(self.table_bytes(name)) for name in INGEST_TABLES}
+
+    def _table(self, name: str, columns: tuple[str, ...]) -> pd.DataFrame:
+        data = self.table_bytes(name)
+        return _parse_table(data, self.root / name, columns, self.rebuild_advice())
+
     @property
     def volumes(self) -> pd.DataFrame:
         """``volumes.csv`` as a DataFrame (string ids, int labels, -1 = unlabeled)."""
         if self._volumes is None:
-            self._volumes = _read_table(self.root / "volumes.csv", VOLUME_COLUMNS)
+            self._volumes = self._table("volumes.csv", VOLUME_COLUMNS)
         return self._volumes
 
     @property
     def slices(self) -> pd.DataFrame:
         """``slices.csv`` as a DataFrame."""
         if self._slices is None:
-            self._slices = _read_table(self.root / "slices.csv", SLICE_COLUMNS)
+            self._slices = self._table("slices.csv", SLICE_COLUMNS)
         return self._slices
 
     def volumes_present(self) -> bool:
@@ -177,20 +255,52 @@ class IngestCache:
         except KeyError:
             raise UserError(f"volume key {key!r} is not in {self.root / 'volumes.csv'}") from None
 
+    def _expected_shape(self, key: str) -> tuple[int, int, int]:
+        if self._shapes is None:
+            v = self.volumes
+            self._shapes = {
+                k: (int(n), int(h), int(w))
+                for k, n, h, w in zip(v["key"], v["n_slices"], v["height"], v["width"], strict=True)
+            }
+        return self._shapes[key]
+
+    def _open_volume(self, key: str, mmap: bool) -> np.ndarray:
+        """Load volume ``key`` and check it against volumes.csv."""
+        path = self.volume_path(key)
+        try:
+            arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except FileNotFoundError:
+            raise UserError(f"cache volume {path} is missing; {self.rebuild_advice()}") from None
+        except (OSError, ValueError) as exc:  # truncated or not a .npy file
+            raise UserError(
+                f"cache volume {path} is damaged ({exc}); {self.rebuild_advice()}"
+            ) from None
+        expected = self._expected_shape(key)
+        if arr.shape != expected or arr.dtype != np.int16:
+            raise UserError(
+                f"cache volume {path} is {arr.dtype} {tuple(arr.shape)}, volumes.csv says int16 "
+                f"{expected}; {self.rebuild_advice()}"
+            )
+        return arr
+
     def load_volume(self, key: str, *, mmap: bool = True) -> np.ndarray:
         """Return volume ``key``: int16 HU ``(slices, H, W)``.
 
         Args:
             key: the volume's cache key.
             mmap: memory-map (default, cached in the LRU) or read fully into memory.
+
+        Raises:
+            UserError: the key is not in volumes.csv, or its file is missing, damaged or
+                not of the shape and type volumes.csv gives.
         """
         if not mmap:
-            return np.load(self.volume_path(key))
+            return self._open_volume(key, mmap=False)
         arr = self._maps.get(key)
         if arr is not None:
             self._maps.move_to_end(key)
             return arr
-        arr = np.load(self.volume_path(key), mmap_mode="r")
+        arr = self._open_volume(key, mmap=True)
         self._maps[key] = arr
         while len(self._maps) > self.max_open:
             self._maps.popitem(last=False)

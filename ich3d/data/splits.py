@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from ich3d.data.cache import atomic_write_text
-from ich3d.data.schema import UNLABELED, patient_key
+from ich3d.data.schema import SUBTYPES, UNLABELED, patient_key
 from ich3d.errors import UserError
 
 __all__ = [
@@ -162,8 +162,6 @@ def _keys_by_split(volumes: pd.DataFrame, patients: dict[str, list[str]]) -> dic
 
 def _subtype_strata(volumes: pd.DataFrame, labels: pd.Series) -> pd.Series:
     """Patient id -> stratum: 0 negative, 1 + index of its rarest subtype, 6 ``any`` only."""
-    from ich3d.data.schema import SUBTYPES
-
     bleeds = [t for t in SUBTYPES if t != "any" and t in volumes.columns]
     per_patient = volumes.groupby("patient_id")[bleeds].max().reindex(labels.index) > 0
     counts = per_patient.sum(axis=0)

@@ -12,8 +12,9 @@ longer be trained on a stage-1 CNN that saw other windows, nor a run be scored
 with baselines computed on other inputs.
 
 The cache and split entries are short hashes (never identifiers): of the
-ingest's parameters and input fingerprint (``ingest.json``), and of the patient
-lists of ``splits.json``.
+ingest's parameters, input fingerprint and tables (``ingest.json`` and the
+sha256 of slices.csv, volumes.csv and skipped.csv, checked against the ones
+``ingest.json`` recorded), and of the patient lists of ``splits.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ich3d.data.cache import open_cache
 from ich3d.data.targets import model_targets
 from ich3d.errors import UserError
 
@@ -45,12 +47,24 @@ def _digest(obj: Any) -> str:
 
 def cache_image_size(cache_dir: str | Path) -> list[int] | None:
     """The most common in-plane ``[H, W]`` of a cache's volumes (what the data modules pad to)."""
-    from ich3d.data.cache import open_cache
-
     if not (Path(cache_dir) / "volumes.csv").is_file():
         return None
     common = open_cache(cache_dir, require_complete=False).common_size()
     return None if common is None else list(common[0])
+
+
+def _cache_digest(cache: Path) -> str:
+    """The cache's pin: its parameters, input fingerprint and (where ``ingest.json`` records
+    them) its tables' hashes, each table checked against the record, so a table changed
+    after the ingest (a row deleted) is refused rather than pinned."""
+    opened = open_cache(cache, require_complete=False)
+    record = opened.info
+    if not record:
+        raise UserError(f"{cache / 'ingest.json'} is damaged; {opened.rebuild_advice()}")
+    pinned = {"parameters": record.get("parameters"), "input": record.get("input")}
+    if record.get("tables"):
+        pinned["tables"] = opened.table_hashes()
+    return _digest(pinned)
 
 
 def input_signature(data: Any, cache_dir: str | Path | None = None) -> dict[str, Any]:
@@ -70,8 +84,7 @@ def input_signature(data: Any, cache_dir: str | Path | None = None) -> dict[str,
     ingest = cache / "ingest.json"
     cache_hash = None
     if ingest.is_file():
-        record = json.loads(ingest.read_text())
-        cache_hash = _digest({"parameters": record.get("parameters"), "input": record.get("input")})
+        cache_hash = _cache_digest(cache)
     splits_path = Path(data.splits_file) if data.splits_file else cache / "splits.json"
     splits_hash = None
     if splits_path.is_file():

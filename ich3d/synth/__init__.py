@@ -10,6 +10,7 @@ Modules, by concern:
 - :mod:`~ich3d.synth.defects`: RSNA's data defects and their draws;
 - :mod:`~ich3d.synth.dicom_file`: Part 10 files written byte for byte;
 - :mod:`~ich3d.synth.streams`: the seeded random streams, unique identifiers;
+- :mod:`~ich3d.synth.series`: one series: its plan, files and truth entry;
 - :mod:`~ich3d.synth.generator`: :func:`generate` a dataset, read its truth back.
 """
 

@@ -76,55 +76,8 @@ class Head:
     hu_sinus: float = 60.0  # dural venous sinuses (HU)
 
 
-def sample_head(
-    rng: np.random.Generator,
-    geometry: Geometry,
-    anatomy_rng: np.random.Generator | None = None,
-) -> Head:
-    """Draw a head that fits in the geometry's field of view and spans its slices.
-
-    Args:
-        rng: draws the positioning in the scanner (centre, yaw, vertical
-            stretch) and the scanner noise.
-        geometry: the series geometry.
-        anatomy_rng: draws the anatomy (skull size and thickness, tissue HU,
-            ventricle size, texture, sulci, calcifications); pass a generator
-            seeded per patient so that a patient's studies show the same head.
-            Defaults to ``rng``.
-    """
-    arng = rng if anatomy_rng is None else anatomy_rng
-    # anatomy
-    scalp = float(arng.uniform(3.5, 6.0))
-    b_anat = float(arng.uniform(84.0, 97.0))
-    ratio = float(arng.uniform(0.74, 0.84))
-    anat = {
-        "skull": float(arng.uniform(5.0, 8.0)),
-        "csf": float(arng.uniform(1.0, 2.5)),
-        "cortex": float(arng.uniform(3.0, 4.5)),
-        "hu_bone": float(arng.uniform(1000, 1500)),
-        "hu_diploe": float(arng.uniform(700, 950)),
-        "hu_grey": float(arng.uniform(33, 40)),
-        "hu_white": float(arng.uniform(24, 30)),
-        "hu_csf": float(arng.uniform(5, 10)),
-        "ventricle": float(arng.uniform(4.0, 9.0)),
-        "hu_dura": float(arng.uniform(42, 58)),
-        "hu_sinus": float(arng.uniform(48, 68)),
-    }
-    waves = tuple(
-        (
-            float(arng.uniform(-0.12, 0.12)),
-            float(arng.uniform(-0.12, 0.12)),
-            float(arng.uniform(-0.08, 0.08)),
-            float(arng.uniform(0, 2 * math.pi)),
-            float(arng.uniform(0.6, 1.6)),
-        )
-        for _ in range(3)
-    )
-    sulci = (
-        int(arng.integers(26, 44)),
-        float(arng.uniform(0, 2 * math.pi)),
-        float(arng.uniform(0.05, 0.15)),
-    )
+def _sample_calcifications(arng: np.random.Generator) -> list[Calcification]:
+    """The head's physiological calcifications (pineal, choroid plexus, falx, basal ganglia)."""
     calcs: list[Calcification] = []
     if arng.random() < 0.6:  # pineal gland
         calcs.append(
@@ -175,6 +128,59 @@ def sample_head(
                 float(arng.uniform(100, 200)),
             )
         )
+    return calcs
+
+
+def sample_head(
+    rng: np.random.Generator,
+    geometry: Geometry,
+    anatomy_rng: np.random.Generator | None = None,
+) -> Head:
+    """Draw a head that fits in the geometry's field of view and spans its slices.
+
+    Args:
+        rng: draws the positioning in the scanner (centre, yaw, vertical
+            stretch) and the scanner noise.
+        geometry: the series geometry.
+        anatomy_rng: draws the anatomy (skull size and thickness, tissue HU,
+            ventricle size, texture, sulci, calcifications); pass a generator
+            seeded per patient so that a patient's studies show the same head.
+            Defaults to ``rng``.
+    """
+    arng = rng if anatomy_rng is None else anatomy_rng
+    # anatomy
+    scalp = float(arng.uniform(3.5, 6.0))
+    b_anat = float(arng.uniform(84.0, 97.0))
+    ratio = float(arng.uniform(0.74, 0.84))
+    anat = {
+        "skull": float(arng.uniform(5.0, 8.0)),
+        "csf": float(arng.uniform(1.0, 2.5)),
+        "cortex": float(arng.uniform(3.0, 4.5)),
+        "hu_bone": float(arng.uniform(1000, 1500)),
+        "hu_diploe": float(arng.uniform(700, 950)),
+        "hu_grey": float(arng.uniform(33, 40)),
+        "hu_white": float(arng.uniform(24, 30)),
+        "hu_csf": float(arng.uniform(5, 10)),
+        "ventricle": float(arng.uniform(4.0, 9.0)),
+        "hu_dura": float(arng.uniform(42, 58)),
+        "hu_sinus": float(arng.uniform(48, 68)),
+    }
+    waves = tuple(
+        (
+            float(arng.uniform(-0.12, 0.12)),
+            float(arng.uniform(-0.12, 0.12)),
+            float(arng.uniform(-0.08, 0.08)),
+            float(arng.uniform(0, 2 * math.pi)),
+            float(arng.uniform(0.6, 1.6)),
+        )
+        for _ in range(3)
+    )
+    sulci = (
+        int(arng.integers(26, 44)),
+        float(arng.uniform(0, 2 * math.pi)),
+        float(arng.uniform(0.05, 0.15)),
+    )
+    calcs = _sample_calcifications(arng)
 
     # positioning in this scanner
     z_first = geometry.z0
