@@ -1048,6 +1048,17 @@ def _old_format(record: dict[str, Any]) -> int | None:
     return fmt if fmt != INGEST_FORMAT else None
 
 
+def _rebuild_advice(out: Path) -> str:
+    """What to do about a cache that other inputs built, from ``ich3d ingest`` or ``ich3d train``."""
+    return (
+        f"rebuild it with `ich3d ingest --images DIR --labels CSV --out {out} --overwrite` "
+        "(overwrite=True in Python) or ingest into another --out; from `ich3d train`, "
+        "train on the cache as it is with data.images_dir=null data.labels_csv=null, or "
+        "ingest your own DICOM with data.images_dir=DIR data.labels_csv=CSV "
+        "data.cache_dir=NEW_FOLDER"
+    )
+
+
 def _check_cache_state(
     out: Path, params: dict[str, Any], fingerprint: dict[str, Any], overwrite: bool
 ) -> IngestSummary | None:
@@ -1068,13 +1079,12 @@ def _check_cache_state(
                 raise UserError(
                     f"cache {out} was written by an older ingest (format {old}; this ich3d "
                     f"writes format {INGEST_FORMAT}: foot -> head order, compressed DICOM, new "
-                    "columns); re-ingest it: pass --overwrite (overwrite=True) or choose "
-                    "another --out"
+                    f"columns); re-ingest it: {_rebuild_advice(out)}"
                 )
             what = "parameters" if record.get("parameters") != params else "input files"
             raise UserError(
-                f"cache {out} was built with other {what} (see {out / 'ingest.json'}); "
-                "pass --overwrite (overwrite=True) to rebuild it, or choose another --out"
+                f"cache {out} was built with other {what} (see {out / 'ingest.json'}): "
+                f"{_rebuild_advice(out)}"
             )
         if not same or overwrite:
             _clear_cache(out)
@@ -1085,7 +1095,7 @@ def _check_cache_state(
         if not same and not overwrite:
             raise UserError(
                 f"cache {out} holds an unfinished ingest with other parameters or input files "
-                f"(see {out / _PARTIAL}); pass --overwrite (overwrite=True) to rebuild it"
+                f"(see {out / _PARTIAL}): {_rebuild_advice(out)}"
             )
         if not same or overwrite:
             _clear_cache(out)
@@ -1096,7 +1106,7 @@ def _check_cache_state(
         if leftovers and not overwrite:
             raise UserError(
                 f"{out} holds {', '.join(leftovers)} but no ingest.json: not an ich3d cache "
-                "or a damaged one; pass --overwrite (overwrite=True) or choose another --out"
+                f"or a damaged one: {_rebuild_advice(out)}"
             )
         if overwrite:
             _clear_cache(out)
