@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ich3d.tracking.loggers import code_version, scrub_config, wandb_environment, wandb_settings
 
 __all__ = ["summary_metrics", "method_table", "log_to_wandb", "log_evaluation"]
 
@@ -139,14 +140,9 @@ def log_to_wandb(
     tracking = config.tracking
     if tracking.mode == "disabled":
         return None
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")
-    if tracking.mode == "offline":
-        os.environ["WANDB_MODE"] = "offline"
+    wandb_environment(tracking.mode)
     import pandas as pd
     import wandb
-
-    from ich3d.tracking.loggers import scrub_config, wandb_settings
 
     metrics = report.metrics
     if curves is None:
@@ -168,7 +164,7 @@ def log_to_wandb(
         tags=list(tracking.tags),
         dir=str(run_path),
         mode=tracking.mode,
-        config={"config": scrub_config(config)},
+        config={"config": scrub_config(config), "code": code_version()},
         settings=wandb_settings(),
         reinit="create_new",
     )
