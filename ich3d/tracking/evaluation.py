@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ich3d.runs.run_dir import global_rank_from_env
 from ich3d.tracking.loggers import code_version, scrub_config, wandb_environment, wandb_settings
 
 __all__ = ["summary_metrics", "method_table", "log_to_wandb", "log_evaluation"]
@@ -199,8 +200,6 @@ def log_evaluation(report: Any, config: Any, run_path: str | Path, *, job: str =
         The W&B run's local folder, or None (tracking disabled, not rank 0, or W&B failed:
         the failure is logged as a warning).
     """
-    from ich3d.runs.run_dir import global_rank_from_env
-
     if config.tracking.mode == "disabled":
         return None
     if global_rank_from_env() != 0:
