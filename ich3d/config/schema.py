@@ -187,7 +187,8 @@ class TrainerConfig:
         enable_progress_bar: show the progress bar.
         num_sanity_val_steps: validation batches run before training.
         limit_train_batches: cap on training batches per epoch (tests, debugging).
-        limit_val_batches: cap on validation batches (tests, debugging).
+        limit_val_batches: cap on validation batches (tests, debugging; 0 = no
+            validation, e.g. for timing, but then a stage writes no best.ckpt).
     """
 
     accelerator: str = "auto"
@@ -201,7 +202,7 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     num_sanity_val_steps: int = field(default=0, metadata=in_range(ge=-1))
     limit_train_batches: int | float | None = field(default=None, metadata=in_range(gt=0))
-    limit_val_batches: int | float | None = field(default=None, metadata=in_range(gt=0))
+    limit_val_batches: int | float | None = field(default=None, metadata=in_range(ge=0))
 
 
 @dataclass(frozen=True)
