@@ -51,8 +51,8 @@ compare: $(STAMP) ## every published system, small, on one synthetic dataset (CP
 		--out $(COMPARE_DATA)/cache --workers 2
 	@set -e; for s in $(COMPARE_SYSTEMS); do \
 		echo "== $$s"; \
-		$(BIN)/ich3d train configs/$$s.yaml --run-id $(COMPARE_RUN) $$(grep -h '^--' configs/compare/$$s.args) \
-			$$(grep -hv '^#\|^--' configs/compare/common.args configs/compare/$$s.args) seed=$(SEED); \
+		$(BIN)/ich3d train configs/compare/$$s.yaml --run-id $(COMPARE_RUN) seed=$(SEED) \
+			--stage $$(sed -n 's/^# compare-stage: \([a-z_]*\).*/\1/p' configs/compare/$$s.yaml); \
 		$(BIN)/ich3d evaluate runs/compare/$$s/$(COMPARE_RUN) --device cpu --no-wandb --no-progress; \
 		rm -f runs/compare/$$s/$(COMPARE_RUN)/*/last.ckpt; \
 	done

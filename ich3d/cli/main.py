@@ -12,6 +12,8 @@ import importlib
 import logging
 import sys
 
+from ich3d.errors import UserError
+
 __all__ = ["main", "build_parser"]
 
 #: sub-commands, in pipeline order; each is the module ich3d.cli.<name>
@@ -42,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from ich3d.errors import UserError
-
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -8,15 +8,26 @@ Usage::
     ich3d train --list-stages
 
 Prints the run directory at the start and the end, and the best validation AUC of
-every finished stage. Config errors (unknown key, wrong type, missing data) print one
-line and exit 2 before anything is written.
+every finished stage. Config errors (unknown key, wrong type, a value out of its range,
+missing data) print one line and exit 2 before anything is written; an error found
+later but before the first checkpoint (the data's ingest or split refusing) removes
+what this command created (a new run directory, its offline W&B runs), so a failed
+start leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import time
+from pathlib import Path
+
+from ich3d.config import load_config
+from ich3d.errors import UserError
+from ich3d.runs.run_dir import global_rank_from_env, open_run_dir, resolve_run_id
+from ich3d.stages import all_stages, chain, stage_names
 
 __all__ = ["add_parser", "run"]
 
@@ -37,8 +48,6 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ich3d.stages import all_stages, chain
-
     names = [s.name for s in all_stages()]
     chained = [s.name for s in chain()]
     others = [n for n in names if n not in chained]
@@ -99,8 +108,6 @@ def _format_auc(value: object) -> str:
 
 
 def _list_stages() -> int:
-    from ich3d.stages import all_stages
-
     print("name\tkind\tstarts_from\tloads\tfrozen_encoder\tin_chain\tdescription")
     for s in all_stages():
         print(
@@ -110,13 +117,59 @@ def _list_stages() -> int:
     return 0
 
 
+class _Attempt:
+    """What one ``ich3d train`` call creates, so that a failed start can take it back.
+
+    A start failed when no checkpoint or ``result.json`` was written since the call
+    began: then a run directory this call created is removed (with the folders above
+    it that it created and that are empty now), and in a run directory that existed
+    before, the W&B run folders this call added.
+    """
+
+    def __init__(self, run_path: Path) -> None:
+        self.run_path = Path(run_path)
+        self.start = time.time()
+        self.existed = self.run_path.exists()
+        top = self.run_path
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        self.top_created = None if self.existed else top
+        self.wandb_before = self._wandb_entries()
+
+    def _wandb_entries(self) -> set[str]:
+        folder = self.run_path / "wandb"
+        return set(os.listdir(folder)) if folder.is_dir() else set()
+
+    def started(self) -> bool:
+        """Whether training wrote anything to keep (a checkpoint or a result) since the start."""
+        if not self.run_path.is_dir():
+            return False
+        for pattern in ("*/*.ckpt", "*/result.json"):
+            for path in self.run_path.glob(pattern):
+                try:
+                    if path.stat().st_mtime >= self.start - 1:
+                        return True
+                except OSError:
+                    continue
+        return False
+
+    def discard_if_not_started(self) -> None:
+        if self.started() or not self.run_path.is_dir():
+            return
+        if self.top_created is not None:
+            shutil.rmtree(self.run_path, ignore_errors=True)
+            folder = self.run_path.parent
+            while self.top_created in (folder, *folder.parents) and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+                folder = folder.parent
+            return
+        for name in self._wandb_entries() - self.wandb_before:
+            shutil.rmtree(self.run_path / "wandb" / name, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list_stages:
         return _list_stages()
-    from ich3d.config import load_config
-    from ich3d.errors import UserError
-    from ich3d.runs.run_dir import global_rank_from_env, open_run_dir
-
     overrides = list(args.overrides)
     config_path = args.config
     if config_path is not None and "=" in config_path and not os.path.exists(config_path):
@@ -142,15 +195,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     if args.print_run_dir:
-        from pathlib import Path
-
-        from ich3d.runs.run_dir import resolve_run_id
-
         run_id = Path(args.resume).name if args.resume else resolve_run_id(args.run_id)
         print(Path(args.resume).resolve() if args.resume else Path(config.run.root) / config.experiment / run_id)
         return 0
 
-    from ich3d.training.runner import train  # heavy imports after the config is valid
+    from ich3d.training.runner import train  # heavy (torch, Lightning): after the config is valid
 
     chatty = global_rank_from_env() == 0
 
@@ -158,18 +207,24 @@ def run(args: argparse.Namespace) -> int:
         if chatty:
             print(f"ich3d: run directory {run_dir.path}", flush=True)
 
-    run_dir, _ = train(
-        config,
-        args.stage,
-        run_id=args.run_id,
-        resume_dir=args.resume,
-        continue_run=args.continue_run,
-        on_run_dir=announce,
-    )
+    run_id = None if args.resume is not None else resolve_run_id(args.run_id)
+    run_path = Path(args.resume).resolve() if args.resume else Path(config.run.root) / config.experiment / run_id
+    attempt = _Attempt(run_path)
+    try:
+        run_dir, _ = train(
+            config,
+            args.stage,
+            run_id=run_id,
+            resume_dir=args.resume,
+            continue_run=args.continue_run,
+            on_run_dir=announce,
+        )
+    except UserError:
+        if chatty:
+            attempt.discard_if_not_started()
+        raise
     if chatty:
         print(f"ich3d: run directory {run_dir.path}")
-        from ich3d.stages import stage_names
-
         for stage in stage_names():
             result = run_dir.read_result(stage)
             if result is not None:

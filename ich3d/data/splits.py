@@ -320,8 +320,11 @@ def load_or_create_splits(
         if existing.seed != int(seed) or not same_fr:
             raise UserError(
                 f"{path} was made with seed {existing.seed} and fractions {existing.fractions}, "
-                f"not seed {seed} and fractions {fr}; use those values, pass overwrite "
-                "(new splits change every result), or delete the file"
+                f"not seed {seed} and fractions {fr}: the split belongs to the cache, and every "
+                "config on this cache shares it; use the cache's values (data.split_seed="
+                f"{existing.seed} data.split_fractions=[{','.join(f'{f:g}' for f in existing.fractions or ())}]), give "
+                "another split with data.splits_file=FILE, or delete the file to split anew "
+                "(new splits change every result)"
             )
         existing.fractions = fr
         return existing

@@ -31,8 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ich3d.config import Config, dump_config, load_config
+import yaml
+
+from ich3d.config import Config, load_config, make_dirs, write_text
 from ich3d.errors import UserError
+from ich3d.stages import get_stage
 
 __all__ = [
     "RunDir",
@@ -66,8 +69,6 @@ class RunDir:
         return self.path / "train.log"
 
     def stage_dir(self, stage: str) -> Path:
-        from ich3d.stages import get_stage
-
         return self.path / get_stage(stage).name
 
     def best_ckpt(self, stage: str) -> Path:
@@ -88,10 +89,8 @@ class RunDir:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def write_result(self, stage: str, result: dict[str, Any]) -> None:
-        path = self.result_path(stage)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        """Write ``result.json`` atomically (a full or read-only disk: one error naming it)."""
+        write_text(self.result_path(stage), json.dumps(result, indent=2, sort_keys=True) + "\n", "result file")
 
     def load_config(self, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         """The run's resolved config (plus ``overrides``)."""
@@ -136,9 +135,12 @@ def create_run_dir(config: Config, run_id: str | None = None) -> RunDir:
     Reusing an existing run id keeps its stage folders (so ``--stage sequence
     --run-id X`` finds ``slice/best.ckpt`` of run X); the config file is rewritten
     and the previous one kept as ``config.<n>.yaml`` when it differs.
+
+    Raises:
+        UserError: the folder or the config cannot be written (read-only or full disk).
     """
     run = RunDir(Path(config.run.root) / config.experiment / resolve_run_id(run_id))
-    run.path.mkdir(parents=True, exist_ok=True)
+    make_dirs(run.path, "run directory")
     if global_rank_from_env() == 0:
         write_config(run, config)
     return run
@@ -147,19 +149,16 @@ def create_run_dir(config: Config, run_id: str | None = None) -> RunDir:
 def write_config(run: RunDir, config: Config) -> None:
     """Write the resolved config, keeping a differing previous one as ``config.<n>.yaml``."""
     path = run.config_path
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     if path.is_file():
-        tmp = path.with_suffix(".yaml.new")
-        dump_config(config, tmp)
-        if tmp.read_text() == path.read_text():
-            tmp.unlink()
+        previous = path.read_text(encoding="utf-8", errors="replace")
+        if text == previous:
             return
         n = 1
         while (run.path / f"config.{n}.yaml").exists():
             n += 1
-        path.replace(run.path / f"config.{n}.yaml")
-        tmp.replace(path)
-        return
-    dump_config(config, path)
+        write_text(run.path / f"config.{n}.yaml", previous, "config file")
+    write_text(path, text, "config file")
 
 
 def open_run_dir(path: str | Path) -> RunDir:
@@ -177,8 +176,15 @@ def open_run_dir(path: str | Path) -> RunDir:
 
 
 def attach_log_file(run: RunDir) -> logging.Handler:
-    """Send ``ich3d`` and Lightning log records to ``train.log`` (returns the handler)."""
-    handler = logging.FileHandler(run.log_path, encoding="utf-8")
+    """Send ``ich3d`` and Lightning log records to ``train.log`` (returns the handler).
+
+    Raises:
+        UserError: ``train.log`` cannot be opened for writing.
+    """
+    try:
+        handler = logging.FileHandler(run.log_path, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write log file {run.log_path}: {exc.strerror}") from None
     handler.setLevel(logging.INFO)
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")

@@ -28,6 +28,7 @@ from typing import Literal
 
 from ich3d.errors import UserError
 from ich3d.plugins import discover_once
+from ich3d.typecheck import in_range
 
 __all__ = [
     "StageConfig",
@@ -83,21 +84,21 @@ class StageConfig:
     """
 
     optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    momentum: float = 0.0
-    batch_size: int = 1
-    samples_per_epoch: int | None = None
-    max_epochs: int = 10
-    early_stopping_patience: int | None = None
+    lr: float = field(default=1e-4, metadata=in_range(gt=0))
+    weight_decay: float = field(default=0.0, metadata=in_range(ge=0))
+    momentum: float = field(default=0.0, metadata=in_range(ge=0, lt=1))
+    batch_size: int = field(default=1, metadata=in_range(ge=1))
+    samples_per_epoch: int | None = field(default=None, metadata=in_range(ge=1))
+    max_epochs: int = field(default=10, metadata=in_range(ge=1))
+    early_stopping_patience: int | None = field(default=None, metadata=in_range(ge=1))
     augment: bool = True
     precision: str | None = None
-    gradient_clip_val: float | None = None
-    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = field(default=None, metadata=in_range(ge=0))
+    accumulate_grad_batches: int = field(default=1, metadata=in_range(ge=1))
     cached_features: bool | Literal["auto"] = "auto"
-    feature_views: int = 4
+    feature_views: int = field(default=4, metadata=in_range(ge=1))
     gradient_checkpointing: bool = False
-    val_samples: int | None = None
+    val_samples: int | None = field(default=None, metadata=in_range(ge=2))
     select_by: Literal["auc", "mean_auc", "log_loss"] = "auc"
 
     def uses_cached_features(self, frozen_encoder: bool) -> bool:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ich3d.runs.run_dir import global_rank_from_env
+from ich3d.tracking.loggers import code_version, scrub_config, wandb_environment, wandb_settings
 
 __all__ = ["summary_metrics", "method_table", "log_to_wandb", "log_evaluation"]
 
@@ -139,14 +141,9 @@ def log_to_wandb(
     tracking = config.tracking
     if tracking.mode == "disabled":
         return None
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")
-    if tracking.mode == "offline":
-        os.environ["WANDB_MODE"] = "offline"
+    wandb_environment(tracking.mode)
     import pandas as pd
     import wandb
-
-    from ich3d.tracking.loggers import scrub_config, wandb_settings
 
     metrics = report.metrics
     if curves is None:
@@ -168,7 +165,7 @@ def log_to_wandb(
         tags=list(tracking.tags),
         dir=str(run_path),
         mode=tracking.mode,
-        config={"config": scrub_config(config)},
+        config={"config": scrub_config(config), "code": code_version()},
         settings=wandb_settings(),
         reinit="create_new",
     )
@@ -203,8 +200,6 @@ def log_evaluation(report: Any, config: Any, run_path: str | Path, *, job: str =
         The W&B run's local folder, or None (tracking disabled, not rank 0, or W&B failed:
         the failure is logged as a warning).
     """
-    from ich3d.runs.run_dir import global_rank_from_env
-
     if config.tracking.mode == "disabled":
         return None
     if global_rank_from_env() != 0:

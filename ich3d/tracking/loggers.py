@@ -14,31 +14,49 @@ it later); ``online`` logs live; ``disabled`` creates no W&B run at all.
 
 What reaches W&B: the scrubbed resolved config (:func:`scrub_config`: file-system
 paths replaced by a short hash, anything that looks like a DICOM UID or an RSNA
-``ID_...`` identifier redacted), the module hyper-parameters (registry names and
-numbers), parameter counts, losses, learning rate and validation AUCs. W&B's own
-metadata collection (command line, git, host, code) is switched off because the
-command line can hold paths.
+``ID_...`` identifier redacted), the code version (:func:`code_version`: the ich3d
+version and, in a git work tree, the commit), the module hyper-parameters (registry
+names and numbers), parameter counts, losses, learning rate and validation AUCs, the
+console of the stage (W&B's "Logs" tab; the data is prepared before the W&B run
+starts, so the ingest's per-file messages are not in it) and, with
+``tracking.log_model: true``, the stage's ``best.ckpt`` as a ``model`` artifact. The
+summary holds each validation metric's best value over the epochs
+(``define_metric``: the maximum of AUCs, the minimum of losses), so sorting runs by
+it in the W&B UI ranks them by their best epoch. W&B's own metadata collection
+(command line, host, program path, git remote) stays off because the command line
+can hold paths; the commit is recorded by ich3d instead.
+
+:func:`wandb_environment` is the one place that sets W&B's environment up (the
+training stages here and the evaluation's run in :mod:`ich3d.tracking.evaluation`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import re
-import struct
+import subprocess
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from ich3d import __version__
 from ich3d.config import Config
+from ich3d.data.schema import LABEL_COLUMNS
+from ich3d.tracking.offline import read_offline_run
 
 __all__ = [
     "StageCSVLogger",
+    "StageWandbLogger",
+    "BEST_SUMMARY",
+    "code_version",
+    "wandb_environment",
     "wandb_settings",
     "wandb_run_id",
     "build_loggers",
@@ -96,13 +114,56 @@ def scrub_config(config: Config | Mapping[str, Any]) -> dict[str, Any]:
 
 
 
-def wandb_settings():  # -> wandb.Settings
-    """W&B settings for every ich3d run: no console capture, no system metadata,
-    machine info, git state or code (host names, paths and file names stay local)."""
-    import wandb
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """The code that runs: ``{"ich3d_version", "git_commit", "git_dirty"}``.
+
+    ``git_commit`` is the commit of the work tree ich3d is imported from (an editable
+    install of a clone), ``None`` otherwise (an installed wheel, no git);
+    ``git_dirty`` says whether tracked files differ from it (``None`` without git).
+    """
+    out: dict[str, Any] = {"ich3d_version": __version__, "git_commit": None, "git_dirty": None}
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--verify", "HEAD")
+    if commit:
+        out["git_commit"] = commit
+        status = git("status", "--porcelain", "--untracked-files=no")
+        out["git_dirty"] = bool(status) if status is not None else None
+    return out
+
+
+def wandb_environment(mode: str) -> None:
+    """Set W&B's environment for a run of ``tracking.mode`` (the one place it is done).
+
+    Quiet (``WANDB_SILENT``) unless the user set it; ``offline`` forces
+    ``WANDB_MODE=offline`` so no network is touched.
+    """
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if mode == "offline":
+        os.environ["WANDB_MODE"] = "offline"
+
+
+def wandb_settings(*, capture_console: bool = False):  # -> wandb.Settings
+    """W&B settings for every ich3d run: no system metadata, machine info, git remote or
+    code (host names, paths and file names stay local).
+
+    Args:
+        capture_console: record the console (``stdout``/``stderr``) as the run's log.
+    """
+    import wandb  # heavy: kept off the import path of `ich3d --help`
 
     return wandb.Settings(
-        console="off",
+        console="wrap" if capture_console else "off",
         silent=True,
         x_disable_stats=True,
         x_disable_meta=True,
@@ -216,6 +277,60 @@ def wandb_run_id(experiment: str, run_id: str, stage: str) -> str:
     return hashlib.sha256(f"ich3d/{experiment}/{run_id}/{stage}".encode()).hexdigest()[:16]
 
 
+#: how each validation metric is summarised in W&B: the best epoch's value (explicit names:
+#: W&B applies only the first matching glob, and Lightning's ``*`` comes first)
+BEST_SUMMARY: dict[str, str] = {
+    "val/auc": "max",
+    **{f"val/auc_{target}": "max" for target in LABEL_COLUMNS},
+    "val/mean_auc": "max",
+    "val/log_loss": "min",
+    "val/loss": "min",
+}
+
+
+class StageWandbLogger(WandbLogger):
+    """Lightning's ``WandbLogger`` for one ich3d stage.
+
+    * the summary holds the best value of every validation metric (:data:`BEST_SUMMARY`);
+    * the W&B "anonymous setting" warning is not triggered (Lightning passes
+      ``anonymous=None``, which W&B reads as setting a deprecated option);
+    * with ``log_model``, :meth:`log_best_checkpoint` adds ``best.ckpt`` as a ``model``
+      artifact named by the run's hash (no path or file name of the data in it).
+
+    Args:
+        best_ckpt: the stage's ``best.ckpt`` path.
+        log_model: upload it as an artifact when the stage succeeds.
+        **kwargs: ``WandbLogger`` arguments.
+    """
+
+    def __init__(self, *, best_ckpt: str | os.PathLike, log_model: bool = False, **kwargs: Any) -> None:
+        super().__init__(log_model=False, **kwargs)
+        self._wandb_init.pop("anonymous", None)
+        self._best_ckpt = Path(best_ckpt)
+        self._log_best_model = bool(log_model)
+
+    @property
+    def experiment(self):  # type: ignore[no-untyped-def]  # -> wandb Run
+        fresh = self._experiment is None
+        run = super().experiment
+        if fresh and self._experiment is not None and callable(getattr(run, "define_metric", None)):
+            for name, summary in BEST_SUMMARY.items():
+                run.define_metric(name, step_metric="trainer/global_step", summary=summary)
+        return run
+
+    def log_best_checkpoint(self) -> bool:
+        """Add ``best.ckpt`` to the run as a ``model`` artifact (if asked and the file exists)."""
+        if not self._log_best_model or self._experiment is None or not self._best_ckpt.is_file():
+            return False
+        import wandb  # heavy: kept off the import path of `ich3d --help`
+
+        stage = str(self._wandb_init.get("job_type") or "model")
+        artifact = wandb.Artifact(f"model-{self._id}", type="model", metadata={"stage": stage})
+        artifact.add_file(str(self._best_ckpt), name="best.ckpt")
+        self._experiment.log_artifact(artifact, aliases=["best", stage])
+        return True
+
+
 def build_loggers(
     config: Config,
     run_path: os.PathLike | str,
@@ -224,7 +339,11 @@ def build_loggers(
     rows: Sequence[Mapping[str, Any]] = (),
     resume: bool = False,
 ) -> list[Logger]:
-    """Loggers of one stage: ``[StageCSVLogger]`` plus a ``WandbLogger`` unless disabled.
+    """Loggers of one stage: ``[StageCSVLogger]`` plus a :class:`StageWandbLogger` unless disabled.
+
+    The W&B run is created lazily, when Lightning first needs it (after the
+    DataModule's ``prepare_data``): a stage that fails while preparing its data
+    leaves no W&B run behind.
 
     Args:
         config: the experiment config (``tracking`` section).
@@ -242,16 +361,12 @@ def build_loggers(
     tracking = config.tracking
     if tracking.mode == "disabled":
         return loggers
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")
-    if tracking.mode == "offline":
-        os.environ["WANDB_MODE"] = "offline"
-    from pytorch_lightning.loggers import WandbLogger
-
+    wandb_environment(tracking.mode)
     run_id = os.path.basename(run_path.rstrip(os.sep))
-    settings = wandb_settings()
     loggers.append(
-        WandbLogger(
+        StageWandbLogger(
+            best_ckpt=os.path.join(stage_dir, "best.ckpt"),
+            log_model=tracking.log_model,
             name=f"{config.experiment}/{run_id}/{stage}",
             save_dir=run_path,
             offline=tracking.mode == "offline",
@@ -260,24 +375,36 @@ def build_loggers(
             group=tracking.group or run_id,
             job_type=stage,
             tags=list(tracking.tags),
-            log_model=False,
-            settings=settings,
+            settings=wandb_settings(capture_console=True),
             id=wandb_run_id(config.experiment, run_id, stage),
             resume="allow" if resume else None,
+            config=_wandb_config(config),
         )
     )
     return loggers
 
 
+def _wandb_config(config: Config) -> dict[str, Any]:
+    return {"config": scrub_config(config), "code": code_version()}
+
+
 def log_config(loggers: Sequence[Logger], config: Config) -> None:
-    """Log the scrubbed resolved config as hyper-parameters (``config/...``) to every logger."""
-    params = {"config": scrub_config(config)}
+    """Log the scrubbed resolved config as hyper-parameters (``config/...``) to every logger.
+
+    A :class:`StageWandbLogger` received it when it was built (so logging it here
+    would start its W&B run before the data is prepared): it is skipped.
+    """
+    params = {"config": scrub_config(config), "code": code_version()}
     for logger in loggers:
-        logger.log_hyperparams(params)
+        if not isinstance(logger, StageWandbLogger):
+            logger.log_hyperparams(params)
 
 
 def finish_loggers(loggers: Sequence[Logger], status: str = "success") -> None:
     """Flush every logger and close the W&B run so the next stage opens a new one.
+
+    With ``tracking.log_model`` and a successful stage, the best checkpoint is added
+    to the W&B run first.
 
     Never raises: it runs in the ``finally`` of a stage, also while the process is
     being stopped by SIGTERM (preemption, ``scancel``), when W&B's service process
@@ -286,6 +413,8 @@ def finish_loggers(loggers: Sequence[Logger], status: str = "success") -> None:
     """
     for logger in loggers:
         try:
+            if status == "success" and isinstance(logger, StageWandbLogger):
+                logger.log_best_checkpoint()
             logger.finalize(status)
         except Exception as exc:  # a logger failing to flush must not lose the checkpoints
             log.warning("logger %s did not finalize: %s", type(logger).__name__, exc)
@@ -295,71 +424,3 @@ def finish_loggers(loggers: Sequence[Logger], status: str = "success") -> None:
                 experiment.finish(exit_code=0 if status == "success" else 1)
             except Exception as exc:
                 log.warning("W&B run did not finish cleanly (%s: %s)", type(exc).__name__, exc)
-
-
-def _log_records(data: bytes) -> Iterator[bytes]:
-    """Records of a W&B ``.wandb`` file (LevelDB log format: 32 KiB blocks, 7-byte headers)."""
-    block, pos, parts = 32768, 7, b""  # the file starts with a 7-byte W&B header
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:  # block trailer padding
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == 1:  # FULL
-            yield chunk
-        elif kind == 2:  # FIRST
-            parts = chunk
-        elif kind == 3:  # MIDDLE
-            parts += chunk
-        elif kind == 4:  # LAST
-            yield parts + chunk
-            parts = b""
-
-
-def read_offline_run(path: str | os.PathLike) -> dict[str, Any]:
-    """Read an offline W&B run folder (``wandb/offline-run-*``) without the network.
-
-    Returns:
-        ``{"run": {"group", "job_type", "name", "project"}, "config": {key: value},
-        "history": [{metric: value}], "summary": {metric: value}}``.
-    """
-    import json
-
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    folder = Path(path)
-    files = sorted(folder.glob("*.wandb"))
-    if not files:
-        raise FileNotFoundError(f"no .wandb file in {folder}")
-    out: dict[str, Any] = {"run": {}, "config": {}, "history": [], "summary": {}}
-    for raw in _log_records(files[0].read_bytes()):
-        record = pb.Record()
-        record.ParseFromString(raw)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            r = record.run
-            out["run"] = {
-                "group": r.run_group,
-                "job_type": r.job_type,
-                "name": r.display_name,
-                "project": r.project,
-            }
-            for item in r.config.update:
-                out["config"][item.key] = json.loads(item.value_json)
-        elif kind == "config":
-            for item in record.config.update:
-                out["config"][item.key] = json.loads(item.value_json)
-        elif kind == "history":
-            row = {}
-            for item in record.history.item:
-                key = item.key or "/".join(item.nested_key)
-                row[key] = json.loads(item.value_json)
-            out["history"].append(row)
-        elif kind == "summary":
-            for item in record.summary.update:
-                key = item.key or "/".join(item.nested_key)
-                out["summary"][key] = json.loads(item.value_json)
-    return out

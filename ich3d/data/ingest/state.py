@@ -117,6 +117,16 @@ def old_format(record: dict[str, Any]) -> int | None:
     return fmt if fmt != INGEST_FORMAT else None
 
 
+def rebuild_advice(out: Path) -> str:
+    """What to do about a cache that other inputs built, from ``ich3d ingest`` or ``ich3d train``."""
+    return (
+        f"rebuild it with `ich3d ingest --images DIR --labels CSV --out {out} --overwrite` "
+        "or ingest into another --out; from `ich3d train`, train on the cache as it is with "
+        "data.images_dir=null data.labels_csv=null, or ingest your own DICOM with "
+        "data.images_dir=DIR data.labels_csv=CSV data.cache_dir=NEW_FOLDER"
+    )
+
+
 def check_cache_state(
     out: Path, params: dict[str, Any], fingerprint: dict[str, Any], overwrite: bool
 ) -> IngestSummary | None:
@@ -139,12 +149,12 @@ def check_cache_state(
                 raise UserError(
                     f"cache {out} was written by an older ingest (format {old}; this ich3d "
                     f"writes format {INGEST_FORMAT}: other rules, see its ingest.json); re-ingest "
-                    "it: pass --overwrite (overwrite=True) or choose another --out"
+                    f"it: {rebuild_advice(out)}"
                 )
             what = "parameters" if record.get("parameters") != params else "input files"
             raise UserError(
-                f"cache {out} was built with other {what} (see {out / 'ingest.json'}); "
-                "pass --overwrite (overwrite=True) to rebuild it, or choose another --out"
+                f"cache {out} was built with other {what} (see {out / 'ingest.json'}): "
+                f"{rebuild_advice(out)}"
             )
         if not same or overwrite:
             clear_cache(out)
@@ -155,7 +165,7 @@ def check_cache_state(
         if not same and not overwrite:
             raise UserError(
                 f"cache {out} holds an unfinished ingest with other parameters or input files "
-                f"(see {out / PARTIAL}); pass --overwrite (overwrite=True) to rebuild it"
+                f"(see {out / PARTIAL}): {rebuild_advice(out)}"
             )
         if not same or overwrite:
             clear_cache(out)
@@ -166,7 +176,7 @@ def check_cache_state(
         if leftovers and not overwrite:
             raise UserError(
                 f"{out} holds {', '.join(leftovers)} but no ingest.json: not an ich3d cache "
-                "or a damaged one; pass --overwrite (overwrite=True) or choose another --out"
+                f"or a damaged one: {rebuild_advice(out)}"
             )
         if overwrite:
             clear_cache(out)
