@@ -10,12 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _eval_helpers import make_tiny_run, plain
+from _eval_helpers import copy_tiny_run, plain
 from _train_helpers import run_cli
 
 from ich3d.errors import UserError
-from ich3d.evaluation.compare import compare_runs, load_evaluated_run, run_labels, split_hash
-from ich3d.evaluation.delong import delong_roc
+from ich3d.evaluation.comparison.compare import (
+    compare_runs,
+    load_evaluated_run,
+    run_labels,
+    split_hash,
+)
+from ich3d.stats.delong import delong_roc
 
 STAGES = ("slice", "sequence", "finetune")
 
@@ -44,10 +49,10 @@ def _second_run(tiny, run_id: str, seed: int):  # noqa: ANN001, ANN202
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tiny_run, tmp_path_factory):
     from ich3d.evaluation.evaluate import evaluate_run
 
-    tiny = make_tiny_run(tmp_path_factory.mktemp("compare"), stages=STAGES, patients=20)
+    tiny = copy_tiny_run(tiny_run, tmp_path_factory.mktemp("compare"), stages=STAGES)
     second = _second_run(tiny, "r2", seed=900)
     for path in (tiny.run_dir, second):
         evaluate_run(path, progress=False, device="cpu", tracking=False)

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _eval_helpers import make_tiny_run
+from _eval_helpers import copy_tiny_run
 
 from ich3d.errors import UserError
-from ich3d.evaluation.delong import delong_roc
+from ich3d.stats.delong import delong_roc
 
 
 def _finite_json(d):
@@ -25,18 +25,9 @@ def _finite_json(d):
     return d
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions: one thread is fastest, and 2 OpenMP threads on a shared 2-core box stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_run(tmp_path_factory.mktemp("eval"), stages=("slice", "sequence", "finetune"))
+def tiny(tiny_run, tmp_path_factory):
+    return copy_tiny_run(tiny_run, tmp_path_factory.mktemp("eval"), stages=("slice", "sequence", "finetune"))
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +39,7 @@ def evaluated(tiny):
 
 def _split_keys(tiny, split: str) -> list[str]:
     """The split's volume keys as the DataModule (the trainer's data) defines them."""
-    from ich3d.evaluation.inference import build_eval_datamodule
+    from ich3d.evaluation.inference.passes import build_eval_datamodule
     from ich3d.runs.run_dir import open_run_dir
 
     dm = build_eval_datamodule(open_run_dir(tiny.run_dir).load_config(), stage="test")
@@ -124,7 +115,11 @@ def test_volume_scores_equal_a_plain_forward(tiny, evaluated):
 
 
 def test_padded_batches_and_slice_pass_match_single_calls(tiny):
-    from ich3d.evaluation.inference import build_eval_datamodule, predict_slices, predict_volumes
+    from ich3d.evaluation.inference.passes import (
+        build_eval_datamodule,
+        predict_slices,
+        predict_volumes,
+    )
     from ich3d.runs.checkpoints import load_slice_model, load_volume_model
 
     model, config = load_volume_model(tiny.run_dir, "sequence")
@@ -168,11 +163,11 @@ def test_stage_subset_cli_and_errors(tiny, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_tracking_offline_logs_an_evaluate_run(tmp_path, monkeypatch):
+def test_tracking_offline_logs_an_evaluate_run(tiny_run, tmp_path, monkeypatch):
     from ich3d.evaluation.evaluate import evaluate_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    tiny = make_tiny_run(tmp_path, stages=("sequence",), tracking="offline")
+    tiny = copy_tiny_run(tiny_run, tmp_path, stages=("sequence",), tracking="offline")
     res = evaluate_run(tiny.run_dir, progress=False, device="cpu")
     assert res.wandb_dir is not None
     runs = list((tiny.run_dir / "wandb").glob("offline-run-*"))
@@ -188,7 +183,7 @@ def test_tracking_offline_logs_an_evaluate_run(tmp_path, monkeypatch):
 
 
 def test_device_and_hardware_description():
-    from ich3d.evaluation.inference import (
+    from ich3d.evaluation.inference.passes import (
         autocast_context,
         cpu_model_name,
         hardware_info,

@@ -7,25 +7,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from _eval_helpers import make_tiny_run
+from _eval_helpers import copy_tiny_run
 
 from ich3d.cli.main import main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions: one thread is fastest, and 2 OpenMP threads on a shared 2-core box stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_run, tmp_path_factory):
     # every stage, so "best" = finetune must be picked over sequence and direct
-    return make_tiny_run(tmp_path_factory.mktemp("pred"), stages=("slice", "sequence", "finetune", "direct"))
+    return copy_tiny_run(tiny_run, tmp_path_factory.mktemp("pred"))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ All runs must have evaluated the same volumes with the same labels: the set of
 ``(key, label)`` pairs is hashed (SHA-256) per run and a run whose hash differs is
 refused with a :class:`~ich3d.errors.UserError` (one line, exit 2). Because the
 volumes are the same, every score column of every run goes into one DeLong
-computation (:func:`~ich3d.evaluation.delong.delong_roc`) on the table merged by
+computation (:func:`~ich3d.stats.delong.delong_roc`) on the table merged by
 key: the AUC and interval of each column are those the run's own ``ich3d
 evaluate`` reported, and any two columns, of one run or of two, have a paired test.
 Slice level likewise: the stage-1 slice probabilities of the runs merged by
@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +47,11 @@ import numpy as np
 import pandas as pd
 
 from ich3d.errors import UserError
-from ich3d.evaluation.delong import DeLongResult, delong_roc
-from ich3d.evaluation.plots import plot_roc_scores
-from ich3d.evaluation.roc_table import format_p
+from ich3d.evaluation.report.plots import plot_roc_scores
+from ich3d.stats.delong import DeLongResult, delong_roc
+from ich3d.stats.formatting import fmt_num, jsonable
+from ich3d.stats.roc_table import format_p
+from ich3d.tracking.loggers import scrub_value, wandb_settings
 
 __all__ = [
     "EvaluatedRun",
@@ -306,18 +308,6 @@ def _op_at_target(run: EvaluatedRun, method: str) -> dict[str, Any]:
     return out
 
 
-def _finite(x: Any) -> Any:
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, Mapping):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
 def _pair_dict(result: DeLongResult, a: str, b: str) -> dict[str, Any]:
     t = result.pair(a, b)
     return {"a": a, "b": b, "diff": t.diff, "diff_ci_lower": t.diff_ci_lower, "diff_ci_upper": t.diff_ci_upper, "z": t.z, "p": t.p}
@@ -445,7 +435,7 @@ def compare_runs(
         "slice": slice_summary,
         "notes": notes,
     }
-    summary = _finite(summary)
+    summary = jsonable(summary)
     markdown = render_compare(summary)
     files["json"] = out / "compare.json"
     files["json"].write_text(json.dumps(summary, indent=2) + "\n")
@@ -456,10 +446,6 @@ def compare_runs(
 
 
 # ----------------------------------------------------------------------------- markdown
-
-
-def _num(x: Any, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def _auc_ci(d: Mapping[str, Any]) -> tuple[str, str]:
@@ -476,7 +462,7 @@ def _p(x: Any) -> str:
 
 def _diff(t: Mapping[str, Any]) -> str:
     if t.get("diff_ci_lower") is None:
-        return f"{_num(t.get('diff'))} (no CI)"
+        return f"{fmt_num(t.get('diff'))} (no CI)"
     return f"{t['diff']:+.3f} ({t['diff_ci_lower']:+.3f} to {t['diff_ci_upper']:+.3f})"
 
 
@@ -508,7 +494,7 @@ def render_compare(summary: Mapping[str, Any]) -> str:
         auc, ci = _auc_ci(d)
         p = "best" if col == best else _p(d.get("p_vs_best"))
         op = d.get("at_target_sensitivity") or {}
-        ops = f"{_num(op.get('sensitivity'))} / {_num(op.get('specificity'))}" if op else "n/a"
+        ops = f"{fmt_num(op.get('sensitivity'))} / {fmt_num(op.get('specificity'))}" if op else "n/a"
         lines.append(f"| {col} | {auc} | {ci} | {p} | {ops} |")
     lines.append("")
     lines.append("Operating points: each run's threshold for its target sensitivity, chosen on its validation split.")
@@ -524,7 +510,7 @@ def render_compare(summary: Mapping[str, Any]) -> str:
             "| --- | --- | --- | --- | --- |",
         ]
         for t in same:
-            lines.append(f"| {t['a']} | {t['b']} | {_diff(t)} | {_num(t.get('z'), 2)} | {_p(t.get('p'))} |")
+            lines.append(f"| {t['a']} | {t['b']} | {_diff(t)} | {fmt_num(t.get('z'), 2)} | {_p(t.get('p'))} |")
         if not same:
             lines.append("| (no method is in two runs) | | | | |")
         others = [t for t in across if t not in same]
@@ -537,7 +523,7 @@ def render_compare(summary: Mapping[str, Any]) -> str:
                 "| --- | --- | --- | --- | --- |",
             ]
             for t in others:
-                lines.append(f"| {t['a']} | {t['b']} | {_diff(t)} | {_num(t.get('z'), 2)} | {_p(t.get('p'))} |")
+                lines.append(f"| {t['a']} | {t['b']} | {_diff(t)} | {fmt_num(t.get('z'), 2)} | {_p(t.get('p'))} |")
     lines += ["", "![ROC curves of every column](roc.png)", ""]
     sl = summary.get("slice")
     if sl:
@@ -555,7 +541,7 @@ def render_compare(summary: Mapping[str, Any]) -> str:
         if sl["pairs"]:
             lines += ["", f"| a | b | AUC a - b ({pct} CI) | z | p |", "| --- | --- | --- | --- | --- |"]
             for t in sl["pairs"]:
-                lines.append(f"| {t['a']} | {t['b']} | {_diff(t)} | {_num(t.get('z'), 2)} | {_p(t.get('p'))} |")
+                lines.append(f"| {t['a']} | {t['b']} | {_diff(t)} | {fmt_num(t.get('z'), 2)} | {_p(t.get('p'))} |")
         lines.append("")
     if summary.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in summary["notes"]] + [""]
@@ -579,17 +565,13 @@ def log_compare_to_wandb(
     Returns:
         The W&B run's local folder.
     """
-    import os
-
     if mode not in ("offline", "online"):
         raise UserError(f"--wandb mode must be offline or online, got {mode!r}")
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
     if mode == "offline":
         os.environ["WANDB_MODE"] = "offline"
-    import wandb
-
-    from ich3d.tracking.loggers import scrub_value, wandb_settings
+    import wandb  # optional at import time: only --wandb needs it
 
     s = result.summary
     run = wandb.init(
