@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ich3d.evaluation.comparison.compare import compare_runs, log_compare_to_wandb
+from ich3d.evaluation.comparison.compare import compare_runs
+from ich3d.evaluation.comparison.wandb import log_compare_to_wandb
 
 __all__ = ["add_parser", "run"]
 
