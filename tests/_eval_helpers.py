@@ -92,8 +92,11 @@ def make_tiny_run(
     evaluation: Mapping[str, Any] | None = None,
     tracking: str = "disabled",
     unfinished: Sequence[str] = (),
+    data: Mapping[str, Any] | None = None,
 ) -> TinyRun:
     """Synthetic DICOM, its labeled cache and a run directory with ``best.ckpt`` per stage.
+
+    ``data`` overrides keys of the config's ``data`` section (``{"targets": "all"}``: six labels).
 
     Every stage gets its ``result.json`` except those in ``unfinished`` (a stage
     that crashed after writing a ``best.ckpt``).
@@ -107,7 +110,9 @@ def make_tiny_run(
     cache = make_tiny_cache(root, patients=patients)
     synth = root / "synth"
     images, labels = synth / "stage_2_train", synth / "stage_2_train.csv"
-    config = config_from_dict(tiny_raw_config(cache, root, tracking, **dict(evaluation or {})))
+    raw = tiny_raw_config(cache, root, tracking, **dict(evaluation or {}))
+    raw["data"].update(dict(data or {}))
+    config = config_from_dict(raw)
     # not create_run_dir: it exports ICH3D_RUN_ID, which would leak into other tests
     run = RunDir(root / "runs" / "tiny" / "r1")
     run.path.mkdir(parents=True)

@@ -9,9 +9,10 @@ the six labels (``data.targets: all``). Rows:
   of the study, too few slices ...): the **fallback** value of each target, the mean of
   that target's probabilities over the ingested images (0.5 when none was
   ingested), so an uninformed row costs about the average; these images are listed
-  with their reason in ``submission_fallback.csv`` (``image_id, reason``). Files that
-  are not DICOM images at all (a stray ``notes.txt``, a DICOMDIR) get no row: the
-  challenge rejects unknown IDs.
+  with their reason in ``submission_fallback.csv`` (``image_id, reason``). A file that
+  is no DICOM image at all (not DICOM, or a DICOMDIR) and is not named ``*.dcm`` (a
+  stray ``notes.txt``) gets no row: the challenge rejects unknown IDs. A corrupt
+  ``ID_x.dcm`` still gets its fallback rows (its ID is one the challenge expects).
 
 With a sample submission (``--sample-submission CSV``, its ``ID`` column) the file has
 exactly the sample's rows, in its order: predictions where the image was ingested, the
@@ -76,12 +77,12 @@ def skipped_images(skipped: pd.DataFrame, ingested: set[str]) -> pd.DataFrame:
     ``skipped`` is the cache's ``skipped.csv`` (``item`` = the file's path relative to
     the images folder, ``#<frame>`` for a frame); rows whose image was ingested after
     all (a frame of a kept file) and files that are no DICOM image (:data:`NOT_IMAGES`)
-    are dropped.
+    unless named ``*.dcm`` are dropped.
     """
     rows = {}
     for item, reason in zip(skipped["item"].astype(str), skipped["reason"].astype(str), strict=True):
-        if reason in NOT_IMAGES:
-            continue
+        if reason in NOT_IMAGES and not item.lower().endswith(".dcm"):
+            continue  # a stray non-image file: no submission row
         path, _, frame = item.partition("#")
         image = image_id_of(path) + (f"#{frame}" if frame else "")
         if image not in ingested and image not in rows:
