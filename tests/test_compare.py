@@ -20,9 +20,12 @@ from ich3d.evaluation.comparison.compare import (
     run_labels,
     split_hash,
 )
+from ich3d.evaluation.methods import all_methods
 from ich3d.stats.delong import delong_roc
 
 STAGES = ("slice", "sequence", "finetune")
+#: the default methods of those stages, from the registry
+METHODS = [m.name for m in all_methods() if m.default and m.needs in STAGES]
 
 
 def _second_run(tiny, run_id: str, seed: int):  # noqa: ANN001, ANN202
@@ -73,7 +76,7 @@ def _metrics(run) -> dict:  # noqa: ANN001
 def test_every_method_of_every_run_with_its_own_auc(runs, compared) -> None:  # noqa: ANN001
     summary = json.loads((compared / "compare.json").read_text())
     assert [r["label"] for r in summary["runs"]] == ["r1", "r2"]  # same experiment: run ids
-    methods = ["max", "p95", "svm", "sequence", "finetune"]
+    methods = METHODS
     assert list(summary["columns"]) == [f"{r}:{m}" for r in ("r1", "r2") for m in methods]
     for label, run in zip(("r1", "r2"), runs, strict=True):
         per_method = _metrics(run)["per_method"]
@@ -102,8 +105,8 @@ def test_paired_p_values_equal_delong_on_the_merged_table(runs, compared) -> Non
     merged = a.merge(b, on="key", suffixes=("_1", "_2"), validate="one_to_one")
     assert (merged["label_1"] == merged["label_2"]).all()
     pairs = {(t["a"], t["b"]): t for t in summary["across_runs"]}
-    assert len(pairs) == 5 * 5  # every column of r1 against every column of r2
-    methods = ["max", "p95", "svm", "sequence", "finetune"]
+    assert len(pairs) == len(METHODS) ** 2  # every column of r1 against every column of r2
+    methods = METHODS
     n_informative = 0
     for m1, m2 in ((m1, m2) for m1 in methods for m2 in methods):
         ref = delong_roc(merged["label_1"], merged[[f"{m1}_1", f"{m2}_2"]].to_numpy(), names=["a", "b"])

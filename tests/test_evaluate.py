@@ -11,6 +11,7 @@ import torch
 from _eval_helpers import copy_tiny_run
 
 from ich3d.errors import UserError
+from ich3d.evaluation.methods import all_methods
 from ich3d.stats.delong import delong_roc
 
 
@@ -25,9 +26,13 @@ def _finite_json(d):
     return d
 
 
+#: the stages of this module's run (no direct ablation)
+TINY_STAGES = ("slice", "sequence", "finetune")
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_run, tmp_path_factory):
-    return copy_tiny_run(tiny_run, tmp_path_factory.mktemp("eval"), stages=("slice", "sequence", "finetune"))
+    return copy_tiny_run(tiny_run, tmp_path_factory.mktemp("eval"), stages=TINY_STAGES)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +56,7 @@ def _split_keys(tiny, split: str) -> list[str]:
 def test_evaluate_writes_every_file_with_expected_columns(tiny, evaluated):
     out = tiny.run_dir / "evaluation"
     assert evaluated.out_dir == out
-    methods = ["max", "p95", "svm", "sequence", "finetune"]
+    methods = [m.name for m in all_methods() if m.default and m.needs in TINY_STAGES]
     test = pd.read_csv(out / "predictions.csv", dtype={"key": str})
     val = pd.read_csv(out / "val_predictions.csv", dtype={"key": str})
     assert list(test.columns) == ["key", "label", *methods]

@@ -14,16 +14,19 @@ from _train_helpers import run_cli
 
 from ich3d.errors import UserError
 from ich3d.evaluation.comparison.seeds import seed_ranges
+from ich3d.evaluation.methods import all_methods
 from ich3d.stats.delong import delong_roc
 
-METHODS = ["max", "p95", "svm", "sequence", "finetune"]
+STAGES = ("slice", "sequence", "finetune")
+#: the default methods of the run's stages, from the registry
+METHODS = [m.name for m in all_methods() if m.default and m.needs in STAGES]
 
 
 @pytest.fixture(scope="module")
 def base(tiny_run, tmp_path_factory):
     from ich3d.evaluation.evaluate import evaluate_run
 
-    tiny = copy_tiny_run(tiny_run, tmp_path_factory.mktemp("seeds"), stages=("slice", "sequence", "finetune"))
+    tiny = copy_tiny_run(tiny_run, tmp_path_factory.mktemp("seeds"), stages=STAGES)
     evaluate_run(tiny.run_dir, progress=False, device="cpu", tracking=False)
     return tiny.run_dir
 
