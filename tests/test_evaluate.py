@@ -182,6 +182,12 @@ def test_tracking_offline_logs_an_evaluate_run(tiny_run, tmp_path, monkeypatch):
     table = json.loads(tables[0].read_text())
     auc = res.report.metrics["per_method"]["sequence"]["auc"]
     assert table["columns"][:2] == ["method", "auc"] and table["data"][0][:2] == ["sequence", auc]
+    preds = json.loads(next(runs[0].rglob("predictions_*.table.json")).read_text())
+    assert preds["columns"] == ["volume", "label", "sequence"] and len(preds["data"]) == res.report.metrics["n_volumes"]
+    from ich3d.evaluation.report.wandb import hashed_key
+
+    frame = pd.read_csv(res.out_dir / "predictions.csv", dtype={"key": str})
+    assert sorted(r[0] for r in preds["data"]) == sorted(hashed_key(k) for k in frame["key"])
     blob = b"".join(p.read_bytes() for p in runs[0].rglob("*") if p.is_file())
     keys = pd.read_csv(res.out_dir / "predictions.csv", dtype={"key": str})["key"]
     assert not any(k.encode() in blob for k in keys)  # no per-volume row reaches W&B
