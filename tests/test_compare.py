@@ -105,6 +105,12 @@ def test_paired_p_values_equal_delong_on_the_merged_table(runs, compared) -> Non
     merged = a.merge(b, on="key", suffixes=("_1", "_2"), validate="one_to_one")
     assert (merged["label_1"] == merged["label_2"]).all()
     pairs = {(t["a"], t["b"]): t for t in summary["across_runs"]}
+    # Holm over the whole family of tests across runs, beside the raw p in compare.md
+    from ich3d.stats import holm_adjust
+
+    raw = [np.nan if t["p"] is None else t["p"] for t in summary["across_runs"]]
+    np.testing.assert_allclose([t["p_holm"] for t in summary["across_runs"]], holm_adjust(raw))
+    assert "| p (Holm) |" in (compared / "compare.md").read_text()
     assert len(pairs) == len(METHODS) ** 2  # every column of r1 against every column of r2
     methods = METHODS
     n_informative = 0

@@ -50,6 +50,7 @@ from ich3d.evaluation.comparison.render import render_compare
 from ich3d.evaluation.report.plots import plot_roc_scores
 from ich3d.stats.delong import DeLongResult, delong_roc
 from ich3d.stats.formatting import jsonable
+from ich3d.stats.multiplicity import holm_adjust
 
 __all__ = [
     "EvaluatedRun",
@@ -385,7 +386,7 @@ def compare_runs(
         run id, methods, validation hash), ``columns`` (name -> run, method, auc,
         ci_lower, ci_upper, var, p_vs_best, operating point at the run's target
         sensitivity), ``best``, ``across_runs`` (every paired test of two columns of
-        different runs: diff, its interval, z, p), ``delong`` (all columns, the ``ich3d
+        different runs: diff, its interval, z, p and its Holm-adjusted p_holm), ``delong`` (all columns, the ``ich3d
         roc --json`` schema), ``slice`` (the same per run at slice level, or null) and
         ``notes``.
 
@@ -425,6 +426,8 @@ def compare_runs(
     across = [
         _pair_dict(vol, t.a, t.b) for t in vol.pairs if per_col[t.a]["run"] != per_col[t.b]["run"]
     ]
+    for t, q in zip(across, holm_adjust([t["p"] for t in across]), strict=True):
+        t["p_holm"] = float(q)  # one family: every test across runs
     slice_res, slice_summary = _slice_comparison(runs, labels, level, out, files, notes)
 
     summary: dict[str, Any] = {

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ich3d.stats.formatting import fmt_num
-from ich3d.stats.roc_table import format_p
+from ich3d.stats.roc_table import MULTIPLICITY_NOTE, format_p
 
 __all__ = ["render_compare"]
 
@@ -27,6 +27,13 @@ def _diff(t: Mapping[str, Any]) -> str:
     if t.get("diff_ci_lower") is None:
         return f"{fmt_num(t.get('diff'))} (no CI)"
     return f"{t['diff']:+.3f} ({t['diff_ci_lower']:+.3f} to {t['diff_ci_upper']:+.3f})"
+
+
+def _holm_row(t: Mapping[str, Any]) -> str:
+    return (
+        f"| {t['a']} | {t['b']} | {_diff(t)} | {fmt_num(t.get('z'), 2)} | {_p(t.get('p'))} | "
+        f"{_p(t.get('p_holm'))} |"
+    )
 
 
 def render_compare(summary: Mapping[str, Any]) -> str:
@@ -69,24 +76,23 @@ def render_compare(summary: Mapping[str, Any]) -> str:
             "",
             "### Paired DeLong tests, same method across runs",
             "",
-            f"| a | b | AUC a - b ({pct} CI) | z | p |",
-            "| --- | --- | --- | --- | --- |",
+            f"| a | b | AUC a - b ({pct} CI) | z | p | p (Holm) |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
-        for t in same:
-            lines.append(f"| {t['a']} | {t['b']} | {_diff(t)} | {fmt_num(t.get('z'), 2)} | {_p(t.get('p'))} |")
+        lines += [_holm_row(t) for t in same]
         if not same:
-            lines.append("| (no method is in two runs) | | | | |")
+            lines.append("| (no method is in two runs) | | | | | |")
         others = [t for t in across if t not in same]
         if others:
             lines += [
                 "",
                 "### Paired DeLong tests, every other pair of columns of two runs",
                 "",
-                f"| a | b | AUC a - b ({pct} CI) | z | p |",
-                "| --- | --- | --- | --- | --- |",
+                f"| a | b | AUC a - b ({pct} CI) | z | p | p (Holm) |",
+                "| --- | --- | --- | --- | --- | --- |",
             ]
-            for t in others:
-                lines.append(f"| {t['a']} | {t['b']} | {_diff(t)} | {fmt_num(t.get('z'), 2)} | {_p(t.get('p'))} |")
+            lines += [_holm_row(t) for t in others]
+        lines += ["", MULTIPLICITY_NOTE.format(n=len(across))]
     lines += ["", "![ROC curves of every column](roc.png)", ""]
     sl = summary.get("slice")
     if sl:

@@ -57,7 +57,7 @@ def log_compare_to_wandb(
     try:
         cols = ["column", "run", "method", "auc", "ci_lower", "ci_upper", "p_vs_best"]
         rows = [[c, d["run"], d["method"], d["auc"], d["ci_lower"], d["ci_upper"], d["p_vs_best"]] for c, d in s["columns"].items()]
-        pair_cols = ["a", "b", "diff", "diff_ci_lower", "diff_ci_upper", "z", "p"]
+        pair_cols = ["a", "b", "diff", "diff_ci_lower", "diff_ci_upper", "z", "p", "p_holm"]
         pairs = [[t[k] for k in pair_cols] for t in s["across_runs"]]
         run.log(
             {
