@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ich3d.evaluation.delong import DeLongResult, delong_roc, delong_roc_by_definition
+from ich3d.stats.delong import DeLongResult, delong_roc, delong_roc_by_definition
 
 
 def _data(rng: np.random.Generator, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:

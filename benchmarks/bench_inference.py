@@ -8,7 +8,7 @@ Run from the repository root::
 Model: ``configs/patel2019.yaml``'s (``patel_cnn`` width 32, 512-d features,
 2 x 512 BiLSTM) on one volume of ``--slices`` (30) pooled slices of ``--size``
 (256) px, in eval mode under ``torch.inference_mode()``, as
-:func:`ich3d.evaluation.inference.predict_volumes` runs it. The three variants
+:func:`ich3d.evaluation.inference.passes.predict_volumes` runs it. The three variants
 are the same weights (one seed) with :func:`ich3d.models.speed.speed_up`'s
 options. For each ``--threads`` setting every variant is warmed up
 ``--warmup`` times (``torch.compile`` compiles there; its time is printed),

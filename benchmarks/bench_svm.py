@@ -30,7 +30,7 @@ def _child(args: argparse.Namespace) -> None:
     import sklearn.metrics  # noqa: F401
     import sklearn.svm  # noqa: F401
 
-    from ich3d.evaluation.baselines import fit_linear_svm
+    from ich3d.evaluation.inference.baselines import fit_linear_svm
 
     rng = np.random.default_rng(0)
     direction = rng.normal(size=args.features).astype(np.float32)

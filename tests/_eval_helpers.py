@@ -8,7 +8,9 @@ a freshly (seeded) initialised tiny model (width-2 Patel CNN, 16 features, an
 callback records them), and the stage's ``result.json`` (a finished stage).
 ``load_volume_model`` / ``load_slice_model`` read them like trained checkpoints.
 ``make_tiny_cache`` makes a second labelled cache (another seed), e.g. an
-external test set.
+external test set. The session builds one run (``tests/conftest.py``'s
+``tiny_run``, every stage of :data:`TINY_STAGES`); a test that evaluates,
+predicts or edits it works on :func:`copy_tiny_run`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["TinyRun", "make_tiny_run", "make_tiny_cache", "tiny_raw_config", "plain"]
+__all__ = ["TinyRun", "make_tiny_run", "make_tiny_cache", "copy_tiny_run", "tiny_raw_config", "plain", "TINY_STAGES"]
+
+
+#: the stages of the session's tiny run (``tests/conftest.py``)
+TINY_STAGES: tuple[str, ...] = ("slice", "sequence", "finetune", "direct")
 
 
 @dataclass
@@ -86,8 +92,11 @@ def make_tiny_run(
     evaluation: Mapping[str, Any] | None = None,
     tracking: str = "disabled",
     unfinished: Sequence[str] = (),
+    data: Mapping[str, Any] | None = None,
 ) -> TinyRun:
     """Synthetic DICOM, its labeled cache and a run directory with ``best.ckpt`` per stage.
+
+    ``data`` overrides keys of the config's ``data`` section (``{"targets": "all"}``: six labels).
 
     Every stage gets its ``result.json`` except those in ``unfinished`` (a stage
     that crashed after writing a ``best.ckpt``).
@@ -101,7 +110,9 @@ def make_tiny_run(
     cache = make_tiny_cache(root, patients=patients)
     synth = root / "synth"
     images, labels = synth / "stage_2_train", synth / "stage_2_train.csv"
-    config = config_from_dict(tiny_raw_config(cache, root, tracking, **dict(evaluation or {})))
+    raw = tiny_raw_config(cache, root, tracking, **dict(evaluation or {}))
+    raw["data"].update(dict(data or {}))
+    config = config_from_dict(raw)
     # not create_run_dir: it exports ICH3D_RUN_ID, which would leak into other tests
     run = RunDir(root / "runs" / "tiny" / "r1")
     run.path.mkdir(parents=True)
@@ -124,3 +135,44 @@ def make_tiny_run(
         if stage not in unfinished:
             run.write_result(stage, {"stage": stage, "best_val_auc": 0.5, "global_step": 0})
     return TinyRun(root=root, images=images, labels_csv=labels, cache=cache, run_dir=run.path)
+
+
+def copy_tiny_run(
+    tiny: TinyRun,
+    dest: Path,
+    *,
+    stages: Sequence[str] | None = None,
+    evaluation: Mapping[str, Any] | None = None,
+    tracking: str | None = None,
+    unfinished: Sequence[str] = (),
+    run_id: str = "r1",
+) -> TinyRun:
+    """A private copy of a tiny run's directory (the DICOM and the cache stay shared, read-only).
+
+    Tests that evaluate, predict or edit a run work on a copy of the session's run
+    (``tests/conftest.py``'s ``tiny_run``). Args: ``stages`` keeps only these stages'
+    checkpoints; ``evaluation`` overrides keys of the config's ``evaluation`` section;
+    ``tracking`` sets ``tracking.mode``; ``unfinished`` removes those stages'
+    ``result.json`` (a stage that crashed after its ``best.ckpt``).
+    """
+    import shutil
+
+    import yaml
+
+    dest = Path(dest)
+    run_dir = dest / "runs" / "tiny" / run_id
+    shutil.copytree(tiny.run_dir, run_dir)
+    for sub in run_dir.iterdir():
+        if sub.is_dir() and (sub / "best.ckpt").is_file() and stages is not None and sub.name not in stages:
+            shutil.rmtree(sub)
+    for stage in unfinished:
+        (run_dir / stage / "result.json").unlink()
+    config_path = run_dir / "config.yaml"
+    cfg = yaml.safe_load(config_path.read_text())
+    cfg["run"]["root"] = str(dest / "runs")
+    if evaluation:
+        cfg["evaluation"] = {**cfg.get("evaluation", {}), **dict(evaluation)}
+    if tracking is not None:
+        cfg["tracking"]["mode"] = tracking
+    config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return TinyRun(root=dest, images=tiny.images, labels_csv=tiny.labels_csv, cache=tiny.cache, run_dir=run_dir)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ich3d.errors import UserError
-from ich3d.evaluation.baselines import (
+from ich3d.evaluation.inference.baselines import (
     fit_linear_svm,
     max_score,
     pad_and_flatten,
@@ -136,7 +136,7 @@ def test_lbfgs_svm_solves_linearsvcs_problem():
     from sklearn.metrics import roc_auc_score
     from sklearn.svm import LinearSVC
 
-    from ich3d.evaluation.baselines import PrimalLinearSVM
+    from ich3d.evaluation.inference.baselines import PrimalLinearSVM
 
     rng = np.random.default_rng(0)
     n, d = 300, 40

@@ -10,14 +10,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _eval_helpers import make_tiny_run, plain
+from _eval_helpers import copy_tiny_run, plain
 from _train_helpers import run_cli
 
 from ich3d.errors import UserError
-from ich3d.evaluation.compare import compare_runs, load_evaluated_run, run_labels, split_hash
-from ich3d.evaluation.delong import delong_roc
+from ich3d.evaluation.comparison.compare import (
+    compare_runs,
+    load_evaluated_run,
+    run_labels,
+    split_hash,
+)
+from ich3d.evaluation.methods import all_methods
+from ich3d.stats.delong import delong_roc
 
 STAGES = ("slice", "sequence", "finetune")
+#: the default methods of those stages, from the registry
+METHODS = [m.name for m in all_methods() if m.default and m.needs in STAGES]
 
 
 def _second_run(tiny, run_id: str, seed: int):  # noqa: ANN001, ANN202
@@ -44,10 +52,10 @@ def _second_run(tiny, run_id: str, seed: int):  # noqa: ANN001, ANN202
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tiny_run, tmp_path_factory):
     from ich3d.evaluation.evaluate import evaluate_run
 
-    tiny = make_tiny_run(tmp_path_factory.mktemp("compare"), stages=STAGES, patients=20)
+    tiny = copy_tiny_run(tiny_run, tmp_path_factory.mktemp("compare"), stages=STAGES)
     second = _second_run(tiny, "r2", seed=900)
     for path in (tiny.run_dir, second):
         evaluate_run(path, progress=False, device="cpu", tracking=False)
@@ -68,7 +76,7 @@ def _metrics(run) -> dict:  # noqa: ANN001
 def test_every_method_of_every_run_with_its_own_auc(runs, compared) -> None:  # noqa: ANN001
     summary = json.loads((compared / "compare.json").read_text())
     assert [r["label"] for r in summary["runs"]] == ["r1", "r2"]  # same experiment: run ids
-    methods = ["max", "p95", "svm", "sequence", "finetune"]
+    methods = METHODS
     assert list(summary["columns"]) == [f"{r}:{m}" for r in ("r1", "r2") for m in methods]
     for label, run in zip(("r1", "r2"), runs, strict=True):
         per_method = _metrics(run)["per_method"]
@@ -97,8 +105,14 @@ def test_paired_p_values_equal_delong_on_the_merged_table(runs, compared) -> Non
     merged = a.merge(b, on="key", suffixes=("_1", "_2"), validate="one_to_one")
     assert (merged["label_1"] == merged["label_2"]).all()
     pairs = {(t["a"], t["b"]): t for t in summary["across_runs"]}
-    assert len(pairs) == 5 * 5  # every column of r1 against every column of r2
-    methods = ["max", "p95", "svm", "sequence", "finetune"]
+    # Holm over the whole family of tests across runs, beside the raw p in compare.md
+    from ich3d.stats import holm_adjust
+
+    raw = [np.nan if t["p"] is None else t["p"] for t in summary["across_runs"]]
+    np.testing.assert_allclose([t["p_holm"] for t in summary["across_runs"]], holm_adjust(raw))
+    assert "| p (Holm) |" in (compared / "compare.md").read_text()
+    assert len(pairs) == len(METHODS) ** 2  # every column of r1 against every column of r2
+    methods = METHODS
     n_informative = 0
     for m1, m2 in ((m1, m2) for m1 in methods for m2 in methods):
         ref = delong_roc(merged["label_1"], merged[[f"{m1}_1", f"{m2}_2"]].to_numpy(), names=["a", "b"])

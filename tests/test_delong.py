@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ich3d.errors import UserError
-from ich3d.evaluation.delong import delong_roc, delong_roc_by_definition, normal_quantile
+from ich3d.stats.delong import delong_roc, delong_roc_by_definition, normal_quantile
 
 #: R pROC 1.18.0 reference cases (copied from the project's shared/reference/delong/; README there)
 REF_DIR = Path(__file__).resolve().parent / "data" / "delong_proc"

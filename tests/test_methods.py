@@ -11,33 +11,29 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from _eval_helpers import make_tiny_cache, make_tiny_run
+from _eval_helpers import copy_tiny_run, make_tiny_cache
 
 from ich3d.cli.main import main
-from ich3d.evaluation.delong import delong_roc
 from ich3d.evaluation.methods import (
-    MethodScores,
     ScoringMethod,
+    SliceAggregation,
     get_method,
     method_names,
     register_method,
     unregister_method,
 )
+from ich3d.stats.delong import delong_roc
 
-ALL = ["max", "p95", "svm", "sequence", "finetune", "direct"]
+#: the default methods (every method evaluated without --methods), from the registry
+ALL = [n for n in method_names() if get_method(n).default]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+#: a user's method added from this file only: a name no real method will take
+USER = "test_only_mean_x"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_run(tmp_path_factory.mktemp("methods"), stages=("slice", "sequence", "finetune", "direct"))
+def tiny(tiny_run, tmp_path_factory):
+    return copy_tiny_run(tiny_run, tmp_path_factory.mktemp("methods"))
 
 
 @pytest.fixture(scope="module")
@@ -53,41 +49,45 @@ def _copy_run(tiny, tmp_path, name):
     return dst
 
 
-class MeanSlice(ScoringMethod):
-    """A user's method: the mean stage-1 slice probability of a volume."""
+class MeanSlice(SliceAggregation):
+    """A user's slice aggregation: a name and a function (the mean slice probability); records its roles."""
 
     calls: list[str] = []
 
     def score(self, ctx, role):
-        out = ctx.slice_outputs(role)
         MeanSlice.calls.append(role)
-        return MethodScores(out.keys, np.array([p.mean() for p in out.probs]), seconds=ctx.slice_seconds(role))
+        return super().score(ctx, role)
 
 
 @pytest.fixture()
 def mean_method():
-    method = register_method(MeanSlice("mean", "stage-1 slice CNN, mean slice probability", needs="slice", order=25))
+    method = register_method(MeanSlice(USER, "stage-1 slice CNN, mean slice probability", np.mean, order=25))
     MeanSlice.calls = []
     try:
         yield method
     finally:
-        unregister_method("mean")
+        unregister_method(USER)
 
 
 def test_registry_order_and_volume_stages():
     from ich3d.stages import Stage, register_stage, unregister_stage, volume_stages
 
-    assert method_names() == [*ALL[:3], "slice_svm", "ae_svm", *ALL[3:]]
-    assert [n for n in method_names() if get_method(n).default] == ALL  # slice_svm, ae_svm: opt-in
+    before = method_names()
+    assert [m for m in before if get_method(m).default] == ALL  # slice_svm, ae_svm: opt-in
+    assert [get_method(m).order for m in before] == sorted(get_method(m).order for m in before)
     vol = {s.name for s in volume_stages()}
-    assert {get_method(n).needs for n in ALL[:3]} == {"slice"}
+    assert {get_method(n).needs for n in ALL if n not in vol} == {"slice"}
     assert all(get_method(s).needs == s for s in vol)
     # a new volume stage is a new method (column), placed by the stage's order
     register_stage(Stage(name="probe", kind="volume", order=35, description="a linear probe",
                          starts_from="slice", loads="encoder", freeze_encoder=True))
     try:
-        assert method_names() == ["max", "p95", "svm", "slice_svm", "ae_svm", "sequence", "finetune", "probe",
-                                  "direct"]
+        after = method_names()
+        assert [n for n in after if n != "probe"] == before
+        at = after.index("probe")
+        assert get_method("probe").order == 135
+        assert all(get_method(n).order <= 135 for n in after[:at])
+        assert all(get_method(n).order > 135 for n in after[at + 1 :])
         assert get_method("probe").description == "a linear probe"
     finally:
         unregister_stage("probe")
@@ -98,6 +98,11 @@ def test_registry_order_and_volume_stages():
         ScoringMethod("label", "no", needs="slice")
 
 
+def test_registry_pin_builtin_methods():
+    """The one explicit pin of the method registry: the built-in methods, in report order."""
+    assert method_names() == ["max", "p95", "svm", "slice_svm", "ae_svm", "sequence", "finetune", "direct"]
+
+
 def test_tiny_run_aucs_pinned(evaluated):
     """The numbers of the tiny run, pinned: the evaluation before declared methods computed
     these on the phantom of that time; re-pinned (this code) when the phantom gained its CT
@@ -105,15 +110,16 @@ def test_tiny_run_aucs_pinned(evaluated):
     m = evaluated.report.metrics
     assert m["methods"] == ALL
     assert (m["n_volumes"], m["n_pos"]) == (4, 2)
-    aucs = {k: m["per_method"][k]["auc"] for k in ALL}
-    assert aucs == {"max": 1.0, "p95": 1.0, "svm": 1.0, "sequence": 0.25, "finetune": 1.0, "direct": 1.0}
+    pinned = {"max": 1.0, "p95": 1.0, "svm": 1.0, "sequence": 0.25, "finetune": 1.0, "direct": 1.0}
+    aucs = {k: m["per_method"][k]["auc"] for k in pinned}
+    assert aucs == pinned
     assert m["per_method"]["sequence"]["ci_upper"] == pytest.approx(0.942951912174839, abs=1e-12)
     assert m["per_method"]["finetune"]["ci_lower"] == pytest.approx(1.0, abs=1e-12)
     sens = {"max": 0.6749432276378287, "p95": 0.6643127347661711, "svm": 0.011157168483123849,
             "sequence": 0.48787286809335995, "finetune": 0.5369202435521248, "direct": 0.4550864776229494}
     youden = {"max": 0.6999543959237658, "p95": 0.6952911674014629, "svm": 0.09235051117108191,
               "sequence": 0.4881796792361912, "finetune": 0.5375946669199368, "direct": 0.4590374151594063}
-    for k in ALL:
+    for k in sens:
         assert m["operating_points"][k]["sensitivity"]["threshold"] == pytest.approx(sens[k], rel=1e-5)
         assert m["operating_points"][k]["youden"]["threshold"] == pytest.approx(youden[k], rel=1e-5)
     assert m["svm"]["C"] == 0.01
@@ -128,34 +134,37 @@ def test_user_method_end_to_end(tiny, mean_method, tmp_path, capsys):
 
     res = evaluate_run(tiny.run_dir, out=tmp_path / "e", stages=["slice"], progress=False, device="cpu")
     test = pd.read_csv(tmp_path / "e" / "predictions.csv", dtype={"key": str})
-    assert list(test.columns) == ["key", "label", "max", "p95", "mean", "svm"]
+    slice_methods = [n for n in method_names() if get_method(n).needs == "slice" and get_method(n).default]
+    assert list(test.columns) == ["key", "label", *slice_methods]
+    assert slice_methods.index(USER) == slice_methods.index("p95") + 1  # order 25: after p95 (20)
     # its column is what it says: the mean of the stage-1 slice probabilities
     sl = pd.read_csv(tmp_path / "e" / "slice_predictions.csv", dtype={"key": str})
     mean = sl.groupby("key")["probability"].mean()
-    np.testing.assert_allclose(test["mean"], mean.loc[test["key"]].to_numpy(), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(test[USER], mean.loc[test["key"]].to_numpy(), rtol=0, atol=1e-15)
     # its AUC is DeLong's on the same scores
-    ref = delong_roc(test["label"], test["mean"])
-    d = res.report.metrics["per_method"]["mean"]
+    ref = delong_roc(test["label"], test[USER])
+    d = res.report.metrics["per_method"][USER]
     assert (d["auc"], d["ci_lower"], d["ci_upper"]) == (ref.models[0].auc, ref.models[0].ci_lower, ref.models[0].ci_upper)
-    assert "mean" in res.report.metrics["operating_points"]
-    assert "- `mean`: stage-1 slice CNN, mean slice probability" in res.report.markdown
+    assert USER in res.report.metrics["operating_points"]
+    assert f"- `{USER}`: stage-1 slice CNN, mean slice probability" in res.report.markdown
     assert sorted(MeanSlice.calls) == ["evaluated", "val"]
     # the CLI lists and runs it too
-    assert main(["evaluate", str(tiny.run_dir), "--methods", "mean", "--out", str(tmp_path / "c"),
+    assert main(["evaluate", str(tiny.run_dir), "--methods", USER, "--out", str(tmp_path / "c"),
                  "--device", "cpu", "--no-progress"]) == 0
-    assert "| mean |" in capsys.readouterr().out
-    assert list(pd.read_csv(tmp_path / "c" / "predictions.csv").columns) == ["key", "label", "mean"]
+    assert f"| {USER} |" in capsys.readouterr().out
+    assert list(pd.read_csv(tmp_path / "c" / "predictions.csv").columns) == ["key", "label", USER]
 
 
 def test_predict_with_methods(tiny, mean_method, tmp_path):
-    from ich3d.evaluation.predict import predict_run
+    from ich3d.evaluation.prediction.predict import predict_run
 
-    res = predict_run(tiny.run_dir, tiny.cache, tmp_path / "p", methods=["max", "mean"], device="cpu", progress=False)
+    res = predict_run(tiny.run_dir, tiny.cache, tmp_path / "p", methods=["max", USER], device="cpu", progress=False)
     vol = pd.read_csv(res["files"]["volumes"], dtype={"key": str})
-    assert list(vol.columns) == ["key", "n_slices", "probability", "label", "max", "mean"]
+    assert list(vol.columns) == ["key", "n_slices", "probability", "label", "max", USER]  # no splits.json
+    assert res["score_columns"] == ["probability", "max", USER]
     sl = pd.read_csv(res["files"]["slices"], dtype={"key": str}).groupby("key")["probability"]
     np.testing.assert_array_equal(vol["max"], sl.max().loc[vol["key"]].to_numpy())
-    np.testing.assert_allclose(vol["mean"], sl.mean().loc[vol["key"]].to_numpy(), atol=1e-15)
+    np.testing.assert_allclose(vol[USER], sl.mean().loc[vol["key"]].to_numpy(), atol=1e-15)
 
 
 def test_config_edited_after_training_is_refused(tiny, tmp_path, capsys):
@@ -201,7 +210,7 @@ def test_unfinished_stage_refused_or_marked(tiny, tmp_path, capsys):
     md = (run / "evaluation" / "report.md").read_text()
     assert "**Unfinished**: `finetune`" in md and "`finetune`: stage 3" in md and "(**unfinished**" in md
     # predict's default model is the preferred finished one: sequence, not the crashed finetune
-    from ich3d.evaluation.predict import predict_run
+    from ich3d.evaluation.prediction.predict import predict_run
 
     assert predict_run(run, tiny.cache, tmp_path / "p", device="cpu", progress=False)["stage"] == "sequence"
     assert predict_run(tiny.run_dir, tiny.cache, tmp_path / "q", device="cpu", progress=False)["stage"] == "finetune"
@@ -209,7 +218,7 @@ def test_unfinished_stage_refused_or_marked(tiny, tmp_path, capsys):
 
 def test_evaluate_on_another_cache(tiny, evaluated, tmp_path, capsys):
     from ich3d.evaluation.evaluate import evaluate_run
-    from ich3d.evaluation.predict import predict_run
+    from ich3d.evaluation.prediction.predict import predict_run
 
     assert main(["evaluate", str(tiny.run_dir), "--data", str(tmp_path / "nope")]) == 2
     assert "not a complete ingest cache" in capsys.readouterr().err
@@ -255,8 +264,7 @@ def test_evaluation_never_imports_training():
     import ich3d
 
     root = Path(ich3d.__file__).parent
-    files = [*(root / "evaluation").rglob("*.py"), root / "cli" / "evaluate.py", root / "cli" / "predict.py",
-             root / "tracking" / "evaluation.py"]
+    files = [*(root / "evaluation").rglob("*.py"), root / "cli" / "evaluate.py", root / "cli" / "predict.py"]
     assert len(files) > 10
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ich3d.errors import UserError
-from ich3d.evaluation.operating_points import (
+from ich3d.stats.operating_points import (
     apply_threshold,
     operating_points,
     proportion,

@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 
 from ich3d.errors import UserError
-from ich3d.evaluation.delong import delong_roc
-from ich3d.evaluation.operating_points import wilson_interval
-from ich3d.evaluation.report import (
+from ich3d.evaluation.report.build import (
     build_report,
     method_columns,
     slice_level_auc,
 )
-from ich3d.evaluation.roc_table import read_predictions
-from ich3d.tracking.evaluation import summary_metrics
+from ich3d.evaluation.report.wandb import summary_metrics
+from ich3d.stats.delong import delong_roc
+from ich3d.stats.operating_points import wilson_interval
+from ich3d.stats.roc_table import read_predictions
 
 
 def _frame(n: int, seed: int, prefix: str) -> pd.DataFrame:
@@ -180,7 +180,7 @@ def test_summary_metrics(tmp_path, frames):
 @pytest.mark.slow
 def test_wandb_offline_log(tmp_path, frames, monkeypatch):
     from ich3d.config import config_from_dict
-    from ich3d.tracking.evaluation import log_to_wandb
+    from ich3d.evaluation.report.wandb import log_to_wandb
 
     test, val = frames
     rep = build_report(test, tmp_path / "eval", val=val, timing={"finetune": 0.25})

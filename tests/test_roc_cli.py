@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from ich3d.cli.main import main
-from ich3d.evaluation.delong import delong_roc
+from ich3d.stats.delong import delong_roc
+from ich3d.stats.roc_table import format_p
 
 
 def _write(tmp_path: Path, df: pd.DataFrame, name: str = "pred.csv") -> Path:
@@ -51,12 +52,24 @@ def test_happy_path(tmp_path: Path, pred_df: pd.DataFrame, capsys: pytest.Captur
     m = expected.models[1]
     assert row == f"| max | {m.auc:.3f} | {m.ci_lower:.3f} - {m.ci_upper:.3f} | {expected.pair('max', 'lstm').p:.3f} |"
     assert "| lstm | " in out and "| best |" in out
-    pair_rows = [line for line in lines if line.count("|") == 7 and not line.startswith(("| a ", "| ---"))]
+    pair_rows = [line for line in lines if line.count("|") == 8 and not line.startswith(("| a ", "| ---"))]
     assert [r.split("|")[1:3] for r in pair_rows] == [
         [" lstm ", " max "],
         [" lstm ", " svm "],
         [" max ", " svm "],
     ]
+    # raw p, then Holm-adjusted p (3 tests: the smallest p times 3, then max-accumulated)
+    raw = [expected.pair(a, b).p for a, b in (("lstm", "max"), ("lstm", "svm"), ("max", "svm"))]
+    order = np.argsort(raw)
+    holm = np.empty(3)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (3 - rank) * raw[i]))
+        holm[i] = running
+    for r, p, q in zip(pair_rows, raw, holm, strict=True):
+        cells = [c.strip() for c in r.split("|")[1:-1]]
+        assert cells[5] == format_p(p) and cells[6] == format_p(q)
+    assert "3 paired tests on the same cases" in out
     assert "key" not in out  # the non-numeric key column is not a method
 
     d = json.loads(out_json.read_text())
@@ -153,7 +166,7 @@ def test_missing_and_empty_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_plot_helpers(tmp_path: Path, pred_df: pd.DataFrame) -> None:
-    from ich3d.evaluation.plots import legend_label, plot_roc, roc_curves
+    from ich3d.evaluation.report.plots import legend_label, plot_roc, roc_curves
 
     assert legend_label("lstm", 0.91234, 0.85, 0.9712) == "lstm 0.912 [0.850, 0.971]"
     names = ["lstm", "max", "svm"]

@@ -9,21 +9,24 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from _eval_helpers import make_tiny_run
+from _eval_helpers import copy_tiny_run
 from _train_helpers import run_cli
 
 from ich3d.errors import UserError
-from ich3d.evaluation.delong import delong_roc
-from ich3d.evaluation.seeds import seed_ranges
+from ich3d.evaluation.comparison.seeds import seed_ranges
+from ich3d.evaluation.methods import all_methods
+from ich3d.stats.delong import delong_roc
 
-METHODS = ["max", "p95", "svm", "sequence", "finetune"]
+STAGES = ("slice", "sequence", "finetune")
+#: the default methods of the run's stages, from the registry
+METHODS = [m.name for m in all_methods() if m.default and m.needs in STAGES]
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
+def base(tiny_run, tmp_path_factory):
     from ich3d.evaluation.evaluate import evaluate_run
 
-    tiny = make_tiny_run(tmp_path_factory.mktemp("seeds"), stages=("slice", "sequence", "finetune"), patients=20)
+    tiny = copy_tiny_run(tiny_run, tmp_path_factory.mktemp("seeds"), stages=STAGES)
     evaluate_run(tiny.run_dir, progress=False, device="cpu", tracking=False)
     return tiny.run_dir
 

@@ -7,20 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _eval_helpers import make_tiny_run
+from _eval_helpers import copy_tiny_run
 from sklearn.metrics import roc_auc_score
 
 from ich3d.errors import UserError
-from ich3d.evaluation.slice_svm import bounded_subset, fit_slice_svm
+from ich3d.evaluation.inference.slice_svm import bounded_subset, fit_slice_svm
 from ich3d.models.autoencoder import fit_autoencoder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _separable(n: int, seed: int, f: int = 12) -> tuple[np.ndarray, np.ndarray]:
@@ -83,8 +75,9 @@ def test_autoencoder_reconstructs_low_rank_data_and_its_code_separates_classes()
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_run(
+def tiny(tiny_run, tmp_path_factory):
+    return copy_tiny_run(
+        tiny_run,
         tmp_path_factory.mktemp("slice_svm"),
         stages=("slice",),
         evaluation={"methods": ["slice_svm", "ae_svm"], "ae_epochs": 5, "ae_hidden": 16, "ae_code_dim": 4,
@@ -101,7 +94,10 @@ def evaluated(tiny):
 
 def test_config_methods_opt_in(evaluated):
     m = evaluated.report.metrics
-    assert m["methods"] == ["max", "p95", "svm", "slice_svm", "ae_svm"]
+    from ich3d.evaluation.methods import get_method, method_names
+
+    opted = {"slice_svm", "ae_svm"}  # the config's evaluation.methods
+    assert m["methods"] == [n for n in method_names() if get_method(n).needs == "slice" and (get_method(n).default or n in opted)]
     assert set(m["slice_level_systems"]) == {"slice", "slice_svm", "ae_svm"}
     assert set(m["slice_classifiers"]) == {"slice_svm", "ae_svm"}
     assert m["slice_classifiers"]["ae_svm"]["ae_code_dim"] == 4
@@ -136,9 +132,9 @@ def test_stage1_slice_row_matches_slice_predictions(tiny, evaluated):
 
 
 def test_slice_svm_method_scores_are_max_of_slice_scores(tiny, evaluated):
-    from ich3d.evaluation.context import EvaluationContext
+    from ich3d.evaluation.inference.context import EvaluationContext
+    from ich3d.evaluation.inference.slice_level import slice_frame, slice_systems, training_rows
     from ich3d.evaluation.methods import get_method
-    from ich3d.evaluation.slice_level import slice_frame, slice_systems, training_rows
     from ich3d.runs.run_dir import open_run_dir
 
     run = open_run_dir(tiny.run_dir)
@@ -164,7 +160,7 @@ def test_slice_svm_method_scores_are_max_of_slice_scores(tiny, evaluated):
         evaluated.report.metrics["slice_level_systems"]["slice_svm"]["auc"], abs=1e-12
     )
     # thresholds come from the validation cranial-cavity slices
-    from ich3d.evaluation.operating_points import threshold_for_sensitivity, youden_threshold
+    from ich3d.stats.operating_points import threshold_for_sensitivity, youden_threshold
 
     vf = slice_frame(ctx, "val")
     vm = vf["cavity"].to_numpy() & vf["label"].isin([0, 1]).to_numpy()

@@ -17,9 +17,9 @@ from ich3d.data.schema import LABEL_COLUMNS, SUBTYPES
 from ich3d.data.splits import load_or_create_splits
 from ich3d.data.targets import RSNA_TARGETS, resolve_targets, target_weights
 from ich3d.errors import UserError
-from ich3d.evaluation.log_loss import per_target_log_loss, weighted_log_loss
 from ich3d.runs.checkpoints import load_checkpoint, load_slice_model, load_volume_model
 from ich3d.runs.run_dir import open_run_dir
+from ich3d.stats.log_loss import per_target_log_loss, weighted_log_loss
 from ich3d.training.runner import build_module, build_trainer
 
 BLEEDS = SUBTYPES[:5]
@@ -286,7 +286,7 @@ def test_splits_stratified_by_subtype_when_subtypes_are_trained(tmp_path):
 
 def test_evaluate_six_label_run_per_target(six, tmp_path):
     from ich3d.evaluation.evaluate import evaluate_run
-    from ich3d.tracking.evaluation import summary_metrics
+    from ich3d.evaluation.report.wandb import summary_metrics
 
     _, _, run = six
     res = evaluate_run(run.path, out=tmp_path / "e", progress=False, device="cpu", tracking=False)
@@ -297,7 +297,7 @@ def test_evaluate_six_label_run_per_target(six, tmp_path):
     for method in ("max", "p95", "sequence"):
         assert pt["volume"]["any"]["methods"][method]["auc"] == pytest.approx(m["per_method"][method]["auc"], abs=1e-12)
     # every target's AUC is DeLong's on its predictions_<target>.csv
-    from ich3d.evaluation.delong import delong_roc
+    from ich3d.stats.delong import delong_roc
 
     for t in RSNA_TARGETS:
         f = pd.read_csv(tmp_path / "e" / f"predictions_{t}.csv", dtype={"key": str})

@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ich3d.evaluation.evaluate import evaluate_run
+from ich3d.evaluation.methods import all_methods
+from ich3d.stages import stage_names
+from ich3d.stats.roc_table import render_markdown
+
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ich3d.evaluation.methods import all_methods
-    from ich3d.stages import stage_names
-
     methods = all_methods()
     by_stage = {s: [m.name for m in methods if m.needs == s] for s in stage_names()}
     stages_help = ", ".join(
@@ -94,9 +96,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ich3d.evaluation.evaluate import evaluate_run
-    from ich3d.evaluation.roc_table import render_markdown
-
     result = evaluate_run(
         args.run_dir,
         out=args.out,
@@ -109,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
         tracking=not args.no_wandb,
     )
     print(render_markdown(result.report.delong), end="")
+    quiet = result.plan.unasked if result.plan is not None else set()
     for what, why in result.missing.items():
-        print(f"not evaluated: {what}: {why}")
+        if what not in quiet:  # a default stage the run never trained is listed in the report only
+            print(f"not evaluated: {what}: {why}")
     for method, stage in result.unfinished.items():
         print(f"unfinished: {method} (stage {stage} has no result.json)")
     print(f"report: {result.report.files['report']}")

@@ -8,23 +8,25 @@ Usage::
 ``INPUT`` is a folder of DICOM files (any number of series; ingested, without
 labels, into ``OUT/cache``; re-running reuses that cache) or an ingest cache (a
 folder with ``ingest.json``). Writes to ``OUT`` (default ``RUN_DIR/predict/<INPUT
-name>``):
+name>-<8 hex of the resolved INPUT path>``, printed):
 
 * ``volumes.csv``: ``key, n_slices, probability`` (the volume model of the best
-  stage: finetune > sequence > direct, or ``--stage``), plus ``label`` when the
-  cache is labeled, plus one column per ``--methods`` scoring method;
+  volume stage, or ``--stage``), plus one column per ``--methods`` scoring method,
+  ``label`` and ``split`` when the cache has them (``ich3d roc volumes.csv`` then
+  compares the scores), ``probability_<target>`` per target of a several-target run;
 * ``slices.csv``: ``key, slice_index, probability`` of the stage-1 slice CNN on
   every slice (slice order along the patient axis), plus ``label`` when labeled;
 * ``predict.json``: the run, the stage, device, timing, counts;
 * with ``--format rsna`` (a run trained with ``data.targets: all``): ``submission.csv``
   in the RSNA 2019 challenge format (``ID,Label``, ``ID_<image>_<subtype>``, every
   input image x six targets) and ``submission_fallback.csv`` (the images that could
-  not be ingested, with their reason; :mod:`ich3d.evaluation.submission`).
+  not be ingested, with their reason; :mod:`ich3d.evaluation.prediction.submission`);
+  ``--sample-submission CSV`` keeps exactly the sample's IDs.
 
 Volumes are named by their hashed key; ``--uids`` adds ``series_uid``,
 ``study_uid`` and ``patient_id`` columns (identifiers: keep such files local).
 The probabilities are exactly those ``ich3d evaluate`` computes for the same volumes.
-The work is :func:`ich3d.evaluation.predict.predict_run`; this module parses and prints.
+The work is :func:`ich3d.evaluation.prediction.predict.predict_run`; this module parses and prints.
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ich3d.evaluation.methods import all_methods
+from ich3d.evaluation.prediction.predict import predict_run
+from ich3d.stages import volume_stages
+
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ich3d.evaluation.methods import all_methods
-    from ich3d.stages import volume_stages
-
     volume_names = [s.name for s in volume_stages()]
     p = subparsers.add_parser(
         "predict",
@@ -54,7 +57,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory (runs/<experiment>/<run-id>)")
     p.add_argument("input", type=Path, metavar="INPUT", help="folder of DICOM files, or an ingest cache")
     p.add_argument(
-        "--out", type=Path, default=None, metavar="DIR", help="output folder (default: RUN_DIR/predict/<INPUT name>)"
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output folder (default: RUN_DIR/predict/<INPUT name>-<hash of the INPUT path>)",
     )
     p.add_argument(
         "--uids",
@@ -87,13 +94,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="rsna: also write submission.csv in the RSNA 2019 challenge format (ID_<image>_<subtype>,Label; "
         "needs a run trained on the six labels, data.targets: all)",
     )
+    p.add_argument(
+        "--sample-submission",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="with --format rsna: write exactly the IDs of this sample submission (its ID column), in its order",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ich3d.evaluation.predict import predict_run
-
     result = predict_run(
         args.run_dir,
         args.input,
@@ -105,8 +117,10 @@ def run(args: argparse.Namespace) -> int:
         methods=args.methods,
         progress=not args.no_progress,
         format=args.format,
+        sample_submission=args.sample_submission,
     )
     files = result["files"]
+    print(f"output folder: {result['out']}")
     if result.get("ingest_skipped"):
         print(f"ingest skipped {result['ingest_skipped']} file(s) or series: see {Path(result['cache']) / 'skipped.csv'}")
     if "volumes" in files:

@@ -11,7 +11,7 @@ when the stage it needs has a ``best.ckpt`` (the report names what is missing):
   on depth-pooled volumes (``data.depth_pool``);
 * any method a user registers (:func:`~ich3d.evaluation.methods.register_method`).
 
-Shared work is done once (:class:`~ich3d.evaluation.context.EvaluationContext`).
+Shared work is done once (:class:`~ich3d.evaluation.inference.context.EvaluationContext`).
 Every checkpoint used must have been trained on the inputs the run's config and
 cache give now (:mod:`ich3d.runs.inputs`), and its stage must have finished
 (``result.json``; ``include_unfinished`` scores a crashed stage's ``best.ckpt``
@@ -21,13 +21,13 @@ Scores are computed on the validation split (operating points) and on
 ``evaluation.split`` (default ``test``), or with ``data`` on every labelled volume
 of another ingest cache (thresholds still chosen on the run's own validation
 split, the SVM still fitted on its training split);
-:func:`~ich3d.evaluation.report.build_report` writes ``RUN_DIR/evaluation/``
+:func:`~ich3d.evaluation.report.build.build_report` writes ``RUN_DIR/evaluation/``
 (``RUN_DIR/evaluation-<cache name>`` with ``data``, or ``out``): ``predictions.csv``,
 ``val_predictions.csv``, ``slice_predictions.csv`` (evaluated slices: key, slice
 index, slice label, stage-1 probability), ``metrics.json``, ``roc.png`` and
 ``report.md``. With tracking on (the run's ``tracking.mode``), the table, ROC curves
 and summary metrics go to a W&B run of job type ``evaluate`` in the run's group
-(:mod:`ich3d.tracking.evaluation`).
+(:mod:`ich3d.evaluation.report.wandb`).
 """
 
 from __future__ import annotations
@@ -42,11 +42,146 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ich3d.data.cache import is_complete
 from ich3d.errors import UserError
+from ich3d.evaluation.inference.context import EvaluationContext
+from ich3d.evaluation.inference.passes import hardware_info, resolve_device
+from ich3d.evaluation.inference.slice_level import slice_systems
+from ich3d.evaluation.methods import (
+    MethodScores,
+    MethodUnavailable,
+    ScoringMethod,
+    all_methods,
+    get_method,
+    methods_for_stages,
+)
+from ich3d.evaluation.report.build import EvaluationReport, build_report
+from ich3d.evaluation.report.curves import training_curves
+from ich3d.evaluation.report.provenance import data_origin, provenance
+from ich3d.evaluation.report.reference import reference_for
+from ich3d.evaluation.report.wandb import log_evaluation
+from ich3d.evaluation.tables import per_target_section, stage1_slice_table
+from ich3d.runs.inputs import input_signature
+from ich3d.runs.run_dir import RunDir, open_run_dir
+from ich3d.stages import stage_names
 
-__all__ = ["EvaluationResult", "available_stages", "select_methods", "evaluate_run"]
+__all__ = [
+    "EvaluationPlan",
+    "MethodOutcome",
+    "ScoredMethods",
+    "EvaluationResult",
+    "available_stages",
+    "select_methods",
+    "plan_evaluation",
+    "score_methods",
+    "evaluate_run",
+]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationPlan:
+    """What one evaluation runs, decided before any model is loaded.
+
+    Attributes:
+        run: the run directory.
+        config: the run's resolved config.
+        methods: the scoring methods to score (their stage's ``best.ckpt`` exists).
+        stages: the stages those methods need, in declared order.
+        missing: stage or method -> why it is not evaluated.
+        unfinished: method -> the unfinished stage it is scored from.
+        data_dir: another ingest cache to evaluate on, or None (the run's split).
+        out_dir: the evaluation folder.
+        unasked: the stages of ``missing`` nobody asked for (a default volume stage the
+            run never trained): listed in the report only, never warned about.
+    """
+
+    run: RunDir
+    config: Any
+    methods: list[ScoringMethod]
+    stages: list[str]
+    missing: dict[str, str]
+    unfinished: dict[str, str]
+    data_dir: Path | None
+    out_dir: Path
+    unasked: set[str] = field(default_factory=set)
+
+
+@dataclass
+class MethodOutcome:
+    """One method's scores of the evaluated and the validation volumes."""
+
+    name: str
+    description: str
+    evaluated: MethodScores
+    val: MethodScores
+
+
+@dataclass
+class ScoredMethods:
+    """Every scored method of an evaluation, with the volume tables their columns fill.
+
+    Attributes:
+        test: ``key, label, <method>...`` of the evaluated volumes.
+        val: the same for the validation split.
+        outcomes: method -> its :class:`MethodOutcome`, in scoring order.
+        missing: method -> why it could not be computed (``MethodUnavailable``).
+        notes: the methods' notes for the report (no identifiers).
+    """
+
+    test: pd.DataFrame
+    val: pd.DataFrame
+    outcomes: dict[str, MethodOutcome] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        """The scored methods, in scoring (report) order."""
+        return list(self.outcomes)
+
+    def descriptions(self) -> dict[str, str]:
+        return {n: o.description for n, o in self.outcomes.items()}
+
+    def timing(self) -> dict[str, float]:
+        """Forward seconds per volume of each method that reported them."""
+        return {n: float(o.evaluated.seconds) for n, o in self.outcomes.items() if o.evaluated.seconds is not None}
+
+    def load_seconds(self) -> dict[str, float]:
+        return {
+            n: float(o.evaluated.load_seconds) for n, o in self.outcomes.items() if o.evaluated.load_seconds is not None
+        }
+
+    def details(self) -> dict[str, dict[str, Any]]:
+        return {n: o.evaluated.details for n, o in self.outcomes.items() if o.evaluated.details}
+
+    def slice_classifiers(self) -> dict[str, tuple[MethodScores, MethodScores]]:
+        """Methods with stage-1 slice scores on both roles (the slice-level table's systems)."""
+        return {
+            n: (o.evaluated, o.val)
+            for n, o in self.outcomes.items()
+            if o.evaluated.stage1_slice_scores is not None and o.val.stage1_slice_scores is not None
+        }
+
+    def target_scores(self, role: str, one_target: bool) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Method -> ``(keys, (n, K) scores)`` of ``role`` (``evaluated`` or ``val``) for the per-target section."""
+        out = {}
+        for n, o in self.outcomes.items():
+            g = o.evaluated if role == "evaluated" else o.val
+            if g.target_scores is not None:
+                out[n] = (list(g.keys), np.asarray(g.target_scores))
+            elif one_target:  # data.targets: [one label]
+                out[n] = (list(g.keys), np.asarray(g.scores, dtype=np.float64)[:, None])
+        return out
+
+    def slice_scores(self) -> dict[str, tuple[list[str], list[np.ndarray]]]:
+        """Method -> per-slice volume-model outputs (``model.per_slice``)."""
+        return {
+            n: (list(o.evaluated.keys), o.evaluated.slice_scores)
+            for n, o in self.outcomes.items()
+            if o.evaluated.slice_scores is not None
+        }
 
 
 @dataclass
@@ -55,30 +190,32 @@ class EvaluationResult:
 
     Attributes:
         out_dir: the evaluation folder.
-        report: the :class:`~ich3d.evaluation.report.EvaluationReport`.
+        report: the :class:`~ich3d.evaluation.report.build.EvaluationReport`.
         missing: stage or method -> why it was not evaluated.
         wandb_dir: the W&B run's local folder, if one was written.
         unfinished: method -> the unfinished stage it was scored from
             (``include_unfinished`` only).
+        plan: the :class:`EvaluationPlan`.
+        scored: the :class:`ScoredMethods`.
     """
 
     out_dir: Path
-    report: Any
+    report: EvaluationReport
     missing: dict[str, str] = field(default_factory=dict)
     wandb_dir: str | None = None
     unfinished: dict[str, str] = field(default_factory=dict)
+    plan: EvaluationPlan | None = None
+    scored: ScoredMethods | None = None
 
 
 def available_stages(run: Any) -> list[str]:
     """Declared stages whose ``best.ckpt`` exists in the run."""
-    from ich3d.stages import stage_names
-
     return [s for s in stage_names() if run.best_ckpt(s).is_file()]
 
 
 def select_methods(
     methods: Sequence[str] | None = None, stages: Sequence[str] | None = None, extra: Sequence[str] = ()
-) -> list[Any]:
+) -> list[ScoringMethod]:
     """The scoring methods asked for: ``methods`` by name plus those needing one of ``stages``.
 
     Neither given: every default method (``ScoringMethod.default``) plus ``extra`` (the
@@ -88,9 +225,6 @@ def select_methods(
     Raises:
         UserError: an unknown method or stage (the message lists the known ones).
     """
-    from ich3d.evaluation.methods import all_methods, get_method, methods_for_stages
-    from ich3d.stages import stage_names
-
     chosen = {get_method(m).name for m in extra}
     if not methods and not stages:
         return [m for m in all_methods() if m.default or m.name in chosen]
@@ -103,8 +237,87 @@ def select_methods(
     return [m for m in all_methods() if m.name in wanted]
 
 
-def _frame(table: pd.DataFrame) -> pd.DataFrame:
-    return table[["key", "label"]].reset_index(drop=True).copy()
+def _unfinished_message(run: Any, stages: Sequence[str]) -> str:
+    names = ", ".join(stages)
+    return (
+        f"stage {names} of {run.path} did not finish (best.ckpt but no result.json: training was "
+        f"interrupted or is still running); finish it with `ich3d train --resume {run.path}`, "
+        f"leave it out with --stages/--methods, or score its best.ckpt anyway with "
+        f"--include-unfinished (marked unfinished in the report)"
+    )
+
+
+def plan_evaluation(
+    run_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    stages: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    data: str | Path | None = None,
+    include_unfinished: bool = False,
+) -> EvaluationPlan:
+    """Which methods and stages an evaluation runs, and where it writes (see :func:`evaluate_run`).
+
+    A method whose stage has no ``best.ckpt`` is listed in ``missing`` with one warning
+    only when it was asked for by name, by ``--stages`` or by the config's
+    ``evaluation.methods``; a default volume stage the run never trained (such as the
+    ``direct`` ablation) is listed in ``missing`` silently.
+
+    Raises:
+        UserError: see :func:`evaluate_run`.
+    """
+    run = open_run_dir(run_dir)
+    config = run.load_config()
+    if config.evaluation.split not in ("train", "val", "test"):
+        raise UserError(f"evaluation.split must be train, val or test, got {config.evaluation.split!r}")
+    data_dir: Path | None = None
+    if data is not None:
+        data_dir = Path(data).expanduser().resolve()
+        if not is_complete(data_dir):
+            raise UserError(f"--data {data}: not a complete ingest cache (run `ich3d ingest` on it first)")
+    selected = select_methods(methods, stages, config.evaluation.methods)
+    needed = [s for s in stage_names() if s in {m.needs for m in selected} | set(stages or ())]
+    present = set(available_stages(run))
+    asked = set(methods or ()) | set(config.evaluation.methods) | set(stages or ())
+    missing: dict[str, str] = {}
+    unasked: set[str] = set()
+    for s in needed:
+        if s not in present:
+            names = [m.name for m in selected if m.needs == s]
+            missing[s] = f"no {s}/best.ckpt in the run directory: {', '.join(names) or 'nothing'} not evaluated"
+            if s in asked or asked & set(names):
+                log.warning("%s", missing[s])
+            else:
+                unasked.add(s)
+    todo = [m for m in selected if m.needs in present]
+    if not todo:
+        raise UserError(
+            f"{run.path} has none of the requested checkpoints ({', '.join(f'{s}/best.ckpt' for s in needed)}); "
+            "train first"
+        )
+    todo_stages = [s for s in needed if s in present and any(m.needs == s for m in todo)]
+    unfinished_stages = [s for s in todo_stages if not run.is_done(s)]
+    if unfinished_stages and not include_unfinished:
+        raise UserError(_unfinished_message(run, unfinished_stages))
+    for s in unfinished_stages:
+        log.warning("stage %s did not finish (no result.json): its best.ckpt is scored and marked unfinished", s)
+    if out is not None:
+        out_dir = Path(out)
+    elif data_dir is not None:
+        out_dir = run.path / f"evaluation-{data_dir.name}"
+    else:
+        out_dir = run.path / "evaluation"
+    return EvaluationPlan(
+        run=run,
+        config=config,
+        methods=todo,
+        stages=todo_stages,
+        missing=missing,
+        unfinished={m.name: m.needs for m in todo if m.needs in unfinished_stages},
+        data_dir=data_dir,
+        out_dir=out_dir,
+        unasked=unasked,
+    )
 
 
 def _put(frame: pd.DataFrame, name: str, keys: Sequence[str], scores: np.ndarray) -> None:
@@ -118,14 +331,69 @@ def _put(frame: pd.DataFrame, name: str, keys: Sequence[str], scores: np.ndarray
     frame[name] = col.to_numpy(dtype=np.float64)
 
 
-def _unfinished_message(run: Any, stages: Sequence[str]) -> str:
-    names = ", ".join(stages)
-    return (
-        f"stage {names} of {run.path} did not finish (best.ckpt but no result.json: training was "
-        f"interrupted or is still running); finish it with `ich3d train --resume {run.path}`, "
-        f"leave it out with --stages/--methods, or score its best.ckpt anyway with "
-        f"--include-unfinished (marked unfinished in the report)"
+def _frame(table: pd.DataFrame) -> pd.DataFrame:
+    return table[["key", "label"]].reset_index(drop=True).copy()
+
+
+def score_methods(ctx: EvaluationContext, methods: Sequence[ScoringMethod]) -> ScoredMethods:
+    """Score every method on the evaluated and the validation volumes (a method that cannot be
+    computed for this run is left out with its reason)."""
+    scored = ScoredMethods(test=_frame(ctx.table("evaluated")), val=_frame(ctx.table("val")))
+    for method in methods:
+        try:
+            got = method.score(ctx, "evaluated")
+            val_got = got if ctx.same_data("evaluated", "val") else method.score(ctx, "val")
+        except MethodUnavailable as exc:
+            scored.missing[method.name] = str(exc)
+            log.warning("%s: %s", method.name, exc)
+            continue
+        _put(scored.test, method.name, got.keys, got.scores)
+        _put(scored.val, method.name, val_got.keys, val_got.scores)
+        scored.outcomes[method.name] = MethodOutcome(method.name, method.describe(ctx.config), got, val_got)
+        scored.notes.extend(n for n in got.notes if n not in scored.notes)
+    ctx.release_model()
+    return scored
+
+
+def _external_facts(ctx: EvaluationContext, data_dir: Path, n_labelled: int) -> tuple[dict[str, Any], str]:
+    """``metrics.json``'s ``data`` entry and the report's note for an evaluation on another cache."""
+    config = ctx.config
+    every = ctx.datamodule("evaluated", config.data.depth_pool).split_table("predict")
+    facts = {
+        "cache": str(data_dir),
+        "cache_hash": input_signature(config.data, cache_dir=data_dir)["cache"],
+        "n_volumes_in_cache": int(len(every)),
+        "n_labelled": int(n_labelled),
+        "image_size": None if ctx.image_size is None else list(ctx.image_size),
+    }
+    note = (
+        f"evaluated on another cache ({n_labelled} labelled volumes of {len(every)}); operating "
+        "points chosen on the run's validation split, the SVM fitted on its training split"
     )
+    return facts, note
+
+
+def _slice_sections(ctx: EvaluationContext, scored: ScoredMethods, out_dir: Path) -> dict[str, Any]:
+    """The stage-1 slice-level AUCs (and ``slice_predictions.csv``) and every slice classifier's table."""
+    ev = ctx.config.evaluation
+    sections: dict[str, Any] = {"slice_level": {}}
+    if ctx.has_slice_outputs("evaluated"):
+        outs = ctx.slice_outputs("evaluated")
+        keep = set(scored.test["key"])
+        if len(keep) != len(outs.keys):
+            outs = outs.subset([k for k in outs.keys if k in keep])
+        sections["slice_level"], table = stage1_slice_table(
+            ctx.datamodule("evaluated", 1), outs, ctx.config.data.label, ev.confidence
+        )
+        table.to_csv(out_dir / "slice_predictions.csv", index=False)
+    classifiers = scored.slice_classifiers()
+    sections["slice_level_systems"] = slice_systems(
+        ctx, classifiers, keep=list(scored.test["key"]), descriptions=scored.descriptions(),
+        target_sensitivity=ev.target_sensitivity, level=ev.confidence,
+    )
+    details = scored.details()
+    sections["slice_classifiers"] = {m: details[m] for m in classifiers if m in details}
+    return sections
 
 
 def evaluate_run(
@@ -164,287 +432,68 @@ def evaluate_run(
             an unfinished stage (without ``include_unfinished``), a checkpoint trained
             on other inputs, an unlabeled cache, or a split without both classes.
     """
-    from ich3d.evaluation.context import EvaluationContext
-    from ich3d.evaluation.inference import hardware_info, resolve_device
-    from ich3d.evaluation.methods import MethodUnavailable
-    from ich3d.evaluation.report import build_report, slice_level_auc
-    from ich3d.runs.run_dir import open_run_dir
-    from ich3d.stages import stage_names
-
-    run = open_run_dir(run_dir)
-    config = run.load_config()
-    ev = config.evaluation
-    split = ev.split
-    if split not in ("train", "val", "test"):
-        raise UserError(f"evaluation.split must be train, val or test, got {split!r}")
-    data_dir: Path | None = None
-    if data is not None:
-        from ich3d.data.cache import is_complete
-
-        data_dir = Path(data).expanduser().resolve()
-        if not is_complete(data_dir):
-            raise UserError(f"--data {data}: not a complete ingest cache (run `ich3d ingest` on it first)")
-    selected = select_methods(methods, stages, ev.methods)
-
-    # ---- which stages exist, which finished
-    needed = [s for s in stage_names() if s in {m.needs for m in selected} | set(stages or ())]
-    present = set(available_stages(run))
-    missing: dict[str, str] = {}
-    for s in needed:
-        if s not in present:
-            names = [m.name for m in selected if m.needs == s]
-            what = ", ".join(names) if names else "nothing"
-            missing[s] = f"no {s}/best.ckpt in the run directory: {what} not evaluated"
-    todo = [m for m in selected if m.needs in present]
-    if not todo:
-        raise UserError(
-            f"{run.path} has none of the requested checkpoints ({', '.join(f'{s}/best.ckpt' for s in needed)}); "
-            "train first"
-        )
-    todo_stages = [s for s in needed if s in present and any(m.needs == s for m in todo)]
-    unfinished_stages = [s for s in todo_stages if not run.is_done(s)]
-    if unfinished_stages and not include_unfinished:
-        raise UserError(_unfinished_message(run, unfinished_stages))
-    unfinished = {m.name: m.needs for m in todo if m.needs in unfinished_stages}
-    for s in unfinished_stages:
-        log.warning("stage %s did not finish (no result.json): its best.ckpt is scored and marked unfinished", s)
-    for why in missing.values():
-        log.warning("%s", why)
-
+    plan = plan_evaluation(
+        run_dir, out=out, stages=stages, methods=methods, data=data, include_unfinished=include_unfinished
+    )
+    config, run, ev = plan.config, plan.run, plan.config.evaluation
     dev = resolve_device(device)
-    ctx = EvaluationContext(run, config, device=dev, progress=progress, split=split, data=data_dir)
-    ctx.check_stages(todo_stages)  # inputs of every checkpoint, before any work
-    hw = hardware_info(dev)
-    if out is not None:
-        out_dir = Path(out)
-    elif data_dir is not None:
-        out_dir = run.path / f"evaluation-{data_dir.name}"
-    else:
-        out_dir = run.path / "evaluation"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = EvaluationContext(run, config, device=dev, progress=progress, split=ev.split, data=plan.data_dir)
+    ctx.check_stages(plan.stages)  # inputs of every checkpoint, before any work
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-
-    timing: dict[str, float] = {}
-    load_seconds: dict[str, float] = {}
-    details: dict[str, dict[str, Any]] = {}
-    notes: list[str] = []
+    hardware = hardware_info(dev)
     extra: dict[str, Any] = {
+        "provenance": provenance(run, config, hardware, plan.data_dir),
+        "data_origin": data_origin(plan.data_dir or config.data.cache_dir),
         "experiment": config.experiment,
         "run_id": run.run_id,
         "percentile": ev.percentile,
-        "stages_evaluated": todo_stages,
+        "stages_evaluated": plan.stages,
         "label": config.data.label,
         "depth_pool": config.data.depth_pool,
     }
-    test_df = _frame(ctx.table("evaluated"))
-    val_df = _frame(ctx.table("val"))
-    if data_dir is not None:
-        from ich3d.runs.inputs import input_signature
-
-        every = ctx.datamodule("evaluated", config.data.depth_pool).split_table("predict")
-        extra["data"] = {
-            "cache": str(data_dir),
-            "cache_hash": input_signature(config.data, cache_dir=data_dir)["cache"],
-            "n_volumes_in_cache": int(len(every)),
-            "n_labelled": int(len(test_df)),
-            "image_size": None if ctx.image_size is None else list(ctx.image_size),
-        }
-        notes.append(
-            f"evaluated on another cache ({len(test_df)} labelled volumes of {len(every)}); operating "
-            "points chosen on the run's validation split, the SVM fitted on its training split"
-        )
-
-    described: dict[str, str] = {}
-    target_scores: dict[str, tuple[list[str], np.ndarray]] = {}
-    val_target_scores: dict[str, tuple[list[str], np.ndarray]] = {}
-    slice_scores: dict[str, tuple[list[str], list[np.ndarray]]] = {}
-    slice_scored: dict[str, tuple[Any, Any]] = {}
-    for method in todo:
-        try:
-            got = method.score(ctx, "evaluated")
-            val_got = got if ctx.same_data("evaluated", "val") else method.score(ctx, "val")
-        except MethodUnavailable as exc:
-            missing[method.name] = str(exc)
-            log.warning("%s: %s", method.name, exc)
-            continue
-        _put(test_df, method.name, got.keys, got.scores)
-        _put(val_df, method.name, val_got.keys, val_got.scores)
-        one_target = ctx.primary is not None and len(ctx.targets) == 1  # data.targets: [one label]
-        for g, into in ((got, target_scores), (val_got, val_target_scores)):
-            if g.target_scores is not None:
-                into[method.name] = (list(g.keys), np.asarray(g.target_scores))
-            elif one_target:
-                into[method.name] = (list(g.keys), np.asarray(g.scores, dtype=np.float64)[:, None])
-        if got.slice_scores is not None:
-            slice_scores[method.name] = (list(got.keys), got.slice_scores)
-        described[method.name] = method.describe(config)
-        if got.seconds is not None:
-            timing[method.name] = float(got.seconds)
-        if got.load_seconds is not None:
-            load_seconds[method.name] = float(got.load_seconds)
-        if got.details:
-            details[method.name] = got.details
-        notes.extend(n for n in got.notes if n not in notes)
-        if got.stage1_slice_scores is not None and val_got.stage1_slice_scores is not None:
-            slice_scored[method.name] = (got, val_got)
-    ctx.release_model()
-
-    slice_level: dict[str, Any] = {}
-    if ctx.has_slice_outputs("evaluated"):
-        dm1 = ctx.datamodule("evaluated", 1)
-        outs = ctx.slice_outputs("evaluated")
-        keep = set(test_df["key"])
-        if len(keep) != len(outs.keys):
-            outs = outs.subset([k for k in outs.keys if k in keep])
-        slice_level, slice_table = _slice_level(dm1, outs, config.data.label, ev.confidence, slice_level_auc)
-        slice_table.to_csv(out_dir / "slice_predictions.csv", index=False)
-    from ich3d.evaluation.slice_level import slice_systems
-
-    extra["slice_level_systems"] = slice_systems(
-        ctx, slice_scored, keep=list(test_df["key"]), descriptions=described,
-        target_sensitivity=ev.target_sensitivity, level=ev.confidence,
-    )
-    extra["slice_classifiers"] = {m: details[m] for m in slice_scored if m in details}
-
-    scored = [m.name for m in todo if m.name in test_df.columns]
+    notes: list[str] = []
+    if plan.data_dir is not None:
+        extra["data"], note = _external_facts(ctx, plan.data_dir, len(ctx.table("evaluated")))
+        notes.append(note)
+    scored = score_methods(ctx, plan.methods)
+    missing = {**plan.missing, **scored.missing}
+    extra.update(_slice_sections(ctx, scored, plan.out_dir))
     if ctx.primary is not None:  # several targets: the per-target section
-        extra["per_target"] = _per_target(
-            ctx, config, target_scores, scored, out_dir, slice_scores, val_target_scores
+        one = len(ctx.targets) == 1
+        extra["per_target"] = per_target_section(
+            ctx, scored.names, plan.out_dir, scored.target_scores("evaluated", one),
+            scored.target_scores("val", one), scored.slice_scores(),
         )
-    extra["load_seconds_per_volume"] = load_seconds
+    extra["reference"] = reference_for(scored.names)
+    extra["training_curves"] = training_curves(run, stage_names(), plan.out_dir)
+    extra["load_seconds_per_volume"] = scored.load_seconds()
     extra["seconds_total"] = round(time.perf_counter() - t_start, 3)
-    what = f"{config.experiment}/{run.run_id}"
+    names = scored.names
     report = build_report(
-        test_df[["key", "label", *scored]],
-        out_dir,
-        val=val_df[["key", "label", *scored]],
-        methods=scored,
+        scored.test[["key", "label", *names]],
+        plan.out_dir,
+        val=scored.val[["key", "label", *names]],
+        methods=names,
         target_sensitivity=ev.target_sensitivity,
         level=ev.confidence,
-        timing=timing,
-        hardware=hw,
-        slice_level=slice_level,
-        # metrics.json's `svm` section (the report renders it) is the svm method's details
-        svm=details.get("svm") or {},
+        timing=scored.timing(),
+        hardware=hardware,
+        slice_level=extra.pop("slice_level"),
+        svm=scored.details().get("svm") or {},  # metrics.json's `svm` section: the svm method's details
         missing=missing,
-        notes=notes,
-        title=f"ich3d evaluation: {what}" + (", another cache" if data_dir is not None else ""),
-        split="external" if data_dir is not None else split,
+        notes=[*notes, *scored.notes],
+        title=f"ich3d evaluation: {config.experiment}/{run.run_id}" + (", another cache" if plan.data_dir else ""),
+        split="external" if plan.data_dir is not None else ev.split,
         extra=extra,
-        descriptions=described,
-        unfinished={m: s for m, s in unfinished.items() if m in scored},
+        descriptions=scored.descriptions(),
+        unfinished={m: s for m, s in plan.unfinished.items() if m in names},
     )
     wandb_dir = None
     if tracking:
-        from ich3d.tracking.evaluation import log_evaluation
-
-        wandb_dir = log_evaluation(
-            report, config, run.path, job="evaluate" if data_dir is None else "evaluate-external"
-        )
+        job = "evaluate" if plan.data_dir is None else "evaluate-external"
+        wandb_dir = log_evaluation(report, config, run.path, job=job)
     return EvaluationResult(
-        out_dir=out_dir, report=report, missing=missing, wandb_dir=wandb_dir, unfinished=unfinished
+        out_dir=plan.out_dir, report=report, missing=missing, wandb_dir=wandb_dir,
+        unfinished=plan.unfinished, plan=plan, scored=scored,
     )
-
-
-def _per_target(
-    ctx: Any,
-    config: Any,
-    target_scores: dict[str, tuple[list[str], np.ndarray]],
-    scored: list[str],
-    out_dir: Path,
-    slice_scores: dict[str, tuple[list[str], list[np.ndarray]]] | None = None,
-    val_target_scores: dict[str, tuple[list[str], np.ndarray]] | None = None,
-) -> dict[str, Any]:
-    """Per-target volume and slice statistics (:mod:`ich3d.evaluation.per_target`) and their CSVs."""
-    from ich3d.data.targets import target_weights
-    from ich3d.evaluation import per_target as pt
-
-    targets = list(ctx.targets)
-    level = config.evaluation.confidence
-    weights = list(target_weights(targets, config.data.target_weights))
-    frames = pt.target_frames(ctx.table("evaluated"), target_scores, targets)
-    for t, f in frames.items():
-        f.to_csv(out_dir / f"predictions_{t}.csv", index=False)
-    section: dict[str, Any] = {
-        "targets": targets,
-        "weights": weights,
-        "level": level,
-        "volume": pt.volume_level(frames, [m for m in scored if m in target_scores], level),
-    }
-    if val_target_scores:  # operating points per target: chosen on validation, as the main table's
-        val_frames = pt.target_frames(ctx.table("val"), val_target_scores, targets)
-        section["operating_points"] = pt.operating_points_per_target(
-            frames, val_frames, config.evaluation.target_sensitivity, level
-        )
-    if ctx.has_slice_outputs("evaluated"):
-        outs = ctx.slice_outputs("evaluated")
-        keep = set(frames[targets[0]]["key"]) | set(ctx.table("evaluated")["key"])
-        rows = []
-        per_volume = outs.target_probs or [p[:, None] for p in outs.probs]  # one target: probs
-        for key, p in zip(outs.keys, per_volume, strict=True):
-            if key in keep:
-                r = pd.DataFrame(p, columns=[f"p_{t}" for t in targets])
-                r.insert(0, "slice_index", np.arange(len(p)))
-                r.insert(0, "key", key)
-                rows.append(r)
-        if rows:
-            table = pd.concat(rows, ignore_index=True)
-            labels = ctx.datamodule("evaluated", 1).cache.slices[["key", "slice_index", *targets]]
-            table = table.merge(labels, on=["key", "slice_index"], how="left", validate="one_to_one")
-            table[targets] = table[targets].fillna(-1).astype(np.int64)
-            table[["key", "slice_index", *targets, *(f"p_{t}" for t in targets)]].to_csv(
-                out_dir / "slice_predictions_targets.csv", index=False
-            )
-            section["slice"] = pt.slice_level(table, targets, weights, level)
-    # volume models with per-slice outputs (model.per_slice): each pooled slice's
-    # probabilities stand for the data.depth_pool slices it pools
-    labels = ctx.datamodule("evaluated", 1).cache.slices[["key", "slice_index", *targets]]
-    evaluated = set(ctx.table("evaluated")["key"])
-    for method, (keys, per_volume) in (slice_scores or {}).items():
-        rows = []
-        for key, p in zip(keys, per_volume, strict=True):
-            if key not in evaluated:
-                continue
-            expanded = np.repeat(p, config.data.depth_pool, axis=0)
-            r = pd.DataFrame(expanded, columns=[f"p_{t}" for t in targets])
-            r.insert(0, "slice_index", np.arange(len(expanded)))
-            r.insert(0, "key", key)
-            rows.append(r)
-        if rows:
-            t = pd.concat(rows, ignore_index=True).merge(labels, on=["key", "slice_index"], how="inner")
-            t[targets] = t[targets].fillna(-1).astype(np.int64)
-            section.setdefault("slice_methods", {})[method] = pt.slice_level(t, targets, weights, level)
-    return section
-
-
-def _slice_level(
-    dm: Any, outs: Any, label: str, level: float, slice_level_auc: Any
-) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Slice-level AUC of the stage-1 CNN on the evaluated split (all and cranial-cavity slices)."""
-    from ich3d.data.cavity import CavityRule, load_slice_stats
-
-    rows = []
-    for key, p in zip(outs.keys, outs.probs, strict=True):
-        rows.append(pd.DataFrame({"key": key, "slice_index": np.arange(len(p)), "probability": p}))
-    table = pd.concat(rows, ignore_index=True)
-    sl = dm.cache.slices[["key", "slice_index", label]].rename(columns={label: "label"})
-    table = table.merge(sl, on=["key", "slice_index"], how="left", validate="one_to_one")
-    if table["label"].isna().any():
-        raise RuntimeError("slice probabilities and slices.csv disagree on the slices of a volume")
-    table["label"] = table["label"].astype(np.int64)
-    table = table[["key", "slice_index", "label", "probability"]]
-    result: dict[str, Any] = {}
-    labeled = table["label"].isin([0, 1]).to_numpy()
-    if not labeled.any():  # e.g. another cache with study-level labels only
-        log.warning("slice-level AUC not computed: no evaluated slice has a 0/1 label")
-        return result, table
-    result["all"] = slice_level_auc(table["label"][labeled], table["probability"][labeled], level)
-    try:
-        rule = CavityRule()
-        stats = load_slice_stats(dm.cache, rule)
-        t = table.merge(stats[["key", "slice_index", "cavity_fraction"]], on=["key", "slice_index"], how="left")
-        cav = (t["cavity_fraction"].fillna(0.0) >= rule.min_fraction).to_numpy() & labeled
-        result = {"cavity": slice_level_auc(t["label"][cav], t["probability"][cav], level), **result}
-    except Exception as exc:  # the statistics are a convenience; the all-slice AUC stands
-        log.warning("cranial-cavity slice statistics unavailable: %s", exc)
-    return result, table

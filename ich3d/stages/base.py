@@ -228,3 +228,34 @@ def volume_stages() -> list[Stage]:
     """The volume stages, the preferred default model first, then by ``order``."""
     vols = [s for s in all_stages() if s.is_volume]
     return sorted(vols, key=lambda s: (s.preference is None, s.preference or 0, s.order))
+
+
+def slice_stage() -> Stage:
+    """The stage-1 slice classifier: the first declared stage of kind ``slice``.
+
+    Raises:
+        RuntimeError: no slice stage is declared.
+    """
+    for s in all_stages():
+        if not s.is_volume:
+            return s
+    raise RuntimeError("no slice stage is declared")
+
+
+def final_volume_stage() -> Stage:
+    """The volume model's final stage: the last volume stage of the ``--stage all`` chain.
+
+    Its ``stages.<name>`` settings (workers, batch size) are the volume model's
+    defaults outside training (evaluation and prediction loaders). Without a
+    volume stage in the chain, the preferred volume stage (:func:`volume_stages`).
+
+    Raises:
+        RuntimeError: no volume stage is declared.
+    """
+    in_chain = [s for s in chain() if s.is_volume]
+    if in_chain:
+        return in_chain[-1]
+    vols = volume_stages()
+    if not vols:
+        raise RuntimeError("no volume stage is declared")
+    return vols[0]

@@ -27,7 +27,7 @@ it in the W&B UI ranks them by their best epoch. W&B's own metadata collection
 can hold paths; the commit is recorded by ich3d instead.
 
 :func:`wandb_environment` is the one place that sets W&B's environment up (the
-training stages here and the evaluation's run in :mod:`ich3d.tracking.evaluation`).
+training stages here and the evaluation's run in :mod:`ich3d.evaluation.report.wandb`).
 """
 
 from __future__ import annotations

@@ -292,7 +292,7 @@ class _BinaryModule(pl.LightningModule):
 
     def _target_metrics(self, probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """Per-target AUCs, their mean and the weighted log loss of ``(N, K)`` predictions."""
-        from ich3d.evaluation.log_loss import weighted_log_loss
+        from ich3d.stats import weighted_log_loss
 
         assert self.targets is not None
         out = {f"auc_{t}": auc_or_nan(probs[:, k], labels[:, k]) for k, t in enumerate(self.targets)}

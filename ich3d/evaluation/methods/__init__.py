@@ -9,6 +9,7 @@ new file here, or :func:`register_method` in a user's code.
 
 from __future__ import annotations
 
+from ich3d.evaluation.methods.aggregation import SliceAggregation
 from ich3d.evaluation.methods.base import (
     ROLES,
     MethodScores,
@@ -29,6 +30,7 @@ __all__ = [
     "MethodScores",
     "MethodUnavailable",
     "ScoringMethod",
+    "SliceAggregation",
     "all_methods",
     "get_method",
     "method_names",

@@ -15,9 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from ich3d.evaluation.methods.base import register_method, slice_stage_name
 from ich3d.evaluation.methods.slice_svm import SliceSVMMethod
+from ich3d.models.autoencoder import fit_autoencoder
 
 __all__ = ["AutoencoderSVMMethod"]
 
@@ -32,10 +34,6 @@ class AutoencoderSVMMethod(SliceSVMMethod):
         return f"{self.description} (code {ev.ae_code_dim}, hidden {ev.ae_hidden})"
 
     def _transform_fit(self, ctx: Any, x: np.ndarray) -> tuple[Any, dict[str, Any]]:
-        import torch
-
-        from ich3d.models.autoencoder import fit_autoencoder
-
         ev = ctx.config.evaluation
         with torch.inference_mode(False), torch.enable_grad():
             fit = fit_autoencoder(

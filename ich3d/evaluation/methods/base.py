@@ -4,7 +4,7 @@ A scoring method turns a trained run into one score per volume (higher = more
 likely positive). It declares its ``name`` (the column of ``predictions.csv`` and
 the row of the report), a one-line ``description``, the stage whose ``best.ckpt``
 it ``needs`` and an ``order`` (report columns are sorted by it), and scores a
-*role* of an :class:`~ich3d.evaluation.context.EvaluationContext`:
+*role* of an :class:`~ich3d.evaluation.inference.context.EvaluationContext`:
 
 * ``"evaluated"``: the split the report is about (``evaluation.split`` of the run's
   cache, or every labelled volume of another cache with ``ich3d evaluate --data``);
@@ -19,16 +19,12 @@ list is first read; the volume models are one method per declared volume stage
 method::
 
     import numpy as np
-    from ich3d.evaluation.methods import MethodScores, ScoringMethod, register_method
+    from ich3d.evaluation.methods import SliceAggregation, register_method
 
-    class MeanSlice(ScoringMethod):
-        def score(self, ctx, role):
-            out = ctx.slice_outputs(role)
-            return MethodScores(out.keys, np.array([p.mean() for p in out.probs]))
+    register_method(SliceAggregation("mean", "stage-1 slice CNN, mean slice probability", np.mean, order=25))
 
-    register_method(MeanSlice("mean", "stage-1 slice CNN, mean slice probability", needs="slice", order=25))
-
-Nothing here imports torch: the CLI lists the methods cheaply.
+A method that needs more than the slice probabilities subclasses
+:class:`ScoringMethod` and overrides :meth:`ScoringMethod.score`.
 """
 
 from __future__ import annotations
@@ -40,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from ich3d.errors import UserError
+from ich3d.plugins import discover_once
+from ich3d.stages import slice_stage
 
 __all__ = [
     "ROLES",
@@ -81,7 +79,7 @@ class MethodScores:
         stage1_slice_scores: for a slice classifier on the stage-1 features, one array
             per key of a score for every slice of the volume in slice order (the stage-1
             pass's slices, no depth pooling); the evaluation's slice-level table
-            (:mod:`ich3d.evaluation.slice_level`) reads it.
+            (:mod:`ich3d.evaluation.inference.slice_level`) reads it.
     """
 
     keys: list[str]
@@ -153,21 +151,16 @@ class ScoringMethod:
 
 
 def slice_stage_name() -> str:
-    """The stage-1 slice CNN the baselines read: the first declared stage of kind ``slice``."""
-    from ich3d.stages import all_stages
-
-    for s in all_stages():
-        if not s.is_volume:
-            return s.name
-    raise RuntimeError("no slice stage is declared")
+    """The stage-1 slice CNN the baselines read (:func:`ich3d.stages.slice_stage`)."""
+    return slice_stage().name
 
 
 _METHODS: dict[str, ScoringMethod] = {}
 _PROVIDERS: list[Callable[[], Iterable[ScoringMethod]]] = []
+
+
 def _discover() -> None:
     """Import every module of :mod:`ich3d.evaluation.methods` once (each registers its entry)."""
-    from ich3d.plugins import discover_once
-
     discover_once("ich3d.evaluation.methods")
 
 

@@ -2,46 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ich3d.evaluation.methods.base import (
-    MethodScores,
-    ScoringMethod,
-    register_method,
-    slice_stage_name,
-)
+from ich3d.evaluation.inference.baselines import percentile_score
+from ich3d.evaluation.methods.aggregation import SliceAggregation
+from ich3d.evaluation.methods.base import register_method
 
 __all__ = ["PercentileSlice"]
 
 
-class PercentileSlice(ScoringMethod):
+class PercentileSlice(SliceAggregation):
     """The ``evaluation.percentile``-th percentile of the slice probabilities
-    (:func:`~ich3d.evaluation.baselines.percentile_score`)."""
+    (:func:`~ich3d.evaluation.inference.baselines.percentile_score`)."""
 
     def describe(self, config: Any) -> str:
         return f"{self.description} ({config.evaluation.percentile:g}th)"
 
-    def score(self, ctx: Any, role: str) -> MethodScores:
-        from ich3d.evaluation.baselines import percentile_score
-
-        out = ctx.slice_outputs(role)
-        q = ctx.config.evaluation.percentile
-        per_target = None
-        if out.target_probs:  # one percentile per target
-            per_target = np.stack(
-                [percentile_score([p[:, k] for p in out.target_probs], q) for k in range(len(ctx.targets))], 1
-            )
-        return MethodScores(
-            out.keys,
-            percentile_score(out.probs, q),
-            seconds=ctx.slice_seconds(role),
-            load_seconds=ctx.slice_load_seconds(role),
-            target_scores=per_target,
-        )
+    def score_volumes(self, volumes: Sequence[np.ndarray], config: Any) -> np.ndarray:
+        return percentile_score(volumes, config.evaluation.percentile)
 
 
-register_method(
-    PercentileSlice("p95", "stage-1 slice CNN, percentile of slice probabilities", needs=slice_stage_name(), order=20)
-)
+register_method(PercentileSlice("p95", "stage-1 slice CNN, percentile of slice probabilities", order=20))

@@ -2,14 +2,14 @@
 
 Dawud et al. 2019's AlexNet-SVM: the CNN's softmax replaced by a linear SVM on its
 features (FC6 with ``model.encoder_args.layer: fc6``). Fitted once per evaluation
-(:func:`~ich3d.evaluation.slice_svm.fit_slice_svm`: standardised features,
+(:func:`~ich3d.evaluation.inference.slice_svm.fit_slice_svm`: standardised features,
 ``LinearSVC`` with ``class_weight="balanced"``) on the training split's
 cranial-cavity slices with a slice label (negatives only from negative volumes, as
 stage 1 samples them), at most ``evaluation.slice_svm_max_train`` of them (a
 seeded stratified subset); C is chosen among ``evaluation.slice_svm_cs`` by the
 slice AUC on as many validation cranial-cavity slices. Every slice of a volume is
 scored; the volume score is the maximum slice score. The slice scores go to the
-slice-level table (:mod:`ich3d.evaluation.slice_level`); ``metrics.json`` gets the
+slice-level table (:mod:`ich3d.evaluation.inference.slice_level`); ``metrics.json`` gets the
 fit under ``per_method_details``.
 """
 
@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from ich3d.errors import UserError
+from ich3d.evaluation.inference.slice_level import slice_frame, training_rows
+from ich3d.evaluation.inference.slice_svm import fit_slice_svm
 from ich3d.evaluation.methods.base import (
     MethodScores,
     MethodUnavailable,
@@ -58,9 +60,6 @@ class SliceSVMMethod(ScoringMethod):
         return x
 
     def _fit(self, ctx: Any) -> tuple[Any, Any, dict[str, Any]]:
-        from ich3d.evaluation.slice_level import slice_frame, training_rows
-        from ich3d.evaluation.slice_svm import fit_slice_svm
-
         ev = ctx.config.evaluation
         t0 = time.perf_counter()
         got = {}

@@ -2,7 +2,7 @@
 
 Fitted once per evaluation on the run's training split, C chosen on its
 validation split among ``evaluation.svm_cs``
-(:func:`~ich3d.evaluation.baselines.fit_linear_svm`); the fitted model then
+(:func:`~ich3d.evaluation.inference.baselines.fit_linear_svm`); the fitted model then
 scores every role. ``metrics.json`` gets its details under ``svm``.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ich3d.errors import UserError
+from ich3d.evaluation.inference.baselines import fit_linear_svm
 from ich3d.evaluation.methods.base import (
     MethodScores,
     MethodUnavailable,
@@ -34,8 +35,6 @@ class LinearSVMMethod(ScoringMethod):
     """Linear SVM on the padded, flattened slice features of the stage-1 CNN."""
 
     def _fit(self, ctx: Any) -> Any:
-        from ich3d.evaluation.baselines import fit_linear_svm
-
         tr, va = ctx.slice_outputs("train"), ctx.slice_outputs("val")
         try:
             return fit_linear_svm(
@@ -51,8 +50,6 @@ class LinearSVMMethod(ScoringMethod):
 
     def _fit_target(self, ctx: Any, target: str) -> Any:
         """A linear SVM on one target's volume labels (``None`` when it cannot be fitted)."""
-        from ich3d.evaluation.baselines import fit_linear_svm
-
         tr, va = ctx.slice_outputs("train"), ctx.slice_outputs("val")
         y_tr = ctx.table("train").set_index("key").loc[tr.keys, target].to_numpy(np.int64)
         y_va = ctx.table("val").set_index("key").loc[va.keys, target].to_numpy(np.int64)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ich3d.evaluation.inference.passes import predict_volumes
 from ich3d.evaluation.methods.base import MethodScores, ScoringMethod, register_provider
+from ich3d.stages import volume_stages
 
 __all__ = ["VolumeModelMethod", "volume_methods"]
 
@@ -26,8 +28,6 @@ class VolumeModelMethod(ScoringMethod):
         super().__init__(stage.name, stage.description, needs=stage.name, order=ORDER_OFFSET + stage.order)
 
     def score(self, ctx: Any, role: str) -> MethodScores:
-        from ich3d.evaluation.inference import predict_volumes
-
         model = ctx.volume_model(self.needs)
         scores = predict_volumes(
             model,
@@ -49,8 +49,6 @@ class VolumeModelMethod(ScoringMethod):
 
 def volume_methods() -> list[VolumeModelMethod]:
     """One method per declared volume stage."""
-    from ich3d.stages import volume_stages
-
     return [VolumeModelMethod(s) for s in volume_stages()]
 
 

@@ -16,7 +16,7 @@ All runs must have evaluated the same volumes with the same labels: the set of
 ``(key, label)`` pairs is hashed (SHA-256) per run and a run whose hash differs is
 refused with a :class:`~ich3d.errors.UserError` (one line, exit 2). Because the
 volumes are the same, every score column of every run goes into one DeLong
-computation (:func:`~ich3d.evaluation.delong.delong_roc`) on the table merged by
+computation (:func:`~ich3d.stats.delong.delong_roc`) on the table merged by
 key: the AUC and interval of each column are those the run's own ``ich3d
 evaluate`` reported, and any two columns, of one run or of two, have a paired test.
 Slice level likewise: the stage-1 slice probabilities of the runs merged by
@@ -27,7 +27,7 @@ one of ``<experiment>``, ``<run-id>`` and ``<experiment>/<run-id>`` (or given).
 
 Outputs (``out_dir``): ``compare.md`` (tables), ``compare.json`` (see
 :func:`compare_runs`), ``roc.png`` (every compared column in one figure) and, if the
-runs have slice tables, ``slice_roc.png``. :func:`log_compare_to_wandb` sends the
+runs have slice tables, ``slice_roc.png``. :func:`ich3d.evaluation.comparison.wandb.log_compare_to_wandb` sends the
 tables and summary AUCs (no keys, no per-volume rows) to a W&B run of job type
 ``compare``.
 """
@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +46,11 @@ import numpy as np
 import pandas as pd
 
 from ich3d.errors import UserError
-from ich3d.evaluation.delong import DeLongResult, delong_roc
-from ich3d.evaluation.plots import plot_roc_scores
-from ich3d.evaluation.roc_table import format_p
+from ich3d.evaluation.comparison.render import render_compare
+from ich3d.evaluation.report.plots import plot_roc_scores
+from ich3d.stats.delong import DeLongResult, delong_roc
+from ich3d.stats.formatting import jsonable
+from ich3d.stats.multiplicity import holm_adjust
 
 __all__ = [
     "EvaluatedRun",
@@ -59,7 +60,6 @@ __all__ = [
     "run_labels",
     "compare_runs",
     "render_compare",
-    "log_compare_to_wandb",
 ]
 
 log = logging.getLogger(__name__)
@@ -306,21 +306,61 @@ def _op_at_target(run: EvaluatedRun, method: str) -> dict[str, Any]:
     return out
 
 
-def _finite(x: Any) -> Any:
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, Mapping):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
 def _pair_dict(result: DeLongResult, a: str, b: str) -> dict[str, Any]:
     t = result.pair(a, b)
     return {"a": a, "b": b, "diff": t.diff, "diff_ci_lower": t.diff_ci_lower, "diff_ci_upper": t.diff_ci_upper, "z": t.z, "p": t.p}
+
+
+def _column_entries(
+    columns: Sequence[tuple[str, str, str]], vol: DeLongResult, by_run: Mapping[str, EvaluatedRun]
+) -> dict[str, dict[str, Any]]:
+    """``compare.json``'s ``columns``: each column's AUC, interval, p vs the best and its operating point."""
+    best = vol.names[vol.best]
+    per_col: dict[str, dict[str, Any]] = {}
+    for (col, lab, method), m in zip(columns, vol.models, strict=True):
+        entry: dict[str, Any] = {
+            "run": lab,
+            "method": method,
+            "auc": m.auc,
+            "ci_lower": m.ci_lower,
+            "ci_upper": m.ci_upper,
+            "var": m.var,
+            "p_vs_best": None if col == best else vol.pair(col, best).p,
+        }
+        op = _op_at_target(by_run[lab], method)
+        if op:
+            entry["at_target_sensitivity"] = op
+        per_col[col] = entry
+    return per_col
+
+
+def _slice_comparison(
+    runs: Sequence[EvaluatedRun],
+    labels: Sequence[str],
+    level: float,
+    out: Path,
+    files: dict[str, Path],
+    notes: list[str],
+) -> tuple[DeLongResult | None, dict[str, Any] | None]:
+    """The slice-level DeLong comparison of the runs' stage-1 CNNs (and ``slice_roc.png``), or None."""
+    slices, slice_cols, slice_notes = _merge_slices(runs, labels)
+    notes += slice_notes
+    if slices is None:
+        return None, None
+    sy = slices["label"].to_numpy(dtype=np.int64)
+    ss = slices[slice_cols].to_numpy(dtype=np.float64)
+    res = delong_roc(sy, ss, names=slice_cols, level=level, strict=False)
+    summary = {
+        "n_slices": int(len(sy)),
+        "n_pos": int(res.n_pos),
+        "n_neg": int(res.n_neg),
+        "columns": {m.name: {"auc": m.auc, "ci_lower": m.ci_lower, "ci_upper": m.ci_upper, "var": m.var} for m in res.models},
+        "pairs": [_pair_dict(res, t.a, t.b) for t in res.pairs],
+    }
+    if res.n_pos >= 2 and res.n_neg >= 2:
+        files["slice_roc"] = out / "slice_roc.png"
+        plot_roc_scores(sy, ss, res, files["slice_roc"], title=f"slice-level ROC, {len(slice_cols)} runs ({len(sy)} slices)")
+    return res, summary
 
 
 def compare_runs(
@@ -346,7 +386,7 @@ def compare_runs(
         run id, methods, validation hash), ``columns`` (name -> run, method, auc,
         ci_lower, ci_upper, var, p_vs_best, operating point at the run's target
         sensitivity), ``best``, ``across_runs`` (every paired test of two columns of
-        different runs: diff, its interval, z, p), ``delong`` (all columns, the ``ich3d
+        different runs: diff, its interval, z, p and its Holm-adjusted p_holm), ``delong`` (all columns, the ``ich3d
         roc --json`` schema), ``slice`` (the same per run at slice level, or null) and
         ``notes``.
 
@@ -382,44 +422,13 @@ def compare_runs(
     files["roc"] = out / "roc.png"
     plot_roc_scores(y, scores, vol, files["roc"], title=f"{runs[0].split} ROC, {len(runs)} runs ({len(y)} volumes)")
 
-    by_run = dict(zip(labels, runs, strict=True))
-    per_col: dict[str, dict[str, Any]] = {}
-    for (col, lab, method), m in zip(columns, vol.models, strict=True):
-        entry: dict[str, Any] = {
-            "run": lab,
-            "method": method,
-            "auc": m.auc,
-            "ci_lower": m.ci_lower,
-            "ci_upper": m.ci_upper,
-            "var": m.var,
-            "p_vs_best": None if col == best else vol.pair(col, best).p,
-        }
-        op = _op_at_target(by_run[lab], method)
-        if op:
-            entry["at_target_sensitivity"] = op
-        per_col[col] = entry
+    per_col = _column_entries(columns, vol, dict(zip(labels, runs, strict=True)))
     across = [
         _pair_dict(vol, t.a, t.b) for t in vol.pairs if per_col[t.a]["run"] != per_col[t.b]["run"]
     ]
-
-    slice_summary: dict[str, Any] | None = None
-    slice_res: DeLongResult | None = None
-    slices, slice_cols, slice_notes = _merge_slices(runs, labels)
-    notes += slice_notes
-    if slices is not None:
-        sy = slices["label"].to_numpy(dtype=np.int64)
-        ss = slices[slice_cols].to_numpy(dtype=np.float64)
-        slice_res = delong_roc(sy, ss, names=slice_cols, level=level, strict=False)
-        slice_summary = {
-            "n_slices": int(len(sy)),
-            "n_pos": int(slice_res.n_pos),
-            "n_neg": int(slice_res.n_neg),
-            "columns": {m.name: {"auc": m.auc, "ci_lower": m.ci_lower, "ci_upper": m.ci_upper, "var": m.var} for m in slice_res.models},
-            "pairs": [_pair_dict(slice_res, t.a, t.b) for t in slice_res.pairs],
-        }
-        if slice_res.n_pos >= 2 and slice_res.n_neg >= 2:
-            files["slice_roc"] = out / "slice_roc.png"
-            plot_roc_scores(sy, ss, slice_res, files["slice_roc"], title=f"slice-level ROC, {len(slice_cols)} runs ({len(sy)} slices)")
+    for t, q in zip(across, holm_adjust([t["p"] for t in across]), strict=True):
+        t["p_holm"] = float(q)  # one family: every test across runs
+    slice_res, slice_summary = _slice_comparison(runs, labels, level, out, files, notes)
 
     summary: dict[str, Any] = {
         "level": float(level),
@@ -445,7 +454,7 @@ def compare_runs(
         "slice": slice_summary,
         "notes": notes,
     }
-    summary = _finite(summary)
+    summary = jsonable(summary)
     markdown = render_compare(summary)
     files["json"] = out / "compare.json"
     files["json"].write_text(json.dumps(summary, indent=2) + "\n")
@@ -453,181 +462,3 @@ def compare_runs(
     files["markdown"].write_text(markdown)
     log.info("wrote %s", ", ".join(str(p) for p in files.values()))
     return ComparisonResult(summary=summary, volume=vol, slice=slice_res, markdown=markdown, files=files)
-
-
-# ----------------------------------------------------------------------------- markdown
-
-
-def _num(x: Any, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def _auc_ci(d: Mapping[str, Any]) -> tuple[str, str]:
-    if d.get("auc") is None:
-        return "n/a", "n/a"
-    if d.get("ci_lower") is None:
-        return f"{d['auc']:.3f}", "n/a"
-    return f"{d['auc']:.3f}", f"{d['ci_lower']:.3f} - {d['ci_upper']:.3f}"
-
-
-def _p(x: Any) -> str:
-    return "n/a" if x is None else format_p(float(x))
-
-
-def _diff(t: Mapping[str, Any]) -> str:
-    if t.get("diff_ci_lower") is None:
-        return f"{_num(t.get('diff'))} (no CI)"
-    return f"{t['diff']:+.3f} ({t['diff_ci_lower']:+.3f} to {t['diff_ci_upper']:+.3f})"
-
-
-def render_compare(summary: Mapping[str, Any]) -> str:
-    """``compare.md`` from the content of ``compare.json``."""
-    pct = f"{summary['level'] * 100:g}%"
-    best = summary["best"]
-    lines = [
-        "# ich3d compare",
-        "",
-        f"{len(summary['runs'])} runs on the same {summary['split']} split: {summary['n_volumes']} volumes "
-        f"({summary['n_pos']} positive, {summary['n_neg']} negative; split hash `{summary['split_hash']}`). "
-        f"AUCs with {pct} DeLong confidence intervals; p-values from paired DeLong tests "
-        "(every column is scored on the same volumes).",
-        "",
-        "| run | experiment | run id | methods |",
-        "| --- | --- | --- | --- |",
-    ]
-    for r in summary["runs"]:
-        lines.append(f"| {r['label']} | {r['experiment']} | {r['run_id']} | {', '.join(r['methods'])} |")
-    lines += [
-        "",
-        "## Volume level",
-        "",
-        f"| column | AUC | {pct} CI | p vs best ({best}) | sens / spec at target sensitivity |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for col, d in summary["columns"].items():
-        auc, ci = _auc_ci(d)
-        p = "best" if col == best else _p(d.get("p_vs_best"))
-        op = d.get("at_target_sensitivity") or {}
-        ops = f"{_num(op.get('sensitivity'))} / {_num(op.get('specificity'))}" if op else "n/a"
-        lines.append(f"| {col} | {auc} | {ci} | {p} | {ops} |")
-    lines.append("")
-    lines.append("Operating points: each run's threshold for its target sensitivity, chosen on its validation split.")
-    across = summary["across_runs"]
-    if across:
-        cols = summary["columns"]
-        same = [t for t in across if cols[t["a"]]["method"] == cols[t["b"]]["method"]]
-        lines += [
-            "",
-            "### Paired DeLong tests, same method across runs",
-            "",
-            f"| a | b | AUC a - b ({pct} CI) | z | p |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for t in same:
-            lines.append(f"| {t['a']} | {t['b']} | {_diff(t)} | {_num(t.get('z'), 2)} | {_p(t.get('p'))} |")
-        if not same:
-            lines.append("| (no method is in two runs) | | | | |")
-        others = [t for t in across if t not in same]
-        if others:
-            lines += [
-                "",
-                "### Paired DeLong tests, every other pair of columns of two runs",
-                "",
-                f"| a | b | AUC a - b ({pct} CI) | z | p |",
-                "| --- | --- | --- | --- | --- |",
-            ]
-            for t in others:
-                lines.append(f"| {t['a']} | {t['b']} | {_diff(t)} | {_num(t.get('z'), 2)} | {_p(t.get('p'))} |")
-    lines += ["", "![ROC curves of every column](roc.png)", ""]
-    sl = summary.get("slice")
-    if sl:
-        lines += [
-            "## Slice level (stage-1 CNN, every labeled slice)",
-            "",
-            f"{sl['n_slices']} slices ({sl['n_pos']} positive, {sl['n_neg']} negative).",
-            "",
-            f"| column | AUC | {pct} CI |",
-            "| --- | --- | --- |",
-        ]
-        for col, d in sl["columns"].items():
-            auc, ci = _auc_ci(d)
-            lines.append(f"| {col} | {auc} | {ci} |")
-        if sl["pairs"]:
-            lines += ["", f"| a | b | AUC a - b ({pct} CI) | z | p |", "| --- | --- | --- | --- | --- |"]
-            for t in sl["pairs"]:
-                lines.append(f"| {t['a']} | {t['b']} | {_diff(t)} | {_num(t.get('z'), 2)} | {_p(t.get('p'))} |")
-        lines.append("")
-    if summary.get("notes"):
-        lines += ["## Notes", ""] + [f"- {n}" for n in summary["notes"]] + [""]
-    return "\n".join(lines).rstrip("\n") + "\n"
-
-
-# ----------------------------------------------------------------------------- W&B
-
-
-def log_compare_to_wandb(
-    result: ComparisonResult, out_dir: str | Path, *, mode: str = "offline", project: str = "ich3d", entity: str | None = None
-) -> str:
-    """Log the comparison to a W&B run of job type ``compare`` (files under ``out_dir/wandb``).
-
-    Sent: the run labels, experiments and run ids, a table with one row per column
-    (run, method, AUC, CI, p vs best), a table of the paired tests across runs, the
-    ROC image and the AUCs as summary metrics (``compare/<column>/auc``). Never sent:
-    volume keys, per-volume rows, file-system paths. Settings are
-    :func:`ich3d.tracking.loggers.wandb_settings` (no console, metadata, git or code).
-
-    Returns:
-        The W&B run's local folder.
-    """
-    import os
-
-    if mode not in ("offline", "online"):
-        raise UserError(f"--wandb mode must be offline or online, got {mode!r}")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")
-    if mode == "offline":
-        os.environ["WANDB_MODE"] = "offline"
-    import wandb
-
-    from ich3d.tracking.loggers import scrub_value, wandb_settings
-
-    s = result.summary
-    run = wandb.init(
-        project=project,
-        entity=entity,
-        job_type="compare",
-        name="compare:" + "+".join(r["label"] for r in s["runs"]),
-        dir=str(out_dir),
-        mode=mode,
-        config=scrub_value(
-            {
-                "runs": [{k: r[k] for k in ("label", "experiment", "run_id", "methods")} for r in s["runs"]],
-                "split": s["split"],
-                "split_hash": s["split_hash"],
-                "n_volumes": s["n_volumes"],
-                "level": s["level"],
-            }
-        ),
-        settings=wandb_settings(),
-        reinit="create_new",
-    )
-    try:
-        cols = ["column", "run", "method", "auc", "ci_lower", "ci_upper", "p_vs_best"]
-        rows = [[c, d["run"], d["method"], d["auc"], d["ci_lower"], d["ci_upper"], d["p_vs_best"]] for c, d in s["columns"].items()]
-        pair_cols = ["a", "b", "diff", "diff_ci_lower", "diff_ci_upper", "z", "p"]
-        pairs = [[t[k] for k in pair_cols] for t in s["across_runs"]]
-        run.log(
-            {
-                "compare/columns": wandb.Table(columns=cols, data=scrub_value(rows)),
-                "compare/across_runs": wandb.Table(columns=pair_cols, data=scrub_value(pairs)),
-                "compare/roc_image": wandb.Image(str(result.files["roc"])),
-            }
-        )
-        for c, d in s["columns"].items():
-            if d["auc"] is not None:
-                run.summary[f"compare/{scrub_value(c)}/auc"] = d["auc"]
-        run.summary["compare/best"] = scrub_value(s["best"])
-        folder = run.dir
-    finally:
-        run.finish()
-    return str(folder)

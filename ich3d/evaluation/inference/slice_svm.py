@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ich3d.errors import UserError
+from ich3d.evaluation.inference.baselines import select_c_on_validation
 
 __all__ = ["SliceSVM", "fit_slice_svm", "bounded_subset"]
 
@@ -133,8 +134,6 @@ def fit_slice_svm(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
-
-    from ich3d.evaluation.baselines import select_c_on_validation
 
     cs = sorted(float(c) for c in Cs)
     if not cs or cs[0] <= 0:

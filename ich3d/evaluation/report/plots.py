@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ich3d.evaluation.delong import DeLongResult
+from ich3d.stats.delong import DeLongResult
 
 __all__ = ["RocCurve", "roc_curves", "legend_label", "plot_roc", "plot_roc_scores"]
 

@@ -1,6 +1,6 @@
 """Slice-level results of every slice classifier of a run: the figures the papers report.
 
-The published slice systems (METHOD.md section 2) report slice accuracy,
+The published slice systems (README, "Published systems") report slice accuracy,
 sensitivity and specificity. For each slice classifier of an evaluation (the
 stage-1 CNN, named after its stage, and every scoring method that returns
 ``MethodScores.stage1_slice_scores``: ``slice_svm``, ``ae_svm``), :func:`slice_systems`
@@ -11,12 +11,12 @@ label** (the slices stage 1 trains and validates on):
 * accuracy, sensitivity and specificity, each with a Wilson interval, at two
   thresholds chosen on the validation split's cranial-cavity slices: Youden's J
   and the target sensitivity (``evaluation.target_sensitivity``), as the volume
-  operating points (:mod:`~ich3d.evaluation.operating_points`).
+  operating points (:mod:`~ich3d.stats.operating_points`).
 
 :func:`slice_frame` is the per-slice table of a role (slice label, volume label,
 cranial cavity) aligned with the stage-1 outputs, shared with the slice SVM's
-training-set selection (:func:`training_rows`). :func:`render_slice_systems` is the
-``report.md`` section.
+training-set selection (:func:`training_rows`). The ``report.md`` section is
+:func:`ich3d.evaluation.report.render.render_slice_systems`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["slice_frame", "training_rows", "slice_systems", "render_slice_systems", "STAGE1_DESCRIPTION"]
+from ich3d.data.cavity import CavityRule, load_slice_stats
+from ich3d.evaluation.inference.slice_svm import bounded_subset
+from ich3d.stages import slice_stage
+from ich3d.stats.operating_points import (
+    apply_threshold,
+    threshold_for_sensitivity,
+    youden_threshold,
+)
+from ich3d.stats.roc_table import slice_level_auc
+
+__all__ = ["slice_frame", "training_rows", "slice_systems", "STAGE1_DESCRIPTION"]
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +54,6 @@ def slice_frame(ctx: Any, role: str) -> pd.DataFrame:
     """
 
     def build() -> pd.DataFrame:
-        from ich3d.data.cavity import CavityRule, load_slice_stats
-
         outs = ctx.slice_outputs(role)
         n = [len(p) for p in outs.probs]
         frame = pd.DataFrame(
@@ -78,10 +86,8 @@ def training_rows(frame: pd.DataFrame, *, train: bool, max_n: int, seed: int) ->
 
     Cranial-cavity slices with a 0/1 slice label; for training, negatives come only
     from negative volumes (as stage 1 samples them). At most ``max_n`` rows: a seeded
-    subset stratified by slice label (:func:`~ich3d.evaluation.slice_svm.bounded_subset`).
+    subset stratified by slice label (:func:`~ich3d.evaluation.inference.slice_svm.bounded_subset`).
     """
-    from ich3d.evaluation.slice_svm import bounded_subset
-
     ok = _labelled_cavity(frame)
     if train:
         y = frame["label"].to_numpy()
@@ -100,13 +106,6 @@ def _one(
     target: float,
     level: float,
 ) -> dict[str, Any]:
-    from ich3d.evaluation.operating_points import (
-        apply_threshold,
-        threshold_for_sensitivity,
-        youden_threshold,
-    )
-    from ich3d.evaluation.report import slice_level_auc
-
     entry: dict[str, Any] = {"description": description, **slice_level_auc(test_y, test_s, level)}
     ops: dict[str, Any] = {}
     if (val_y == 1).any() and (val_y == 0).any() and (test_y == 1).any() and (test_y == 0).any():
@@ -137,7 +136,7 @@ def slice_systems(
     """The slice-level table: stage-1 CNN plus every method with slice scores.
 
     Args:
-        ctx: the :class:`~ich3d.evaluation.context.EvaluationContext` (its stage-1 passes
+        ctx: the :class:`~ich3d.evaluation.inference.context.EvaluationContext` (its stage-1 passes
             of ``evaluated`` and ``val`` are used; nothing runs when they did not).
         methods: method name -> ``(evaluated MethodScores, val MethodScores)``, both with
             ``stage1_slice_scores`` (one array per volume, every slice of the volume in order).
@@ -151,8 +150,6 @@ def slice_systems(
         "ci_upper", "var", "level", "operating_points": {"youden": ..., "sensitivity": ...}}}``;
         empty when the stage-1 CNN did not run or no evaluated slice has a 0/1 label.
     """
-    from ich3d.evaluation.methods.base import slice_stage_name
-
     if not (ctx.has_slice_outputs("evaluated") and ctx.has_slice_outputs("val")):
         return {}
     frames = {r: slice_frame(ctx, r) for r in ("evaluated", "val")}
@@ -169,7 +166,7 @@ def slice_systems(
         order = ctx.slice_outputs(role).keys
         return np.concatenate([np.asarray(by_key[k], dtype=np.float64) for k in order])[masks[role]]
 
-    stage = slice_stage_name()
+    stage = slice_stage().name
     out: dict[str, Any] = {}
     s1 = {r: flat(r, ctx.slice_outputs(r).keys, ctx.slice_outputs(r).probs) for r in frames}
     out[stage] = _one(stage, STAGE1_DESCRIPTION, ys["evaluated"], s1["evaluated"], ys["val"], s1["val"],
@@ -180,44 +177,3 @@ def slice_systems(
         desc = (descriptions or {}).get(name, name)
         out[name] = _one(name, desc, ys["evaluated"], s["evaluated"], ys["val"], s["val"], target_sensitivity, level)
     return out
-
-
-def _prop(d: Mapping[str, Any]) -> str:
-    if d.get("value") is None:
-        return "n/a"
-    return f"{d['value']:.3f} [{d['ci_lower']:.3f}, {d['ci_upper']:.3f}]"
-
-
-def render_slice_systems(metrics: Mapping[str, Any]) -> list[str]:
-    """The ``report.md`` section of ``metrics["slice_level_systems"]`` (no lines when absent)."""
-    systems = metrics.get("slice_level_systems") or {}
-    if not systems:
-        return []
-    pct = f"{float(metrics.get('level', 0.95)) * 100:g}%"
-    lines = [
-        "## Slice level (every slice classifier)",
-        "",
-        f"Cranial-cavity slices of `{metrics.get('split', 'test')}` with a 0/1 slice label (what the slice "
-        f"papers report). AUC: DeLong {pct} interval; thresholds chosen on the validation split's "
-        f"cranial-cavity slices (Youden's J; validation sensitivity >= target), accuracy, sensitivity and "
-        f"specificity with {pct} Wilson intervals.",
-        "",
-        "| system | slices (pos/neg) | AUC | rule | threshold | accuracy | sensitivity | specificity |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, d in systems.items():
-        auc = "n/a" if d.get("auc") is None else f"{d['auc']:.3f} [{d['ci_lower']:.3f}, {d['ci_upper']:.3f}]"
-        ops = d.get("operating_points") or {}
-        first = True
-        for rule, op in ops.items():
-            label = "Youden" if rule == "youden" else f"sens >= {op['target']:g}"
-            lead = f"| {name} | {d['n_slices']} ({d['n_pos']}/{d['n_neg']}) | {auc} " if first else "| | | "
-            lines.append(
-                f"{lead}| {label} | {op['threshold']:.4g} | {_prop(op['accuracy'])} | "
-                f"{_prop(op['sensitivity'])} | {_prop(op['specificity'])} |"
-            )
-            first = False
-        if not ops:
-            lines.append(f"| {name} | {d['n_slices']} ({d['n_pos']}/{d['n_neg']}) | {auc} | - | - | - | - | - |")
-    lines += ["", "Systems: " + "; ".join(f"`{n}`: {d.get('description', '')}" for n, d in systems.items()) + ".", ""]
-    return lines

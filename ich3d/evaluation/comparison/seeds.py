@@ -27,7 +27,8 @@ import numpy as np
 import yaml
 
 from ich3d.errors import UserError
-from ich3d.evaluation.compare import EvaluatedRun, load_evaluated_run, split_hash
+from ich3d.evaluation.comparison.compare import EvaluatedRun, load_evaluated_run, split_hash
+from ich3d.stats.formatting import fmt_num
 
 __all__ = ["SeedRanges", "seed_ranges", "render_seed_ranges"]
 
@@ -168,10 +169,6 @@ def seed_ranges(
     return SeedRanges(summary=summary, markdown=markdown, files=files)
 
 
-def _f(x: float) -> str:
-    return f"{x:.3f}"
-
-
 def render_seed_ranges(summary: dict[str, Any]) -> str:
     """``seeds.md``: one table of AUC ranges per experiment, its paired tests, its slice classifiers."""
     lines = ["# AUC over seeds", ""]
@@ -187,10 +184,10 @@ def render_seed_ranges(summary: dict[str, Any]) -> str:
             "| --- | --- | --- | --- | --- |",
         ]
         for name, m in e["methods"].items():
-            per = " / ".join(_f(a) for a in m["auc"])
+            per = " / ".join(fmt_num(a) for a in m["auc"])
             lines.append(
-                f"| {name} | {_f(m['auc_min'])} - {_f(m['auc_max'])} | {_f(m['auc_median'])} | {per} "
-                f"| {_f(m['ci_lower_min'])} - {_f(m['ci_upper_max'])} |"
+                f"| {name} | {fmt_num(m['auc_min'])} - {fmt_num(m['auc_max'])} | {fmt_num(m['auc_median'])} | {per} "
+                f"| {fmt_num(m['ci_lower_min'])} - {fmt_num(m['ci_upper_max'])} |"
             )
         if e["pairs"]:
             n = len(e["seeds"])
@@ -206,6 +203,6 @@ def render_seed_ranges(summary: dict[str, Any]) -> str:
         if e["slice_systems"]:
             lines += ["", "| slice classifier (slice level) | AUC min - max | median |", "| --- | --- | --- |"]
             for name, s in e["slice_systems"].items():
-                lines.append(f"| {name} | {_f(s['auc_min'])} - {_f(s['auc_max'])} | {_f(s['auc_median'])} |")
+                lines.append(f"| {name} | {fmt_num(s['auc_min'])} - {fmt_num(s['auc_max'])} | {fmt_num(s['auc_median'])} |")
         lines.append("")
     return "\n".join(lines)

@@ -5,7 +5,7 @@ time a role needs it, a checkpoint is loaded (and its pinned inputs checked) the
 first time a method needs it, and the stage-1 CNN runs once per role however many
 methods (``max``, ``p95``, ``svm``, a user's) read its slice outputs.
 
-Roles (:data:`~ich3d.evaluation.methods.base.ROLES`): ``evaluated`` is the split
+Roles (``evaluated``, ``val``, ``train``: :data:`ich3d.evaluation.methods.ROLES`): ``evaluated`` is the split
 of the report (``evaluation.split`` of the run's cache, or the volumes of another
 cache given as ``data``), ``val`` and ``train`` are always the run's own splits.
 
@@ -25,7 +25,16 @@ from typing import Any
 
 import pandas as pd
 
+from ich3d.data.targets import model_targets, primary_index
 from ich3d.errors import UserError
+from ich3d.evaluation.inference.passes import (
+    build_eval_datamodule,
+    predict_slices,
+    training_image_size,
+)
+from ich3d.runs.checkpoints import load_checkpoint, load_slice_model, load_volume_model
+from ich3d.runs.inputs import MODEL_INPUTS, check_inputs, input_signature, recorded_inputs
+from ich3d.stages import slice_stage
 
 __all__ = ["EvaluationContext"]
 
@@ -81,8 +90,6 @@ class EvaluationContext:
         self._model: tuple[str, Any] | None = None
         self._image_size: tuple[int, int] | None = None
         self._recorded_size: tuple[int, int] | None = None
-        from ich3d.data.targets import model_targets, primary_index
-
         #: the labels the run's models output (``[data.label]`` for the binary method)
         self.targets: list[str] = model_targets(config.data)
         #: the column of ``data.label`` in several-target outputs (None when binary)
@@ -127,14 +134,6 @@ class EvaluationContext:
     def check_stage(self, stage: str) -> None:
         """Compare the inputs the stage's ``best.ckpt`` recorded with the current ones (once per stage)."""
         if stage not in self._checked:
-            from ich3d.runs.checkpoints import load_checkpoint
-            from ich3d.runs.inputs import (
-                MODEL_INPUTS,
-                check_inputs,
-                input_signature,
-                recorded_inputs,
-            )
-
             ckpt = load_checkpoint(self.run.best_ckpt(stage))
             recorded = recorded_inputs(ckpt)
             what = f"{stage}/best.ckpt of {self.run.path}"
@@ -154,8 +153,6 @@ class EvaluationContext:
     def image_size(self) -> tuple[int, int] | None:
         """In-plane size for another cache: the training cache's, else the one a checkpoint recorded."""
         if self._image_size is None:
-            from ich3d.evaluation.inference import training_image_size
-
             size = training_image_size(self.config)
             self._image_size = size if size is not None else self._recorded_size
         return self._image_size
@@ -163,8 +160,6 @@ class EvaluationContext:
     def volume_model(self, stage: str) -> Any:
         """The stage's volume model (eval mode; only the last one asked for is kept)."""
         if self._model is None or self._model[0] != stage:
-            from ich3d.runs.checkpoints import load_volume_model
-
             self.check_stage(stage)
             self._model = None
             model, _ = load_volume_model(self.run, stage)
@@ -181,8 +176,6 @@ class EvaluationContext:
         cache, _ = self._source(role)
         key = (cache, int(depth_pool))
         if key not in self._dms:
-            from ich3d.evaluation.inference import build_eval_datamodule
-
             if cache == _DATA:
                 self._dms[key] = build_eval_datamodule(
                     self.config, self.data, depth_pool=depth_pool, image_size=self.image_size, stage="predict"
@@ -216,16 +209,12 @@ class EvaluationContext:
         return ("slice_outputs", self._source(role)) in self._memo
 
     def slice_outputs(self, role: str) -> Any:
-        """:class:`~ich3d.evaluation.inference.SliceOutputs` of the stage-1 CNN on every slice
+        """:class:`~ich3d.evaluation.inference.passes.SliceOutputs` of the stage-1 CNN on every slice
         of the role's volumes (one pass per role, shared by every method)."""
         return self.memo(("slice_outputs", self._source(role)), lambda: self._slice_pass(role))
 
     def _slice_pass(self, role: str) -> Any:
-        from ich3d.evaluation.inference import predict_slices
-        from ich3d.evaluation.methods.base import slice_stage_name
-        from ich3d.runs.checkpoints import load_slice_model
-
-        stage = slice_stage_name()
+        stage = slice_stage().name
         self.check_stage(stage)
         model = self.memo(("slice_model", stage), lambda: load_slice_model(self.run, stage))
         return predict_slices(

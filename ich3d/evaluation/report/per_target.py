@@ -4,14 +4,14 @@ For every target (``epidural`` ... ``any``):
 
 * volume level, every method that scored it (the stage-1 ``max`` / ``p95``, one
   linear SVM per target, each volume stage): AUC with its DeLong interval and the
-  paired DeLong tests between the methods (:func:`~ich3d.evaluation.delong.delong_roc`,
+  paired DeLong tests between the methods (:func:`~ich3d.stats.delong.delong_roc`,
   non-strict: a target with fewer than 2 positive or negative volumes gets NaN
   intervals and a warning instead of an error);
 * operating points (chosen on validation: the target sensitivity and Youden, as
   the main table's) per target and method;
 * slice level, the stage-1 CNN: AUC with its DeLong interval on every labelled
   slice of the evaluated volumes, and the challenge's weighted log loss over those
-  slices (:func:`~ich3d.evaluation.log_loss.weighted_log_loss`); the same for each
+  slices (:func:`~ich3d.stats.log_loss.weighted_log_loss`); the same for each
   volume model with per-slice outputs (``model.per_slice``, ``slice_methods``), a
   pooled slice's probabilities standing for the ``data.depth_pool`` slices it pools.
 
@@ -23,7 +23,6 @@ one ``predictions_<target>.csv`` per target in the ``predictions.csv`` format, s
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,14 +30,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ich3d.evaluation.delong import delong_roc
-from ich3d.evaluation.log_loss import per_target_log_loss, weighted_log_loss
+from ich3d.stats.delong import delong_roc
+from ich3d.stats.formatting import finite
+from ich3d.stats.log_loss import per_target_log_loss, weighted_log_loss
+from ich3d.stats.operating_points import operating_point_entries
 
 __all__ = ["volume_level", "slice_level", "target_frames", "operating_points_per_target", "render_per_target"]
-
-
-def _num(x: float) -> float | None:
-    return float(x) if x is not None and math.isfinite(float(x)) else None
 
 
 def _aucs(labels: np.ndarray, scores: Mapping[str, np.ndarray], level: float) -> dict[str, Any]:
@@ -51,8 +48,8 @@ def _aucs(labels: np.ndarray, scores: Mapping[str, np.ndarray], level: float) ->
         warnings.simplefilter("ignore", RuntimeWarning)
         res = delong_roc(y, np.stack([scores[m] for m in names], 1), names=names, level=level, strict=False)
     for m in res.models:
-        out["methods"][m.name] = {"auc": _num(m.auc), "ci_lower": _num(m.ci_lower), "ci_upper": _num(m.ci_upper)}
-    out["pairs"] = [{k: (_num(v) if isinstance(v, float) else v) for k, v in p.to_dict().items()} for p in res.pairs]
+        out["methods"][m.name] = {"auc": finite(m.auc), "ci_lower": finite(m.ci_lower), "ci_upper": finite(m.ci_upper)}
+    out["pairs"] = [{k: (finite(v) if isinstance(v, float) else v) for k, v in p.to_dict().items()} for p in res.pairs]
     return out
 
 
@@ -98,8 +95,6 @@ def operating_points_per_target(
     Youden) and applied to the test frame; a target or method without both classes
     on either side, or with an unfitted (NaN) score, is left out.
     """
-    from ich3d.evaluation.report import _operating_point_entries
-
     out: dict[str, dict[str, Any]] = {}
     for t, f in test.items():
         v = val.get(t)
@@ -108,7 +103,7 @@ def operating_points_per_target(
         for m in [c for c in f.columns if c not in ("key", "label") and c in v.columns]:
             if f[m].isna().any() or v[m].isna().any():
                 continue
-            out.setdefault(t, {})[m] = _operating_point_entries(
+            out.setdefault(t, {})[m] = operating_point_entries(
                 v["label"].to_numpy(), v[m].to_numpy(), f["label"].to_numpy(), f[m].to_numpy(),
                 target_sensitivity, level,
             )

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
 import time
 from collections.abc import Iterator
@@ -39,8 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ich3d.errors import UserError
+from ich3d.models.sequence import valid_slice_mask
+from ich3d.runs.datamodules import volume_datamodule
+from ich3d.runs.inputs import cache_image_size
 
 __all__ = [
     "resolve_device",
@@ -106,8 +111,6 @@ def hardware_info(device: torch.device) -> dict[str, Any]:
         ``{"device", "name", "cpu", "threads", "torch", "cuda", "precision",
         "summary"}``; ``summary`` is one human-readable line.
     """
-    import os
-
     cpu = cpu_model_name()
     info: dict[str, Any] = {
         "device": device.type,
@@ -136,8 +139,6 @@ def _sync(device: torch.device) -> None:
 
 
 def _progress(iterable: Any, total: int | None, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, total=total, desc=desc, unit="vol", disable=not enabled, leave=False)
 
 
@@ -347,8 +348,6 @@ def predict_slices(
     Returns:
         The :class:`SliceOutputs`, in loader order.
     """
-    from ich3d.models.sequence import valid_slice_mask
-
     if chunk < 1:
         raise UserError(f"chunk must be >= 1, got {chunk}")
     dev = resolve_device(device)
@@ -419,8 +418,6 @@ def training_image_size(config: Any) -> tuple[int, int] | None:
     crops/pads every slice to this size, so a model sees the geometry it was trained
     on. None when the training cache cannot be read.
     """
-    from ich3d.runs.inputs import cache_image_size
-
     cache_dir = getattr(config.data, "cache_dir", None)
     if cache_dir is None:
         return None
@@ -454,8 +451,6 @@ def build_eval_datamodule(
         stage: ``setup`` stage: ``predict`` accepts unlabeled caches, ``test``
             requires labels.
     """
-    from ich3d.runs.datamodules import volume_datamodule
-
     d = config.data
     bs = int(batch_size or config.evaluation.batch_size)
     pool = int(depth_pool or d.depth_pool)

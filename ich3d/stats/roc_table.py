@@ -2,22 +2,30 @@
 
 The CSV format is the one ``ich3d evaluate`` writes (``predictions.csv``) and
 ``ich3d roc`` reads: one row per case, a 0/1 label column and one numeric score
-column per method (higher = more likely positive). Every other numeric column is
-a score; non-numeric columns (such as the hashed volume ``key``) are ignored.
+column per method (higher = more likely positive). The score columns are declared
+(``score_cols``: ``ich3d roc --scores``, or the writer's own list, such as
+``predict.json``'s ``score_columns``); without a declaration they are the numeric
+columns other than the label and the known non-score columns
+(:data:`NON_SCORE_COLUMNS`: ``n_slices``, ``slice_index``, ``split`` ...).
+Non-numeric columns (such as the hashed volume ``key``) are ignored.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ich3d.errors import UserError
-from ich3d.evaluation.delong import DeLongResult, delong_roc
+from ich3d.stats.delong import DeLongResult, delong_roc
+from ich3d.stats.multiplicity import holm_adjust
 
 __all__ = [
     "Predictions",
@@ -26,9 +34,24 @@ __all__ = [
     "roc_table",
     "format_p",
     "render_markdown",
+    "slice_level_auc",
+    "MULTIPLICITY_NOTE",
+    "NON_SCORE_COLUMNS",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Columns that the project's tables carry beside the scores and that are never scores.
+NON_SCORE_COLUMNS: frozenset[str] = frozenset(
+    {"key", "label", "split", "n_slices", "slice_index", "series_uid", "study_uid", "patient_id", "image_id"}
+)
+
+#: The sentence under every table of paired tests (``{n}``: the number of tests).
+MULTIPLICITY_NOTE = (
+    "{n} paired tests on the same cases: the raw p-values are per comparison; "
+    "p (Holm) is Holm-Bonferroni adjusted over the {n}, and only it keeps the chance of any "
+    "false difference at alpha across the table."
+)
 
 
 @dataclass(frozen=True)
@@ -94,20 +117,24 @@ def validate_predictions(
     return Predictions(y.astype(np.int64), s, [str(n) for n in names], source)
 
 
-def read_predictions(path: str | Path, label_col: str = "label") -> Predictions:
+def read_predictions(
+    path: str | Path, label_col: str = "label", score_cols: Sequence[str] | None = None
+) -> Predictions:
     """Read and validate a predictions CSV.
 
     Args:
         path: CSV file with a header row.
         label_col: name of the 0/1 label column; default ``"label"``.
+        score_cols: the score columns, in this order; default every numeric column
+            except ``label_col`` and :data:`NON_SCORE_COLUMNS`, in file order.
 
     Returns:
-        The validated :class:`Predictions`; score columns are every numeric
-        column except ``label_col``, in file order.
+        The validated :class:`Predictions`.
 
     Raises:
-        UserError: unreadable file, no label column, no score column, labels
-            other than 0/1, NaN scores, or a single class.
+        UserError: unreadable file, no label column, a declared score column missing
+            or not numeric, no score column, labels other than 0/1, NaN scores, or a
+            single class.
     """
     import pandas as pd
 
@@ -122,10 +149,15 @@ def read_predictions(path: str | Path, label_col: str = "label") -> Predictions:
     if label_col not in df.columns:
         cols = ", ".join(map(str, df.columns[:10]))
         raise UserError(f"{source}: no label column {label_col!r} (columns: {cols}); use --label-col")
+    if score_cols is not None:
+        absent = [c for c in score_cols if c not in df.columns or c == label_col]
+        if absent:
+            cols = ", ".join(map(str, df.columns[:10]))
+            raise UserError(f"{source}: no score column {absent[0]!r} (columns: {cols}); see --scores")
     names: list[str] = []
     ignored: list[str] = []
-    for c in df.columns:
-        if c == label_col:
+    for c in score_cols if score_cols is not None else df.columns:
+        if c == label_col or (score_cols is None and str(c) in NON_SCORE_COLUMNS):
             continue
         col = df[c]
         if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
@@ -142,6 +174,8 @@ def read_predictions(path: str | Path, label_col: str = "label") -> Predictions:
                 f"({col.iloc[row]!r}) at data row {row + 1}"
             )
         ignored.append(str(c))
+    if ignored and score_cols is not None:
+        raise UserError(f"{source}: score column {ignored[0]!r} is not numeric")
     if ignored:
         log.debug("%s: ignoring non-numeric column(s): %s", source, ", ".join(ignored))
     if not names:
@@ -211,17 +245,51 @@ def render_markdown(result: DeLongResult, digits: int = 3) -> str:
         p = "best" if m.name == best else format_p(result.pair(m.name, best).p)
         lines.append(f"| {m.name} | {m.auc:.{digits}f} | {_ci(m.ci_lower, m.ci_upper, digits)} | {p} |")
     if result.pairs:
+        holm = holm_adjust([t.p for t in result.pairs])
         lines += [
             "",
             "Paired DeLong tests",
             "",
-            f"| a | b | AUC a - b | {pct} CI of difference | z | p |",
-            "| --- | --- | --- | --- | --- | --- |",
+            f"| a | b | AUC a - b | {pct} CI of difference | z | p | p (Holm) |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for t in result.pairs:
+        for t, q in zip(result.pairs, holm, strict=True):
             lines.append(
                 f"| {t.a} | {t.b} | {t.diff:+.{digits}f} | "
                 f"{t.diff_ci_lower:+.{digits}f} to {t.diff_ci_upper:+.{digits}f} | "
-                f"{t.z:.2f} | {format_p(t.p)} |"
+                f"{t.z:.2f} | {format_p(t.p)} | {format_p(float(q))} |"
             )
+        lines += ["", MULTIPLICITY_NOTE.format(n=len(result.pairs))]
     return "\n".join(lines) + "\n"
+
+
+def slice_level_auc(labels: ArrayLike, probs: ArrayLike, level: float = 0.95) -> dict[str, Any]:
+    """One score's AUC with its DeLong interval, non-strict (the slice-level tables).
+
+    Args:
+        labels: 0/1 labels (slices).
+        probs: scores.
+        level: confidence level; default 0.95.
+
+    Returns:
+        ``{"n_slices", "n_pos", "n_neg", "auc", "ci_lower", "ci_upper", "var", "level"}``;
+        AUC and interval are NaN (with a warning) when a class has fewer than 2 cases.
+    """
+    y = np.asarray(labels)
+    p = np.asarray(probs, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = delong_roc(y, p, names=["slice"], level=level, strict=False)
+    m = res.models[0]
+    if res.n_pos < 2 or res.n_neg < 2:
+        log.warning("slice-level AUC: %d positive and %d negative slices; not enough for DeLong", res.n_pos, res.n_neg)
+    return {
+        "n_slices": int(y.size),
+        "n_pos": int(res.n_pos),
+        "n_neg": int(res.n_neg),
+        "auc": m.auc,
+        "ci_lower": m.ci_lower,
+        "ci_upper": m.ci_upper,
+        "var": m.var,
+        "level": float(level),
+    }

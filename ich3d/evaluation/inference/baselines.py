@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,8 @@ from ich3d.errors import UserError
 
 __all__ = [
     "DEFAULT_CS",
+    "volume_probs",
+    "aggregate_volumes",
     "max_score",
     "percentile_score",
     "pad_features",
@@ -47,7 +49,12 @@ log = logging.getLogger(__name__)
 DEFAULT_CS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
-def _probs(volumes: Sequence[ArrayLike]) -> list[np.ndarray]:
+def volume_probs(volumes: Sequence[ArrayLike]) -> list[np.ndarray]:
+    """Each volume's slice probabilities as a 1-D float64 array.
+
+    Raises:
+        UserError: a volume without slices or with NaN.
+    """
     out = []
     for i, v in enumerate(volumes):
         a = np.asarray(v, dtype=np.float64).reshape(-1)
@@ -71,7 +78,23 @@ def max_score(volumes: Sequence[ArrayLike]) -> np.ndarray:
     Raises:
         UserError: a volume without slices or with NaN.
     """
-    return np.array([a.max() for a in _probs(volumes)], dtype=np.float64)
+    return aggregate_volumes(volumes, np.max)
+
+
+def aggregate_volumes(volumes: Sequence[ArrayLike], aggregate: Callable[[np.ndarray], float]) -> np.ndarray:
+    """One score per volume: ``aggregate`` of its slice probabilities.
+
+    Args:
+        volumes: one 1-D array of slice probabilities per volume.
+        aggregate: slice probabilities (1-D float64) -> the volume's score.
+
+    Returns:
+        Scores, shape ``(n_volumes,)``, float64.
+
+    Raises:
+        UserError: a volume without slices or with NaN.
+    """
+    return np.array([float(aggregate(a)) for a in volume_probs(volumes)], dtype=np.float64)
 
 
 def percentile_score(volumes: Sequence[ArrayLike], q: float = 95.0) -> np.ndarray:
@@ -95,7 +118,7 @@ def percentile_score(volumes: Sequence[ArrayLike], q: float = 95.0) -> np.ndarra
     """
     if not 0.0 <= float(q) <= 100.0:
         raise UserError(f"percentile must be in [0, 100], got {q}")
-    return np.array([np.percentile(a, q, method="linear") for a in _probs(volumes)], dtype=np.float64)
+    return aggregate_volumes(volumes, lambda a: np.percentile(a, q, method="linear"))
 
 
 def pad_features(feats: ArrayLike, length: int) -> tuple[np.ndarray, bool]:

@@ -7,13 +7,16 @@ the logging; :func:`summary_metrics` and :func:`method_table` say what is sent.
 
 Sent: the scrubbed resolved config (:func:`~ich3d.tracking.loggers.scrub_config`),
 one table row per method (AUC, CI, p vs best, operating points, seconds per
-volume), the ROC curves as ``(fpr, tpr)`` points per method and the ROC image
-(titled without identifiers), and the summary metrics. Never sent: per-volume
-rows, keys, identifiers, file names.
+volume), the paired DeLong tests (raw and Holm-adjusted p), a per-volume predictions
+table keyed by a **hash of the volume key** (:func:`hashed_key`: label and one
+score per method), the ROC curves as ``(fpr, tpr)`` points per method and the ROC
+image (titled without identifiers), and the summary metrics. Never sent: volume
+keys, identifiers, file names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Mapping
@@ -21,11 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from ich3d.evaluation.report.plots import roc_curves
 from ich3d.runs.run_dir import global_rank_from_env
 from ich3d.tracking.loggers import code_version, scrub_config, wandb_environment, wandb_settings
 
-__all__ = ["summary_metrics", "method_table", "log_to_wandb", "log_evaluation"]
+__all__ = [
+    "summary_metrics",
+    "method_table",
+    "paired_test_table",
+    "predictions_table",
+    "hashed_key",
+    "log_to_wandb",
+    "log_evaluation",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +82,34 @@ def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         for f in ("auc", "ci_lower", "ci_upper"):
             put(f"eval/slice_{t}/{f}", a.get(f))
     return out
+
+
+def hashed_key(key: str) -> str:
+    """A volume key as W&B sees it: 16 hex of SHA-256 of ``ich3d-wandb:<key>`` (the key never leaves the machine)."""
+    return hashlib.sha256(f"ich3d-wandb:{key}".encode()).hexdigest()[:16]
+
+
+def predictions_table(frame: pd.DataFrame, methods: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """``(columns, rows)`` of the per-volume W&B table: ``volume`` (:func:`hashed_key`), ``label``, scores."""
+    columns = ["volume", "label", *methods]
+    rows = [
+        [hashed_key(str(k)), int(y), *(float(v) for v in vals)]
+        for k, y, *vals in frame[["key", "label", *methods]].itertuples(index=False)
+    ]
+    return columns, rows
+
+
+def paired_test_table(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """``(columns, rows)`` of the paired DeLong tests (``metrics["paired_tests"]``), raw and Holm-adjusted p."""
+    columns = ["a", "b", "diff", "diff_ci_lower", "diff_ci_upper", "z", "p", "p_holm"]
+    rows = []
+    for t in metrics.get("paired_tests") or []:
+        a = (metrics.get("per_method") or {}).get(t["a"], {}).get("auc")
+        b = (metrics.get("per_method") or {}).get(t["b"], {}).get("auc")
+        diff = None if a is None or b is None else a - b
+        rows.append([t["a"], t["b"], diff, t.get("diff_ci_lower"), t.get("diff_ci_upper"), t.get("z"), t.get("p"),
+                     t.get("p_holm")])
+    return columns, rows
 
 
 def method_table(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
@@ -128,7 +169,7 @@ def log_to_wandb(
     """Log an evaluation report to a W&B run of job type ``evaluate`` in the run's group.
 
     Args:
-        report: the :class:`~ich3d.evaluation.report.EvaluationReport`.
+        report: the :class:`~ich3d.evaluation.report.build.EvaluationReport`.
         config: the run's :class:`~ich3d.config.Config`.
         run_path: the run directory (W&B files go to ``<run>/wandb/``).
         curves: ``method -> (fpr, tpr)``; default recomputed from ``predictions.csv``.
@@ -142,14 +183,11 @@ def log_to_wandb(
     if tracking.mode == "disabled":
         return None
     wandb_environment(tracking.mode)
-    import pandas as pd
-    import wandb
+    import wandb  # optional at import time: only a tracked evaluation needs it
 
     metrics = report.metrics
+    frame = pd.read_csv(report.files["predictions"], dtype={"key": str})
     if curves is None:
-        from ich3d.evaluation.plots import roc_curves
-
-        frame = pd.read_csv(report.files["predictions"])
         cs = roc_curves(frame["label"].to_numpy(), frame[metrics["methods"]].to_numpy(dtype=np.float64))
         curves = dict(zip(metrics["methods"], cs, strict=True))
 
@@ -172,6 +210,11 @@ def log_to_wandb(
     try:
         columns, rows = method_table(metrics)
         run.log({"eval/methods": wandb.Table(columns=columns, data=rows)})
+        columns, rows = paired_test_table(metrics)
+        if rows:
+            run.log({"eval/paired_tests": wandb.Table(columns=columns, data=rows)})
+        columns, rows = predictions_table(frame, list(metrics["methods"]))
+        run.log({"eval/predictions": wandb.Table(columns=columns, data=rows)})
         names = [m for m in metrics["methods"] if m in curves]
         if names:
             xs = [np.asarray(curves[m][0], dtype=float).tolist() for m in names]

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ich3d.errors import UserError
-from ich3d.evaluation.delong import normal_quantile
+from ich3d.stats.delong import normal_quantile
 
 __all__ = [
     "Proportion",
@@ -35,6 +35,7 @@ __all__ = [
     "youden_threshold",
     "apply_threshold",
     "operating_points",
+    "operating_point_entries",
 ]
 
 
@@ -247,3 +248,33 @@ def operating_points(
         "sensitivity": apply_threshold(test_labels, test_scores, t_sens, level),
         "youden": apply_threshold(test_labels, test_scores, t_youden, level),
     }
+
+
+def operating_point_entries(
+    val_labels: ArrayLike,
+    val_scores: ArrayLike,
+    test_labels: ArrayLike,
+    test_scores: ArrayLike,
+    target_sensitivity: float,
+    level: float,
+) -> dict[str, dict[str, Any]]:
+    """:func:`operating_points` as ``metrics.json`` entries.
+
+    Each rule's :meth:`OperatingPoint.to_dict` on test plus ``"validation"``: the
+    sensitivity, specificity and accuracy at the same threshold on the validation
+    cases, and, for ``sensitivity``, ``"target"``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    ops = operating_points(val_labels, val_scores, test_labels, test_scores, target_sensitivity, level)
+    for rule, op in ops.items():
+        val_op = apply_threshold(val_labels, val_scores, op.threshold, level)
+        d = op.to_dict()
+        d["validation"] = {
+            "sensitivity": val_op.sensitivity.to_dict(),
+            "specificity": val_op.specificity.to_dict(),
+            "accuracy": val_op.accuracy.to_dict(),
+        }
+        if rule == "sensitivity":
+            d["target"] = float(target_sensitivity)
+        out[rule] = d
+    return out
