@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ich3d.evaluation.evaluate import evaluate_run
 from ich3d.evaluation.methods import all_methods
 from ich3d.stages import stage_names
 from ich3d.stats.roc_table import render_markdown
@@ -96,6 +95,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ich3d.evaluation.evaluate import evaluate_run  # heavy (torch): off the --help path
+
     result = evaluate_run(
         args.run_dir,
         out=args.out,

@@ -35,7 +35,6 @@ import argparse
 from pathlib import Path
 
 from ich3d.evaluation.methods import all_methods
-from ich3d.evaluation.prediction.predict import predict_run
 from ich3d.stages import volume_stages
 
 __all__ = ["add_parser", "run"]
@@ -106,6 +105,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ich3d.evaluation.prediction.predict import predict_run  # heavy (torch): off the --help path
+
     result = predict_run(
         args.run_dir,
         args.input,

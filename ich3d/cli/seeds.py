@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ich3d.evaluation.comparison.seeds import seed_ranges
 
 __all__ = ["add_parser", "run"]
 
@@ -39,6 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ich3d.evaluation.comparison.seeds import seed_ranges  # heavy (torch): off the --help path
+
     result = seed_ranges(args.run_dirs, args.out, alpha=args.alpha)
     print(result.markdown)
     print(f"report: {result.files['seeds.md']}")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from pathlib import Path
 
-if TYPE_CHECKING:
-    from ich3d.synth import DefectRates
+from ich3d.errors import UserError
+from ich3d.synth import DEFAULT_DEFECTS, DEFECT_NAMES, NO_DEFECTS, DefectRates, generate
 
 __all__ = ["add_parser", "run", "parse_defects"]
 
@@ -32,8 +32,6 @@ The same --seed gives byte-identical files.
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ich3d.synth import DEFAULT_DEFECTS, DEFECT_NAMES
-
     defaults = ", ".join(f"{k}={getattr(DEFAULT_DEFECTS, k):g}" for k in DEFECT_NAMES)
     p = subparsers.add_parser(
         "synth",
@@ -101,9 +99,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_defects(items: list[str], no_defects: bool) -> DefectRates:
     """``NAME=RATE`` strings -> :class:`~ich3d.synth.DefectRates` (UserError if bad)."""
-    from ich3d.errors import UserError
-    from ich3d.synth import DEFAULT_DEFECTS, NO_DEFECTS
-
     rates: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -119,10 +114,6 @@ def parse_defects(items: list[str], no_defects: bool) -> DefectRates:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ich3d.synth import generate
-
     defects = parse_defects(args.defect, args.no_defects)
     summary = generate(
         Path(args.out),

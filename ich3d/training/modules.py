@@ -32,6 +32,7 @@ from torchmetrics.classification import BinaryAUROC
 from ich3d.errors import UserError
 from ich3d.models.build import build, build_slice
 from ich3d.models.registry import count_parameters
+from ich3d.stats import weighted_log_loss
 from ich3d.training.gather import auc_or_nan, gather_unique, sample_ids  # re-exported
 from ich3d.training.optim import build_optimizer  # re-exported
 
@@ -292,8 +293,6 @@ class _BinaryModule(pl.LightningModule):
 
     def _target_metrics(self, probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """Per-target AUCs, their mean and the weighted log loss of ``(N, K)`` predictions."""
-        from ich3d.stats import weighted_log_loss
-
         assert self.targets is not None
         out = {f"auc_{t}": auc_or_nan(probs[:, k], labels[:, k]) for k, t in enumerate(self.targets)}
         finite = [v for v in out.values() if np.isfinite(v)]
