@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 __all__ = ["add_parser", "run"]
 
 
@@ -51,8 +50,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ich3d.evaluation.comparison.compare import compare_runs  # heavy (torch): off the --help path
-    from ich3d.evaluation.comparison.wandb import log_compare_to_wandb  # heavy (torch): off the --help path
+    from ich3d.evaluation.comparison.compare import (
+        compare_runs,  # heavy (torch): off the --help path
+    )
+    from ich3d.evaluation.comparison.wandb import (
+        log_compare_to_wandb,  # heavy (torch): off the --help path
+    )
 
     result = compare_runs(args.run_dirs, args.out, names=args.names, methods=args.methods, level=args.level)
     s = result.summary

@@ -105,7 +105,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ich3d.evaluation.prediction.predict import predict_run  # heavy (torch): off the --help path
+    from ich3d.evaluation.prediction.predict import (
+        predict_run,  # heavy (torch): off the --help path
+    )
 
     result = predict_run(
         args.run_dir,

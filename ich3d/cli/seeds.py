@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 __all__ = ["add_parser", "run"]
 
 
