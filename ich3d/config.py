@@ -4,7 +4,7 @@ A config file is read with :func:`yaml.safe_load` and checked key by key against
 dataclasses below: an unknown or mistyped key is a :class:`~ich3d.errors.UserError`
 that names the key path, the allowed keys and the closest match; a value of the wrong
 type names the key, the expected type and the value. Every key has a default except
-``data.cache_dir``; the defaults are the method's (``METHOD.md`` section 1).
+``data.cache_dir``; the defaults are the method's (``docs/method.md`` section 1).
 
 Overrides given on the command line as ``dotted.key=value`` are applied to the raw
 YAML before validation; the value is parsed with :func:`yaml.safe_load` (so ``1e-4``,

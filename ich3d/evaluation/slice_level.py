@@ -1,6 +1,6 @@
 """Slice-level results of every slice classifier of a run: the figures the papers report.
 
-The published slice systems (METHOD.md section 2) report slice accuracy,
+The published slice systems (docs/method.md section 2) report slice accuracy,
 sensitivity and specificity. For each slice classifier of an evaluation (the
 stage-1 CNN, named after its stage, and every scoring method that returns
 ``MethodScores.stage1_slice_scores``: ``slice_svm``, ``ae_svm``), :func:`slice_systems`

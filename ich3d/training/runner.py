@@ -3,7 +3,7 @@
 The stages themselves are declared in :mod:`ich3d.stages` (one file each: name,
 slice or volume, the stage it starts from and what it loads, a frozen encoder,
 its default optimisation); this module reads those declarations and never
-names a stage. Built in (``METHOD.md`` section 1): ``slice`` (stage 1),
+names a stage. Built in (``docs/method.md`` section 1): ``slice`` (stage 1),
 ``sequence`` (stage 2, frozen CNN), ``finetune`` (stage 3) and ``direct`` (the
 ablation); ``ich3d train --list-stages`` prints them.
 
