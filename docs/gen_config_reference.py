@@ -20,6 +20,7 @@ import dataclasses
 import inspect
 import re
 import sys
+import textwrap
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -68,7 +69,7 @@ def _paragraphs(doc: str | None) -> tuple[str, dict[str, str]]:
 def _field_comments(cls: type) -> dict[str, str]:
     """The trailing ``# comment`` of each field's line in the class source."""
     try:
-        source = inspect.getsource(cls)
+        source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
         return {}
     out: dict[str, str] = {}
