@@ -49,7 +49,7 @@ SYSTEMS: dict[str, tuple[str, list[str]]] = {
     "ayesha2025_cnn_gru": ("all", _SMALL_CNN),
 }
 
-#: (optimizer class, lr) of the slice stage each config declares (METHOD.md section 2)
+#: (optimizer class, lr) of the slice stage each config declares (docs/method.md section 2)
 SLICE_OPTIMIZER = {
     "dawud2019_alexnet": ("SGD", 1e-2, 200),
     "dawud2019_alexnet_svm": ("SGD", 1e-2, 200),
@@ -128,7 +128,7 @@ def test_config_loads_with_the_papers_settings_and_builds(name: str, empty_hub) 
         assert s.max_epochs == 100
         assert config.model.encoder_args["maps"] == [10, 20, 30, 40]
     if name.endswith("svm"):
-        assert config.model.encoder_args["layer"] == "fc6"  # AlexNet FC6, 4096 (METHOD.md section 2)
+        assert config.model.encoder_args["layer"] == "fc6"  # AlexNet FC6, 4096 (docs/method.md section 2)
         assert config.evaluation.methods == (("slice_svm",) if name.startswith("dawud") else ("slice_svm", "ae_svm"))
     elif name.startswith("ayesha"):
         assert config.model.head == name.rsplit("_", 1)[1]
@@ -216,7 +216,7 @@ def test_svm_systems_train_and_evaluate(name: str, eval_cache, tmp_path, empty_h
 
 
 def test_local_imagenet_file_is_used(cache, tmp_path, empty_hub) -> None:  # noqa: ANN001
-    """The hub cache file (where the README says to put it) initialises the network."""
+    """The hub cache file (where docs/published-systems.md says to put it) initialises the network."""
     torch.manual_seed(0)
     ref = torchvision.models.densenet201(weights=None)
     path = empty_hub / "checkpoints" / "densenet201-c1103571.pth"

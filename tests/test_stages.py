@@ -1,6 +1,6 @@
 """Declared stages: the registry drives config, chain, CLI and checkpoints; inputs are pinned.
 
-The toy stage here is the README's "extending ich3d" example: one declaration,
+The toy stage here is docs/extending.md's example: one declaration,
 registered from this test file, trains end to end and is evaluated as a volume model.
 """
 

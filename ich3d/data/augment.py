@@ -1,4 +1,4 @@
-"""MONAI augmentation of METHOD.md section 1: original, rotated, mirrored or shifted, 1/4 each.
+"""MONAI augmentation of docs/method.md section 1: original, rotated, mirrored or shifted, 1/4 each.
 
 Each sample goes through exactly one branch of a ``monai.transforms.OneOf``
 with equal weights:
@@ -118,7 +118,7 @@ def build_augment_3d(
             chosen array axis (default 25).
         max_shift_px: shift range [-x, x] in voxels along H and W (default 15).
         max_shift_slices: shift range [-x, x] in slices along T (default None:
-            ``max_shift_px``, as in METHOD.md; note that 15 pooled slices is
+            ``max_shift_px``, as in docs/method.md; note that 15 pooled slices is
             half of a typical 30-slice pooled volume).
     """
     shift_t = max_shift_px if max_shift_slices is None else max_shift_slices

@@ -1,7 +1,7 @@
 """Which slices show the cranial cavity: a documented HU rule, computed once per cache.
 
 Stage-1 training uses only slices that show part of the cranial cavity
-(METHOD.md section 1). The rule, on the cached (2x2 max-filtered) HU slice:
+(docs/method.md section 1). The rule, on the cached (2x2 max-filtered) HU slice:
 
 1. **bone** pixels are those with HU >= ``bone_hu`` (default 300; skull is
    700-1500+, blood 50-90, calcifications 100-300 in the phantom);

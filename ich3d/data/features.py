@@ -17,7 +17,7 @@ augmentation on, ``views`` augmented views of each training volume, made once
 with fixed per-view seeds, and each training draw picks one of them (from the
 per-sample seed of :class:`~ich3d.data.datasets.BalancedSampler`). This
 replaces a fresh augmentation at every step by ``views`` fixed ones: cheaper by
-the cost of the CNN, less varied (the README says so). ``val`` holds one plain
+the cost of the CNN, less varied (docs/training.md says so). ``val`` holds one plain
 view. The arrays are memory-mapped, so DataLoader workers share the pages
 instead of copying them.
 

@@ -3,7 +3,7 @@
 Rules:
 
 - A patient belongs to exactly one split; all its volumes follow it (splitting by
-  image or study leaks, METHOD.md section 3). A file without a PatientID has
+  image or study leaks, docs/method.md section 3). A file without a PatientID has
   ``patient_id = "study:<StudyInstanceUID>"`` (the ingest's rule,
   :data:`~ich3d.data.schema.PATIENT_FROM_STUDY_PREFIX`): its study stands in for
   the patient, so the study's volumes stay together.

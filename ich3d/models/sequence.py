@@ -19,7 +19,7 @@ Volume representation (``pooling``):
 * ``"mean"`` / ``"max"``: mean / max over the valid positions of the last layer's
   outputs (both directions concatenated).
 
-Initialisation (METHOD.md, stage 2), :func:`init_recurrent`:
+Initialisation (docs/method.md, stage 2), :func:`init_recurrent`:
 
 * input weights Glorot (Xavier) uniform over the whole gate-stacked matrix
   ``weight_ih`` (``fan_out = gates * hidden``, the Keras convention the paper used:
@@ -58,7 +58,7 @@ _POOLINGS = ("last", "mean", "max")
 
 
 def init_recurrent(rnn: nn.LSTM | nn.GRU) -> None:
-    """Initialise an LSTM/GRU in place as METHOD.md prescribes (see module docstring).
+    """Initialise an LSTM/GRU in place as docs/method.md prescribes (see module docstring).
 
     Args:
         rnn: A ``torch.nn.LSTM`` or ``torch.nn.GRU`` (any layers, directions).

@@ -1,6 +1,6 @@
 """The 2D slice CNN of Patel et al. (2019) and the one-logit slice classifier of stage 1.
 
-Architecture (METHOD.md section 1, "Network"), for first-layer width ``w``:
+Architecture (docs/method.md section 1, "Network"), for first-layer width ``w``:
 
 * units 1-5: ``Conv3x3(pad 1) + ReLU + Conv3x3(pad 1) + ReLU + MaxPool2x2(stride 2)``
   with ``w, 2w, 4w, 8w, 16w`` filters (the filter count doubles each unit);

@@ -1,6 +1,6 @@
 """The small CNN trained from scratch of Dawud et al. (2019), as a slice encoder.
 
-METHOD.md section 2: four blocks of a 3x3 convolution with batch norm and
+docs/method.md section 2: four blocks of a 3x3 convolution with batch norm and
 dropout (10, 20, 30, 40 feature maps), each followed by 2x2 max pooling, then
 two fully connected layers of 300 units with batch norm and dropout; the
 paper's softmax is the :class:`~ich3d.models.slice_cnn.SliceClassifier` on top.

@@ -6,7 +6,7 @@ use neither. Measured on a 2-core CPU with one thread (``python -m
 benchmarks.bench_inference``; ``benchmarks/bench_gpu.py`` on a GPU): the paper's
 30-slice volume through ``patel_cnn`` width 32 at 256 px and the 2 x 512 BiLSTM took
 0.66-0.71x the eager time with ``channels_last`` and 0.66-0.69x with
-``torch.compile`` as well (two runs; the README has the table).
+``torch.compile`` as well (two runs; docs/performance.md has the table).
 
 Config: ``model.channels_last`` and ``model.compile`` (both off by default;
 ``torch.compile`` needs a C++ compiler on a CPU and costs a compilation at the

@@ -1,6 +1,6 @@
 """ImageNet CNNs from torchvision as slice encoders: AlexNet, VGG-16, DenseNet-201.
 
-These are the transfer-learning systems of METHOD.md section 2 (AlexNet and
+These are the transfer-learning systems of docs/method.md section 2 (AlexNet and
 AlexNet-SVM of Dawud et al. 2019, VGG-16 of Soni 2025, DenseNet-201 of Kumar et
 al. 2022), cut at a feature layer so that each is an encoder
 ``(N, C, H, W) -> (N, out_features)`` for the slice classifier, the sequence

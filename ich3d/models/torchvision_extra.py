@@ -1,6 +1,6 @@
 """The RSNA 2019 challenge winners' ImageNet CNNs from torchvision as slice encoders.
 
-METHOD.md section 4: the 1st place used 2D DenseNets and SE-ResNeXts with a
+docs/method.md section 4: the 1st place used 2D DenseNets and SE-ResNeXts with a
 bidirectional GRU over the slice features, the 2nd place a ResNeXt-101 with an
 LSTM over slice embeddings, Nguyen et al. 2020 a ResNet-50 + LSTM. These
 encoders give ich3d's slice classifier, sequence heads and SVM baseline the

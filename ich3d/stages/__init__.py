@@ -1,6 +1,6 @@
 """The training stages, one declared :class:`Stage` per file.
 
-Built in (``METHOD.md`` section 1): ``slice`` (stage 1, the slice CNN), ``sequence``
+Built in (``docs/method.md`` section 1): ``slice`` (stage 1, the slice CNN), ``sequence``
 (stage 2, BiLSTM over the frozen CNN), ``finetune`` (stage 3, end to end) and
 ``direct`` (the ablation). Every module of this package is imported when the
 stage list is first read, so a new stage is one new file here.

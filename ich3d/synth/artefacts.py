@@ -13,7 +13,7 @@ in the brain window (0-80 HU) and the subdural window, as an epidural or
 subdural hematoma is. On real head CT this is what a slice CNN trained on
 cranial-cavity slices fires on in the first and last slices of negative
 series (with the streaks of the skull base, below), and why the maximum slice probability is the weakest volume
-baseline there (METHOD.md: AUC 0.60).
+baseline there (docs/method.md: AUC 0.60).
 
 The model is physical and carries no parameter chosen for an outcome. The
 slab is the slice spacing (the synthetic series' slices are contiguous). Over
