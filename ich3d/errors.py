@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError"]
+__all__ = ["UserError", "TrainingFailed"]
 
 
 class UserError(Exception):
@@ -12,3 +12,8 @@ class UserError(Exception):
     with status 2; library callers get the exception. The message names the
     offending thing and, where it helps, what was expected.
     """
+
+
+class TrainingFailed(UserError):
+    """Training began and then failed (a loss that is not finite): the run directory is
+    kept for inspection, unlike a failed start, which ``ich3d train`` takes back."""

@@ -57,6 +57,7 @@ class Import:
     source: str  # importing module
     target: str  # imported ich3d module
     line: int
+    end_line: int  # last line of the import statement
     local: bool  # inside a function
     type_checking: bool  # inside ``if TYPE_CHECKING:``
 
@@ -119,7 +120,7 @@ def imports_of(module: str) -> list[Import]:
                     base = ".".join([*up, base]) if base else ".".join(up)
                 names = [f"{base}.{a.name}" for a in child.names] if base else []
             for target in dict.fromkeys(resolve(n) for n in names if n == "ich3d" or n.startswith("ich3d.")):
-                found.append(Import(module, target, child.lineno, local, tc))
+                found.append(Import(module, target, child.lineno, child.end_lineno or child.lineno, local, tc))
             visit(child, in_def, in_tc)
 
     visit(tree, False, False)
@@ -145,7 +146,8 @@ def test_no_import_of_a_higher_layer() -> None:
 
 
 def line_of(i: Import) -> str:
-    return MODULES[i.source].read_text().splitlines()[i.line - 1]
+    """The import statement's text (all its lines)."""
+    return "\n".join(MODULES[i.source].read_text().splitlines()[i.line - 1 : i.end_line])
 
 
 def test_no_function_local_import_of_ich3d() -> None:

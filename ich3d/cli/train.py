@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from ich3d.config import load_config
-from ich3d.errors import UserError
+from ich3d.errors import TrainingFailed, UserError
 from ich3d.runs.run_dir import global_rank_from_env, open_run_dir, resolve_run_id
 from ich3d.stages import all_stages, chain, stage_names
 
@@ -219,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
             continue_run=args.continue_run,
             on_run_dir=announce,
         )
+    except TrainingFailed:
+        raise  # training began: the run directory stays for inspection
     except UserError:
         if chatty:
             attempt.discard_if_not_started()

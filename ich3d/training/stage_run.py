@@ -44,7 +44,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ich3d.config import Config, StageConfig, dump_config
 from ich3d.data.features import FeatureDataModule
-from ich3d.errors import UserError
+from ich3d.errors import TrainingFailed, UserError
 from ich3d.runs.checkpoints import load_checkpoint, sub_state_dict
 from ich3d.runs.inputs import check_inputs, input_signature, recorded_inputs
 from ich3d.runs.run_dir import RunDir, global_rank_from_env
@@ -281,9 +281,9 @@ def stage_result(run: RunDir, stage: str, seconds: float | None = None) -> dict[
     return result
 
 
-def _non_finite_error(sr: StageRun, exc: NonFiniteLoss) -> UserError:
+def _non_finite_error(sr: StageRun, exc: NonFiniteLoss) -> TrainingFailed:
     s = sr.settings
-    return UserError(
+    return TrainingFailed(
         f"stage {sr.name}: the {exc.which} loss is not finite ({exc.value}) at step {exc.step} "
         f"(epoch {exc.epoch}); the stage is not done and wrote no result.json. Likely causes: a "
         f"learning rate too high or not finite (stages.{sr.name}.lr = {s.lr:g}) or non-finite values "
