@@ -18,6 +18,11 @@ endif
 # the training seed of `make demo` / `make compare` (data and patient split stay fixed)
 SEED ?= 0
 SEEDS ?= 0 1 2
+# The demo's figures depend on the CPU thread count (CPU kernels sum in another order
+# with another count), so its targets pin torch to one thread: a seed's figures are the
+# same on a 2-core laptop and a 64-core node, and one thread is also what a shared
+# machine needs (two OpenMP threads on two busy cores spin-wait). Not user-settable.
+DEMO_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 ifndef SEEDS_RUN
 SEEDS_RUN := seeds-$(shell date -u +%Y%m%d-%H%M%S)
 endif
@@ -40,8 +45,8 @@ demo: $(STAMP) ## the main job: synthetic RSNA data -> ingest -> 3 training stag
 		$(BIN)/ich3d synth $(DEMO_DATA) --patients 200 --size 128 --slices 12 20 --seed 0
 	$(BIN)/ich3d ingest --images $(DEMO_DATA)/stage_2_train --labels $(DEMO_DATA)/stage_2_train.csv \
 		--out $(DEMO_DATA)/cache --workers 2
-	$(BIN)/ich3d train configs/demo.yaml --stage all --run-id $(DEMO_RUN) seed=$(SEED)
-	$(BIN)/ich3d evaluate runs/demo/$(DEMO_RUN)
+	$(DEMO_ENV) $(BIN)/ich3d train configs/demo.yaml --stage all --run-id $(DEMO_RUN) seed=$(SEED)
+	$(DEMO_ENV) $(BIN)/ich3d evaluate runs/demo/$(DEMO_RUN)
 	@echo "ich3d demo: run directory runs/demo/$(DEMO_RUN) (report: runs/demo/$(DEMO_RUN)/evaluation/report.md)"
 
 compare: $(STAMP) ## every published system, small, on one synthetic dataset (CPU) -> ich3d compare table
@@ -61,7 +66,7 @@ compare: $(STAMP) ## every published system, small, on one synthetic dataset (CP
 
 demo-seeds: $(STAMP) ## make demo once per seed of SEEDS (default 0 1 2), then ich3d seeds: AUC ranges
 	@set -e; for s in $(SEEDS); do $(MAKE) --no-print-directory demo SEED=$$s DEMO_RUN=$(SEEDS_RUN)-seed$$s; done
-	$(BIN)/ich3d seeds $(foreach s,$(SEEDS),runs/demo/$(SEEDS_RUN)-seed$(s)) --out runs/demo/$(SEEDS_RUN)
+	$(DEMO_ENV) $(BIN)/ich3d seeds $(foreach s,$(SEEDS),runs/demo/$(SEEDS_RUN)-seed$(s)) --out runs/demo/$(SEEDS_RUN)
 
 compare-seeds: $(STAMP) ## make compare once per seed of SEEDS (default 0 1 2), then ich3d seeds over every system
 	@set -e; for s in $(SEEDS); do $(MAKE) --no-print-directory compare SEED=$$s COMPARE_RUN=$(SEEDS_RUN)-seed$$s; done

@@ -1,0 +1,52 @@
+"""The Makefile's demo targets: every torch command runs on one pinned thread.
+
+A seed's demo figures depend on the CPU thread count (kernels sum in another order
+with another count); ``make demo`` and ``make demo-seeds`` pin it so that the
+figures in the documentation reproduce on any machine. ``make -n`` prints the
+commands without running them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PIN = "OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def _dry_run(*args: str) -> list[str]:
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [line.strip() for line in out.splitlines()]
+
+
+def _torch_commands(lines: list[str]) -> list[str]:
+    return [ln for ln in lines if any(f"ich3d {c} " in ln for c in ("train", "evaluate", "seeds"))]
+
+
+def test_make_demo_pins_one_thread_for_train_and_evaluate():
+    lines = _torch_commands(_dry_run("demo", "DEMO_RUN=r1", "SEED=2"))
+    assert len(lines) == 2, lines
+    train, evaluate = lines
+    assert train.startswith(PIN) and train.endswith("--stage all --run-id r1 seed=2")
+    assert evaluate.startswith(PIN) and evaluate.endswith("ich3d evaluate runs/demo/r1")
+
+
+def test_make_demo_seeds_pins_one_thread_in_every_seed_and_the_summary():
+    lines = _torch_commands(_dry_run("demo-seeds", "SEEDS=0 1", "SEEDS_RUN=s"))
+    assert [ln.split("seed=")[-1] for ln in lines if " train " in ln] == ["0", "1"]
+    assert sum(" evaluate " in ln for ln in lines) == 2
+    assert lines[-1].endswith("ich3d seeds runs/demo/s-seed0 runs/demo/s-seed1 --out runs/demo/s")
+    assert all(ln.startswith(PIN) for ln in lines), lines
