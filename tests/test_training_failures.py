@@ -3,6 +3,7 @@ and leaves everything else as it was; the end-of-training summary names the best
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -12,9 +13,11 @@ import pytest
 import torch
 from _train_helpers import make_cache, run_cli, tiny_raw_config, write_config
 
+import ich3d
 from ich3d.config import config_from_dict
 from ich3d.errors import UserError
 from ich3d.runs.checkpoints import load_checkpoint
+from ich3d.runs.inputs import input_signature
 from ich3d.runs.run_dir import RunDir, open_run_dir
 from ich3d.training.preemption import UNREADABLE_SUFFIX, prune_requeue_checkpoints
 from ich3d.training.trainer import build_trainer, show_progress_bar
@@ -124,6 +127,14 @@ def test_summary_and_result_name_the_best_checkpoint_not_the_last_step(cache, tm
     first_val = logged.dropna(subset=["val/loss"]).iloc[0]
     assert result["best_val_loss"] == pytest.approx(first_val["val/loss"], rel=1e-6)
     assert result["best_val_auc"] == pytest.approx(first_val["val/auc"], rel=1e-6)
+    # where the figures came from (issue 17): hashes only, no path or identifier
+    prov = result["provenance"]
+    assert prov["seed"] == 0 and prov["run_id"] == "best" and prov["ich3d_version"] == ich3d.__version__
+    assert prov["config_sha256"] == hashlib.sha256(run.config_path.read_bytes()).hexdigest()
+    assert prov["data_fingerprint"] == input_signature(run.load_config().data)["cache"]
+    assert prov["torch_threads"] == torch.get_num_threads() and prov["device"].startswith("CPU x 1")
+    assert prov["git_commit"] == "unknown"  # pytest's temporary folder is no git work tree
+    assert str(tmp_path) not in json.dumps(prov)
 
 
 def test_progress_bar_only_when_stderr_is_a_terminal(cache, tmp_path, monkeypatch):

@@ -57,11 +57,11 @@ from ich3d.evaluation.methods import (
 )
 from ich3d.evaluation.report.build import EvaluationReport, build_report
 from ich3d.evaluation.report.curves import training_curves
-from ich3d.evaluation.report.provenance import data_origin, provenance
 from ich3d.evaluation.report.reference import reference_for
 from ich3d.evaluation.report.wandb import log_evaluation
 from ich3d.evaluation.tables import per_target_section, stage1_slice_table
 from ich3d.runs.inputs import input_signature
+from ich3d.runs.provenance import data_origin, provenance
 from ich3d.runs.run_dir import RunDir, open_run_dir
 from ich3d.stages import stage_names
 

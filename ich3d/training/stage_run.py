@@ -47,6 +47,7 @@ from ich3d.data.features import FeatureDataModule
 from ich3d.errors import TrainingFailed, UserError
 from ich3d.runs.checkpoints import load_checkpoint, sub_state_dict
 from ich3d.runs.inputs import check_inputs, input_signature, recorded_inputs
+from ich3d.runs.provenance import provenance
 from ich3d.runs.run_dir import RunDir, global_rank_from_env
 from ich3d.stages import Stage, get_stage
 from ich3d.tracking.loggers import build_loggers, finish_loggers, log_config
@@ -254,6 +255,17 @@ def feature_datamodule(
 # --------------------------------------------------------------------------- results
 
 
+def _hardware(trainer: pl.Trainer) -> dict[str, Any]:
+    """Threads and device of a stage's training, for its provenance."""
+    device = trainer.strategy.root_device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return {
+        "threads": torch.get_num_threads(),
+        "device": device.type,
+        "summary": f"{name} x {trainer.world_size} process(es), {torch.get_num_threads()} torch threads",
+    }
+
+
 def stage_result(run: RunDir, stage: str, seconds: float | None = None) -> dict[str, Any]:
     """Summary of a stage read from its checkpoints (works whatever process trained it).
 
@@ -396,6 +408,7 @@ def run_stage(config: Config, run: RunDir, stage: str | Stage, *, resume: bool =
     if not run.best_ckpt(sr.name).is_file():
         raise UserError(f"stage {sr.name} wrote no best.ckpt (was validation skipped?)")
     result = stage_result(run, sr.name, time.perf_counter() - start)
+    result["provenance"] = provenance(run, config, _hardware(trainer))
     if trainer.is_global_zero:
         prune_requeue_checkpoints(sr.dir)  # last.ckpt is the final state
         run.write_result(sr.name, result)

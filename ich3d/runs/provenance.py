@@ -1,4 +1,4 @@
-"""Where an evaluation's figures came from: the ``provenance`` and ``data_origin`` of ``metrics.json``.
+"""Where a run's figures came from: the ``provenance`` of each stage's ``result.json`` and of the evaluation's ``metrics.json``, and the evaluated data's ``data_origin``.
 
 Provenance: the run's seed, the SHA-256 of its saved resolved ``config.yaml``, the
 ich3d version, the git commit of the work tree holding the run directory ("unknown"
@@ -46,12 +46,13 @@ def git_commit(path: str | Path) -> str:
 
 
 def provenance(run: Any, config: Any, hardware: dict[str, Any], cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """``metrics.json``'s ``provenance`` entry of an evaluation of ``run`` (see the module docstring).
+    """The ``provenance`` entry of a stage's ``result.json`` or an evaluation's ``metrics.json``.
 
     Args:
         run: the run directory (:class:`~ich3d.runs.run_dir.RunDir`).
         config: the run's config.
-        hardware: :func:`~ich3d.evaluation.inference.passes.hardware_info` of the device used.
+        hardware: ``{"threads": torch threads, "device": ..., "summary": one line}`` of the
+            device used (:func:`~ich3d.evaluation.inference.passes.hardware_info` in evaluation).
         cache_dir: the evaluated cache, when it is not the run's own (``evaluate --data``).
     """
     sig = input_signature(config.data, cache_dir=cache_dir)
