@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -346,3 +347,31 @@ def test_temporary_files_of_a_killed_write_are_swept(built, tmp_path):
     assert s.cached and not any(p.exists() for p in left) and keep.exists()
     keep.unlink()
     _same_volumes(out, ref)
+
+
+def test_full_disk_during_ingest_is_one_error_line_and_the_next_run_finishes(tmp_path, monkeypatch, capsys):
+    from ich3d.cli.main import main
+    from ich3d.data.ingest import run as run_mod
+
+    img = tmp_path / "img"
+    _series(img)
+    out = tmp_path / "cache"
+    real = run_mod.write_outputs
+
+    def full(out_dir, *args, **kwargs):  # the disk fills up when the tables are written
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(out_dir) / "volumes.csv"))
+
+    monkeypatch.setattr(run_mod, "write_outputs", full)
+    argv = ["ingest", "--images", str(img), "--out", str(out), "--workers", "1", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[-1] == (
+        f"ich3d: error: cannot write {out / 'volumes.csv'}: No space left on device; "
+        "free space or choose another output folder"
+    )
+    assert "Traceback" not in err
+    assert not (out / "ingest.json").exists()  # never marked complete
+    monkeypatch.setattr(run_mod, "write_outputs", real)
+    assert main(argv) == 0  # space freed: the same command finishes the cache
+    assert (out / "ingest.json").is_file()

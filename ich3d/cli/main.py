@@ -8,6 +8,7 @@ Lightning) happen inside ``run`` so that ``ich3d --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -18,6 +19,10 @@ __all__ = ["main", "build_parser"]
 
 #: sub-commands, in pipeline order; each is the module ich3d.cli.<name>
 COMMANDS: tuple[str, ...] = ("synth", "ingest", "train", "predict", "evaluate", "compare", "seeds", "roc")
+
+
+#: OS errors that mean "this output cannot be written" (one ``ich3d: error:`` line, not a traceback)
+_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"ich3d: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        # a full or read-only disk, or a folder the user may not write, met by any command
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"ich3d: error: cannot write{where}: {exc.strerror or exc}; free space or choose "
+              "another output folder", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ich3d: interrupted", file=sys.stderr)
