@@ -8,6 +8,7 @@ whose docstring describes ``prepare_data``, ``setup`` and ``augment_on``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,7 +71,7 @@ class SliceDataModule(ICHDataModule):
         self._slice_tables: dict[str, pd.DataFrame] = {}
 
     def _prepare_extra(self, cache: IngestCache) -> None:
-        ensure_slice_stats(cache, self.rule, workers=self.ingest_workers)
+        ensure_slice_stats(cache, self.rule, workers=self.ingest_workers, progress=sys.stderr.isatty())
 
     def _build_augment(self):
         return build_augment_2d()
