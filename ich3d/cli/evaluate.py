@@ -17,6 +17,7 @@ the AUC table and where the report is. The work is
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ich3d.evaluation.methods import all_methods
@@ -90,7 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--device", default="auto", help="auto (CUDA when available, default), cpu, cuda or cuda:N"
     )
     p.add_argument("--no-wandb", action="store_true", help="do not log to W&B even if the run's tracking is on")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they are drawn only when stderr is a terminal)")
     p.set_defaults(func=run)
 
 
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         include_unfinished=args.include_unfinished,
         device=args.device,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),  # no bar frames in log files
         tracking=not args.no_wandb,
     )
     print(render_markdown(result.report.delong), end="")

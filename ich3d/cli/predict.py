@@ -32,6 +32,7 @@ The work is :func:`ich3d.evaluation.prediction.predict.predict_run`; this module
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ich3d.evaluation.methods import all_methods
@@ -100,7 +101,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="CSV",
         help="with --format rsna: write exactly the IDs of this sample submission (its ID column), in its order",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they are drawn only when stderr is a terminal)")
     p.set_defaults(func=run)
 
 
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         stage=args.stage,
         methods=args.methods,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),  # no bar frames in log files
         format=args.format,
         sample_submission=args.sample_submission,
     )

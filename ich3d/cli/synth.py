@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ich3d.errors import UserError
@@ -93,7 +94,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="leave out the phantom's CT artefacts (partial volume of the vault, skull-base streaks), for ablations",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is drawn only when stderr is a terminal)")
     p.set_defaults(func=run)
 
 
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         studies=tuple(args.studies),
         seed=args.seed,
         defects=defects,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),  # no bar frames in log files
         overwrite=args.overwrite,
         artefacts=not args.no_artefacts,
     )
