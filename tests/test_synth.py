@@ -468,3 +468,15 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ):
         assert cli_main(["synth", str(tmp_path / "bad"), *bad]) == 2
         assert "ich3d: error:" in capsys.readouterr().err
+
+
+def test_cli_draws_no_progress_bar_into_a_log_file(tmp_path: Path) -> None:
+    """Progress bars only on a terminal: a log file (a pipe here) gets no bar frames."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "logged"
+    argv = ["synth", str(out), "--patients", "2", "--size", "32", "--slices", "4", "5"]
+    done = subprocess.run([sys.executable, "-m", "ich3d", *argv], capture_output=True, text=True, check=True)
+    assert (out / "stage_2_train.csv").is_file()
+    assert "synth series" not in done.stderr and "\r" not in done.stderr, done.stderr[-300:]
