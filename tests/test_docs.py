@@ -185,3 +185,69 @@ def test_no_file_cites_a_document_the_repository_lacks() -> None:
             if pattern.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{i}")
     assert not offenders, "cites a document the repository lacks:\n" + "\n".join(offenders)
+
+
+def _python_blocks(md: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", md.read_text(encoding="utf-8"), flags=re.S)
+
+
+def test_extending_encoder_and_head_examples_run() -> None:
+    # the worked examples of docs/extending.md that no other test adds: the plain
+    # encoder (registered, built from a model spec, run) and the head variant
+    import torch
+
+    from ich3d.models.build import build
+    from ich3d.models.registry import ENCODERS, HEADS, variant
+    from ich3d.models.sequence import RecurrentHead
+
+    blocks = _python_blocks(DOCS / "extending.md")
+    (encoder,) = [b for b in blocks if "# ich3d/models/tiny_cnn.py" in b]
+    (head,) = [b for b in blocks if "variant(RecurrentHead" in b]
+    assert "tiny_cnn" not in ENCODERS
+    try:
+        exec(compile(encoder, "extending.md", "exec"), {})
+        spec = {"encoder": {"name": "tiny_cnn", "in_channels": 1, "width": 4}, "head": {"name": "bilstm", "hidden": 4}}
+        torch.manual_seed(0)
+        model = build(spec).eval()
+        with torch.no_grad():
+            out = model(torch.rand(2, 3, 1, 16, 16), torch.tensor([3, 2]))
+        assert out.shape == (2,)
+        assert model.encoder.out_features == 4
+    finally:
+        ENCODERS.unregister("tiny_cnn")
+    # the variant example re-registers a built-in head: run it on a scratch name
+    code = head.replace('HEADS.register("bigru")', 'HEADS.register("doc_bigru")')
+    try:
+        exec(compile(code, "extending.md", "exec"), {"HEADS": HEADS, "variant": variant, "RecurrentHead": RecurrentHead})
+        built = HEADS.build("doc_bigru", in_features=8, hidden=4)
+        assert isinstance(built.rnn, torch.nn.GRU) and built.rnn.bidirectional
+    finally:
+        HEADS.unregister("doc_bigru")
+
+
+def test_layout_lists_every_module_in_its_layer() -> None:
+    # docs/layout.md's tables against the package on disk and tests/test_layering.py's table
+    spec = importlib.util.spec_from_file_location("_layering_for_docs", ROOT / "tests" / "test_layering.py")
+    layering = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[spec.name] = layering  # (its dataclasses look their module up)
+    try:
+        spec.loader.exec_module(layering)
+    finally:
+        del sys.modules[spec.name]
+    listed: dict[str, int] = {}
+    current = None
+    for line in (DOCS / "layout.md").read_text(encoding="utf-8").splitlines():
+        heading = re.match(r"### Layer (\d+)", line)
+        if heading:
+            current = int(heading.group(1))
+        row = re.match(r"\| `(ich3d/[^`]*)` \|", line)
+        if row and current is not None:
+            path = row.group(1) + ("__init__.py" if row.group(1).endswith("/") else "")
+            assert path not in listed, f"{path} listed twice"
+            listed[path] = current
+    on_disk = {p.relative_to(ROOT).as_posix() for p in (ROOT / "ich3d").rglob("*.py")}
+    assert set(listed) == on_disk, f"missing: {sorted(on_disk - set(listed))}; gone: {sorted(set(listed) - on_disk)}"
+    for path, n in listed.items():
+        module = layering.module_name((ROOT / path).resolve())
+        assert layering.layer(module) == n, f"{path} is in layer {layering.layer(module)}, the page says {n}"

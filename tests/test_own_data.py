@@ -114,6 +114,10 @@ def test_own_data_walkthrough_runs_as_documented(tmp_path: Path) -> None:
     _run(real(evaluate), tmp_path, env)
     evaluation = run_dir / "evaluation"
     assert (evaluation / "report.md").is_file() and (evaluation / "roc.png").is_file()
+    assert (evaluation / "training_curves.png").is_file()
+    report = (evaluation / "report.md").read_text(encoding="utf-8")
+    assert "## Provenance" in report
+    assert "**Caution**" in report  # a handful of test volumes: the page says the report warns
     predictions = _rows(evaluation / "predictions.csv")
     test_volumes = [r for r in _rows(cache / "volumes.csv") if r["patient_id"] in set(map(str, splits["test"]))]
     assert len(predictions) == len(test_volumes) > 0
@@ -131,3 +135,5 @@ def test_own_data_walkthrough_runs_as_documented(tmp_path: Path) -> None:
     assert len(volumes) == 3
     assert all(0.0 <= float(r["probability"]) <= 1.0 for r in volumes)
     assert len(slices) == sum(int(r["n_slices"]) for r in volumes)
+    listed = json.loads((tmp_path / "newpred" / "predict.json").read_text())["score_columns"]
+    assert "probability" in listed and set(listed) <= set(volumes[0])

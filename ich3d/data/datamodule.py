@@ -182,7 +182,7 @@ class VolumeDataModule(ICHDataModule):
         self.pad_batches = bool(pad_batches)
         if self.batch_size > 1 and not self.pad_batches:
             raise UserError(
-                f"batch_size {self.batch_size} needs pad_batches=True (volumes differ in length)"
+                f"batch_size {self.batch_size} needs padded batches (volumes differ in length): pass pad_batches as True"
             )
         self.collate = VolumeCollate(self.windows)
 

@@ -241,7 +241,7 @@ def _prepare(out: Path, overwrite: bool) -> Path:
         if not overwrite:
             raise UserError(
                 f"{out} already holds a dataset ({IMAGES_DIR}/, {LABELS_CSV} or {TRUTH_JSON}); "
-                "choose another folder or overwrite it (--overwrite, overwrite=True)"
+                "choose another folder or overwrite it (ich3d synth --overwrite; in Python, generate's overwrite argument)"
             )
         shutil.rmtree(img_dir, ignore_errors=True)
         for p in targets[1:]:

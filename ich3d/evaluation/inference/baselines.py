@@ -436,7 +436,7 @@ def fit_linear_svm(
         )
 
     if solver == "lbfgs" and class_weight is not None:
-        raise UserError("the lbfgs SVM solver has no class_weight; use solver='liblinear'")
+        raise UserError("the lbfgs SVM solver has no class_weight; set evaluation.svm_solver=liblinear")
     log.info("SVM: %d training volumes x %d values, solver %s", len(train_feats), xtr.shape[1], solver)
 
     def make(c: float) -> Any:
