@@ -42,12 +42,7 @@ HOLE = "\x00"  # stands for a formatted value
 #: (module, suggestion, command it was checked against, or "" for a key or command).
 #: The lead removes entries (and finally this set) as the fixes merge: the test fails
 #: on a stale entry too, so the list always says exactly what is still broken.
-KNOWN_BROKEN: set[tuple[str, str, str]] = {
-    # the ingest lock's "or give this one another --out": `ich3d train` runs the same
-    # ingest (data.images_dir) into data.cache_dir and has no --out; the message is
-    # pinned word for word by tests/test_ingest_hostile.py, so it changes with that test
-    ("ich3d/data/ingest/state.py", "--out", "train"),
-}
+KNOWN_BROKEN: set[tuple[str, str, str]] = set()
 
 #: What the module-level import reach over-approximates: a command imports the module
 #: but cannot raise that message. Each entry says why; the test fails on a stale one.

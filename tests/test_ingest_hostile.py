@@ -321,7 +321,8 @@ def test_second_writer_is_refused_naming_the_first(built, capsys):
         line = _error_line(capsys)
         assert line == (
             f"ich3d: error: another ingest (pid 4242 on other-host) is writing {out}; wait for "
-            "it to finish (its outputs are then complete), or give this one another --out"
+            "it to finish (its outputs are then complete), or give this one another cache folder "
+            "(`ich3d ingest --out`, or data.cache_dir for `ich3d train`)"
         )
         after = {p.name: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
         assert after == before  # nothing removed, nothing rewritten

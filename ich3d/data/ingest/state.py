@@ -207,7 +207,8 @@ def ingest_lock(out: Path) -> Iterator[None]:
             holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "unknown"
             raise UserError(
                 f"another ingest ({holder}) is writing {out}; wait for it to finish "
-                "(its outputs are then complete), or give this one another --out"
+                "(its outputs are then complete), or give this one another cache folder "
+                "(`ich3d ingest --out`, or data.cache_dir for `ich3d train`)"
             ) from None
         holder = f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
         if os.pread(fd, 256, 0) != holder:  # (a re-run in one process leaves it untouched)
