@@ -136,7 +136,8 @@ def test_no_anonymous_warning_and_best_checkpoint_as_opt_in_artifact(tmp_path, m
 
 
 def test_evaluation_and_training_share_the_wandb_environment(monkeypatch):
-    from ich3d.tracking import evaluation, loggers
+    from ich3d.evaluation.report import wandb as evaluation
+    from ich3d.tracking import loggers
 
     assert evaluation.wandb_environment is loggers.wandb_environment
     monkeypatch.delenv("WANDB_MODE", raising=False)
