@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ich3d.errors import UserError
 from ich3d.evaluation.methods import all_methods
+from ich3d.runs.run_dir import open_run_dir
 from ich3d.stages import stage_names
 from ich3d.stats.roc_table import render_markdown
 
@@ -94,7 +96,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _refuse_whole_cv_run(run_dir: str) -> None:
+    """A cross-validation run's own directory holds folds, not stages: say how to score them."""
+    config = open_run_dir(run_dir).load_config()
+    if config.data.folds > 1 and config.data.fold is None:
+        raise UserError(
+            f"{run_dir} is a cross-validation run (data.folds={config.data.folds}): evaluate its "
+            f"folds one by one, `ich3d evaluate {Path(run_dir) / 'fold0'}` ... fold{config.data.folds - 1}"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    _refuse_whole_cv_run(args.run_dir)
     from ich3d.evaluation.evaluate import evaluate_run  # heavy (torch): off the --help path
 
     result = evaluate_run(
