@@ -219,7 +219,7 @@ def test_fold_options_refused_with_advice(cache, tmp_path, capsys) -> None:
     assert run_cli("train", str(cfg), "--run-id", "x") == 2
     assert "--fold K (0 to 1) or every fold with --folds all" in capsys.readouterr().err
     assert run_cli("train", str(cfg), "--fold", "2", "--run-id", "x") == 2
-    assert "--fold 2 is out of range: data.folds=2 gives folds 0 to 1" in capsys.readouterr().err
+    assert "fold 2 is out of range: data.folds=2 gives folds 0 to 1" in capsys.readouterr().err
     assert run_cli("train", str(cfg), "--folds", "all", "--run-id", "x", "data.folds=1") == 2
     assert "set data.folds=K" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()

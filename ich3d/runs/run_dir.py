@@ -157,9 +157,9 @@ def fold_config(config: Config, fold: int | None) -> Config:
     """
     k = config.data.folds
     if k < 2:
-        raise UserError("--fold and --folds need cross-validation folds: set data.folds=K (K >= 2)")
+        raise UserError("a cross-validation fold needs folds: set data.folds=K (K >= 2)")
     if fold is not None and not 0 <= fold < k:
-        raise UserError(f"--fold {fold} is out of range: data.folds={k} gives folds 0 to {k - 1}")
+        raise UserError(f"fold {fold} is out of range: data.folds={k} gives folds 0 to {k - 1}")
     return dataclasses.replace(config, data=dataclasses.replace(config.data, fold=fold))
 
 
