@@ -209,9 +209,9 @@ def test_fold_run_trains_its_chain_in_its_folder(cache, tmp_path, capsys) -> Non
 
     assert pinned == input_signature(config.data)["splits"] != input_signature(other.data)["splits"]
     assert f"ich3d: run directory {run.path}" in capsys.readouterr().out
-    # the whole run holds folds, not stages: evaluate says how to score them
+    # the out-of-fold evaluation of the whole run needs every fold, and says how to train them
     assert run_cli("evaluate", str(top)) == 2
-    assert f"evaluate {top / 'fold0'}" in capsys.readouterr().err
+    assert f"fold0 not trained; out-of-fold evaluation needs every fold (ich3d train --resume {top} --folds all)" in capsys.readouterr().err
 
 
 def test_fold_options_refused_with_advice(cache, tmp_path, capsys) -> None:
