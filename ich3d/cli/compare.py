@@ -50,11 +50,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ich3d.evaluation.comparison.compare import (
-        compare_runs,  # heavy (torch): off the --help path
+    from ich3d.evaluation.comparison.compare import (  # heavy (torch): off the --help path
+        compare_runs,
     )
-    from ich3d.evaluation.comparison.wandb import (
-        log_compare_to_wandb,  # heavy (torch): off the --help path
+    from ich3d.evaluation.comparison.wandb import (  # heavy (torch): off the --help path
+        log_compare_to_wandb,
     )
 
     result = compare_runs(args.run_dirs, args.out, names=args.names, methods=args.methods, level=args.level)

@@ -12,6 +12,10 @@ registry's order; readable by ``ich3d roc``), ``val_predictions.csv``,
 ``slice_predictions.csv``, ``metrics.json``, ``roc.png`` and ``report.md``; prints
 the AUC table and where the report is. The work is
 :func:`ich3d.evaluation.evaluate.evaluate_run`; this module parses and prints.
+
+A cross-validation run's own directory (``data.folds`` > 1, above ``fold<k>/``):
+every fold is evaluated, then the out-of-fold and fold-ensemble statistics go to
+``RUN_DIR/evaluation/`` (:mod:`ich3d.evaluation.crossval`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ich3d.errors import UserError
 from ich3d.evaluation.methods import all_methods
+from ich3d.runs.run_dir import open_run_dir
 from ich3d.stages import stage_names
 from ich3d.stats.roc_table import render_markdown
 
@@ -95,7 +101,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _is_whole_cv_run(run_dir: str) -> bool:
+    """Whether ``run_dir`` is a cross-validation run's own directory (above its ``fold<k>/``)."""
+    config = open_run_dir(run_dir).load_config()
+    return config.data.folds > 1 and config.data.fold is None
+
+
+def _run_cv(args: argparse.Namespace) -> int:
+    from ich3d.evaluation.crossval import evaluate_cv_run  # heavy (torch): off the --help path
+
+    if args.data is not None or args.out is not None:
+        raise UserError(
+            "--data and --out apply to one run directory: give a fold's, e.g. "
+            f"{Path(args.run_dir) / 'fold0'}"
+        )
+    result = evaluate_cv_run(
+        args.run_dir,
+        stages=args.stages,
+        methods=args.methods,
+        include_unfinished=args.include_unfinished,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(result.markdown, end="")
+    print(f"report: {result.files['report']}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if _is_whole_cv_run(args.run_dir):
+        return _run_cv(args)
     from ich3d.evaluation.evaluate import evaluate_run  # heavy (torch): off the --help path
 
     result = evaluate_run(

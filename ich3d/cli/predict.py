@@ -106,8 +106,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ich3d.evaluation.prediction.predict import (
-        predict_run,  # heavy (torch): off the --help path
+    from ich3d.evaluation.prediction.predict import (  # heavy (torch): off the --help path
+        predict_run,
     )
 
     result = predict_run(

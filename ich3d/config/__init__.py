@@ -29,7 +29,7 @@ Schema (section: keys)::
     experiment: str              # name; runs go to <run.root>/<experiment>/<run-id>/
     seed: int                    # global seed (Lightning seed_everything)
     data:       cache_dir, images_dir, labels_csv, windows, split_fractions, split_seed,
-                splits_file, min_slices, ingest_workers, depth_pool, label, targets,
+                splits_file, folds, fold, min_slices, ingest_workers, depth_pool, label, targets,
                 target_weights, num_workers, pin_memory, persistent_workers, augment_on
     model:      encoder, encoder_args, head, head_args, slice_chunk, channels_last, compile,
                 per_slice

@@ -47,6 +47,11 @@ class DataConfig:
         split_fractions: train/val/test fractions of patients, summing to 1.
         split_seed: seed of the patient split.
         splits_file: an existing splits file to reuse instead of a new split.
+        folds: cross-validation folds K over the non-test patients (1 = the single
+            train/val split); with K > 1 ``ich3d train --fold k`` / ``--folds all``
+            trains fold k on the other folds, validating on fold k (``RUN/fold<k>/``).
+        fold: the fold this run validates on (0 to folds - 1); set by ``ich3d train
+            --fold`` / ``--folds all`` and recorded in each fold's config, null otherwise.
         min_slices: volumes with fewer slices are skipped.
         ingest_workers: processes for the ingest.
         depth_pool: max-filter factor along z for the volume models (2 = 2x2x2 with
@@ -75,6 +80,8 @@ class DataConfig:
     split_fractions: tuple[float, float, float] = field(default=(0.7, 0.1, 0.2), metadata=in_range(ge=0, le=1))
     split_seed: int = field(default=0, metadata=in_range(ge=0))
     splits_file: str | None = field(default=None, metadata=_PATH)
+    folds: int = field(default=1, metadata=in_range(ge=1))
+    fold: int | None = field(default=None, metadata=in_range(ge=0))
     min_slices: int = field(default=4, metadata=in_range(ge=1))
     ingest_workers: int = field(default=1, metadata=in_range(ge=1))
     depth_pool: int = field(default=2, metadata=in_range(ge=1))

@@ -173,6 +173,11 @@ def check_consistency(config: Config) -> Config:
         raise UserError(
             f"config key 'data.split_fractions' must be 3 non-negative numbers summing to 1, got {list(fr)}"
         )
+    if config.data.fold is not None and (config.data.folds < 2 or config.data.fold >= config.data.folds):
+        raise UserError(
+            f"config key 'data.fold' is {config.data.fold}, but data.folds={config.data.folds} gives "
+            + (f"folds 0 to {config.data.folds - 1}" if config.data.folds > 1 else "no folds (set data.folds > 1)")
+        )
     if not config.data.windows:
         raise UserError("config key 'data.windows' needs at least one window name")
     targets = resolve_targets(config.data.targets)

@@ -53,14 +53,13 @@ from ich3d.data.cache import IngestCache, open_cache
 from ich3d.data.datasets import (
     worker_init_fn,
 )
+from ich3d.data.folds import load_splits
 from ich3d.data.ingest import run_ingest
 from ich3d.data.schema import LABEL_COLUMNS, patient_key
 from ich3d.data.splits import (
     DEFAULT_FRACTIONS,
     SPLIT_NAMES,
     Splits,
-    load_or_create_splits,
-    read_splits_file,
     validate_fractions,
 )
 from ich3d.data.windows import WindowSpec, apply_windows, resolve_windows
@@ -161,6 +160,10 @@ class ICHDataModule(pl.LightningDataModule):
         split_seed: seed of the splits (default 0).
         splits_file: a user's splits JSON, honoured as is (default None: ``CACHE/splits.json``).
         overwrite_splits: replace a ``CACHE/splits.json`` made with another seed/fractions.
+        folds: cross-validation folds over the non-test patients (default 1: none;
+            :mod:`ich3d.data.folds`); written into ``splits.json`` by ``prepare_data``.
+        fold: with ``folds`` > 1, validate on fold ``fold`` and train on the others
+            (default None: the single split's train and val).
         batch_size: items per batch (per process).
         num_workers: DataLoader worker processes (default 0).
         pin_memory: DataLoader ``pin_memory`` (default False).
@@ -203,6 +206,8 @@ class ICHDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         splits_file: str | Path | None = None,
         overwrite_splits: bool = False,
+        folds: int = 1,
+        fold: int | None = None,
         batch_size: int = 25,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -239,6 +244,10 @@ class ICHDataModule(pl.LightningDataModule):
         self.split_seed = int(split_seed)
         self.splits_file = Path(splits_file) if splits_file is not None else None
         self.overwrite_splits = bool(overwrite_splits)
+        if folds < 1 or (fold is not None and not 0 <= fold < folds):
+            raise UserError(f"fold {fold} of {folds}: expected folds >= 1 and 0 <= fold < folds")
+        self.folds = int(folds)
+        self.fold = None if fold is None else int(fold)
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
@@ -278,18 +287,23 @@ class ICHDataModule(pl.LightningDataModule):
             )
         cache = open_cache(self.cache_dir)
         if cache.labeled:
-            if self.splits_file is not None:
-                read_splits_file(self.splits_file, cache.volumes)
-            else:
-                load_or_create_splits(
-                    self.cache_dir,
-                    cache.volumes,
-                    fractions=self.split_fractions,
-                    seed=self.split_seed,
-                    overwrite=self.overwrite_splits,
-                    subtypes=self._stratify_subtypes,
-                )
+            self._load_splits(cache.volumes, write=True)
         self._prepare_extra(cache)
+
+    def _load_splits(self, volumes: pd.DataFrame, *, write: bool) -> Splits:
+        """The splits (a user's file or ``CACHE/splits.json``), with folds, as this module trains."""
+        return load_splits(
+            self.cache_dir,
+            volumes,
+            splits_file=self.splits_file,
+            fractions=self.split_fractions,
+            seed=self.split_seed,
+            overwrite=self.overwrite_splits,
+            subtypes=self._stratify_subtypes,
+            write=write,
+            folds=self.folds,
+            fold=self.fold,
+        )
 
     def _prepare_extra(self, cache: IngestCache) -> None:
         """Subclass hook for more disk work in ``prepare_data``."""
@@ -320,18 +334,7 @@ class ICHDataModule(pl.LightningDataModule):
                 )
         if cache.labeled:
             try:
-                if self.splits_file is not None:
-                    self.splits = read_splits_file(self.splits_file, vols)
-                else:
-                    self.splits = load_or_create_splits(
-                        self.cache_dir,
-                        vols,
-                        fractions=self.split_fractions,
-                        seed=self.split_seed,
-                        overwrite=self.overwrite_splits,
-                        subtypes=self._stratify_subtypes,
-                        write=False,
-                    )
+                self.splits = self._load_splits(vols, write=False)
             except UserError as e:
                 if stage != "predict":
                     raise

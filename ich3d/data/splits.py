@@ -32,6 +32,9 @@ Rules:
 
 ``splits.json``: ``{"seed", "fractions", "train": [patient ids], "val": [...],
 "test": [...], "keys": {"train": [volume keys], "val": [...], "test": [...]}}``.
+With cross-validation folds (``data.folds > 1``, :mod:`ich3d.data.folds`) it also
+holds ``"folds"`` (K lists of patient ids over ``train`` + ``val``) and
+``keys.folds``; without them the file is exactly as above.
 Patient ids stay on the local machine; never log them.
 """
 
@@ -58,7 +61,9 @@ __all__ = [
     "Splits",
     "validate_fractions",
     "patient_labels",
+    "subtype_strata",
     "make_splits",
+    "fold_keys",
     "read_splits_file",
     "write_splits",
     "load_or_create_splits",
@@ -79,6 +84,9 @@ class Splits:
         seed: seed used to make the splits (None for a user's file).
         fractions: fractions used (None for a user's file).
         source: the file they were read from, if any.
+        stratified_by: ``"subtypes"`` when stratified by the rarest subtype too.
+        folds: cross-validation folds (K lists of patient ids over train + val), if any.
+        fold_keys: the volume keys of each fold.
     """
 
     patients: dict[str, list[str]]
@@ -87,6 +95,8 @@ class Splits:
     fractions: tuple[float, float, float] | None = None
     source: Path | None = field(default=None, compare=False)
     stratified_by: str | None = None
+    folds: list[list[str]] | None = None
+    fold_keys: list[list[str]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``splits.json`` content."""
@@ -97,7 +107,11 @@ class Splits:
         if self.stratified_by is not None:
             out["stratified_by"] = self.stratified_by
         out.update({s: list(self.patients[s]) for s in SPLIT_NAMES})
-        out["keys"] = {s: list(self.keys[s]) for s in SPLIT_NAMES}
+        keys: dict[str, Any] = {s: list(self.keys[s]) for s in SPLIT_NAMES}
+        if self.folds is not None:
+            out["folds"] = [list(f) for f in self.folds]
+            keys["folds"] = [list(f) for f in self.fold_keys or []]
+        out["keys"] = keys
         return out
 
 
@@ -160,7 +174,7 @@ def _keys_by_split(volumes: pd.DataFrame, patients: dict[str, list[str]]) -> dic
     return {s: sorted(volumes.loc[split_of == s, "key"].tolist()) for s in SPLIT_NAMES}
 
 
-def _subtype_strata(volumes: pd.DataFrame, labels: pd.Series) -> pd.Series:
+def subtype_strata(volumes: pd.DataFrame, labels: pd.Series) -> pd.Series:
     """Patient id -> stratum: 0 negative, 1 + index of its rarest subtype, 6 ``any`` only."""
     bleeds = [t for t in SUBTYPES if t != "any" and t in volumes.columns]
     per_patient = volumes.groupby("patient_id")[bleeds].max().reindex(labels.index) > 0
@@ -194,7 +208,7 @@ def make_splits(
     """
     fr = validate_fractions(fractions)
     labels = patient_labels(volumes)
-    strata = _subtype_strata(volumes, labels) if subtypes else labels
+    strata = subtype_strata(volumes, labels) if subtypes else labels
     rng = np.random.default_rng(seed)
     patients: dict[str, list[str]] = {s: [] for s in SPLIT_NAMES}
     for cls in sorted(set(strata.tolist()) | {0, 1}) if subtypes else (0, 1):
@@ -271,6 +285,7 @@ def read_splits_file(path: str | Path, volumes: pd.DataFrame) -> Splits:
     seed = data.get("seed")
     fr = data.get("fractions")
     by = data.get("stratified_by")
+    folds = _read_folds(path, data.get("folds"), known, hashed)
     return Splits(
         patients,
         _keys_by_split(volumes, patients),
@@ -278,7 +293,33 @@ def read_splits_file(path: str | Path, volumes: pd.DataFrame) -> Splits:
         fractions=tuple(fr) if isinstance(fr, list) and len(fr) == 3 else None,  # type: ignore[arg-type]
         source=path,
         stratified_by=by if isinstance(by, str) else None,
+        folds=folds,
+        fold_keys=None if folds is None else fold_keys(volumes, folds),
     )
+
+
+def fold_keys(volumes: pd.DataFrame, folds: Sequence[Sequence[str]]) -> list[list[str]]:
+    """The sorted volume keys of each fold's patients."""
+    return [sorted(volumes.loc[volumes["patient_id"].isin(set(f)), "key"].tolist()) for f in folds]
+
+
+def _read_folds(path: Path, raw: Any, known: set[str], hashed: dict[str, str]) -> list[list[str]] | None:
+    """The ``"folds"`` of a splits file as patient ids (None when absent); coverage is checked
+    by :func:`ich3d.data.folds.check_folds`."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or any(not isinstance(f, list) for f in raw):
+        raise UserError(f"splits file {path}: 'folds' must be a list of lists of patient ids")
+    folds = []
+    for i, fold in enumerate(raw):
+        resolved = []
+        for entry in map(str, fold):
+            pid = entry if entry in known else hashed.get(entry)
+            if pid is None:
+                raise UserError(f"splits file {path}: fold {i} names a patient that is not in the cache")
+            resolved.append(pid)
+        folds.append(sorted(resolved))
+    return folds
 
 
 def write_splits(splits: Splits, path: str | Path) -> None:

@@ -58,6 +58,8 @@ def datamodule_kwargs(
         "split_fractions": tuple(data.split_fractions),
         "split_seed": data.split_seed,
         "splits_file": data.splits_file,
+        "folds": data.folds,
+        "fold": data.fold,
         "num_workers": data.num_workers,
         "pin_memory": data.pin_memory,
         "persistent_workers": data.persistent_workers,

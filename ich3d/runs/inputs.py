@@ -14,7 +14,8 @@ with baselines computed on other inputs.
 The cache and split entries are short hashes (never identifiers): of the
 ingest's parameters, input fingerprint and tables (``ingest.json`` and the
 sha256 of slices.csv, volumes.csv and skipped.csv, checked against the ones
-``ingest.json`` recorded), and of the patient lists of ``splits.json``.
+``ingest.json`` recorded), and of the patient lists of ``splits.json`` (for a
+cross-validation fold's run, also of the fold and the folds' lists).
 """
 
 from __future__ import annotations
@@ -89,7 +90,11 @@ def input_signature(data: Any, cache_dir: str | Path | None = None) -> dict[str,
     splits_hash = None
     if splits_path.is_file():
         raw = json.loads(splits_path.read_text())
-        splits_hash = _digest({k: sorted(map(str, raw.get(k, []))) for k in ("train", "val", "test")})
+        pinned: dict[str, Any] = {k: sorted(map(str, raw.get(k, []))) for k in ("train", "val", "test")}
+        if getattr(data, "fold", None) is not None:  # a fold run: which fold, of which folds
+            pinned["fold"] = [int(data.fold), int(data.folds)]
+            pinned["folds"] = [sorted(map(str, f)) for f in raw.get("folds") or []]
+        splits_hash = _digest(pinned)
     return {
         "windows": list(data.windows),
         "depth_pool": int(data.depth_pool),

@@ -15,6 +15,10 @@ Layout::
             result.json        # written when the stage finished: best val AUC, steps ...
                                # (a stage without it is not done: later stages refuse to start from it)
 
+A cross-validation run (``data.folds`` K > 1) keeps one such run directory per fold,
+``<run-id>/fold<k>/`` (its ``config.yaml`` records ``data.fold: k``), below a
+``config.yaml`` of the whole run (``data.fold: null``); see :func:`run_path`.
+
 The run id is ``--run-id`` if given, else ``$ICH3D_RUN_ID`` (set by the first process
 so that DDP processes Lightning launches agree), else ``slurm-<SLURM_JOB_ID>`` under
 SLURM when the job has several tasks, else ``<UTC timestamp>-<4 hex>``.
@@ -22,6 +26,7 @@ SLURM when the job has several tasks, else ``<UTC timestamp>-<4 hex>``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -39,6 +44,10 @@ from ich3d.stages import get_stage
 
 __all__ = [
     "RunDir",
+    "run_path",
+    "fold_dir_name",
+    "fold_config",
+    "cv_run_dir",
     "new_run_id",
     "resolve_run_id",
     "create_run_dir",
@@ -129,8 +138,38 @@ def resolve_run_id(run_id: str | None = None) -> str:
     return run_id
 
 
+def fold_dir_name(fold: int) -> str:
+    """The folder of fold ``fold`` inside a cross-validation run (``fold<k>``)."""
+    return f"fold{int(fold)}"
+
+
+def run_path(config: Config, run_id: str) -> Path:
+    """``<run.root>/<experiment>/<run-id>``, plus ``/fold<k>`` for the run of fold k (``data.fold``)."""
+    path = Path(config.run.root) / config.experiment / run_id
+    return path if config.data.fold is None else path / fold_dir_name(config.data.fold)
+
+
+def fold_config(config: Config, fold: int | None) -> Config:
+    """``config`` for cross-validation fold ``fold`` (``data.fold``); None: the whole run's config.
+
+    Raises:
+        UserError: ``data.folds`` is 1, or ``fold`` is out of range.
+    """
+    k = config.data.folds
+    if k < 2:
+        raise UserError("a cross-validation fold needs folds: set data.folds=K (K >= 2)")
+    if fold is not None and not 0 <= fold < k:
+        raise UserError(f"fold {fold} is out of range: data.folds={k} gives folds 0 to {k - 1}")
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, fold=fold))
+
+
+def cv_run_dir(config: Config, run_id: str) -> RunDir:
+    """A cross-validation run's whole directory (above its ``fold<k>/`` run directories)."""
+    return RunDir(Path(config.run.root) / config.experiment / run_id)
+
+
 def create_run_dir(config: Config, run_id: str | None = None) -> RunDir:
-    """Create (or reuse) ``<run.root>/<experiment>/<run-id>/`` and write ``config.yaml``.
+    """Create (or reuse) ``<run.root>/<experiment>/<run-id>/`` (:func:`run_path`) and write ``config.yaml``.
 
     Reusing an existing run id keeps its stage folders (so ``--stage sequence
     --run-id X`` finds ``slice/best.ckpt`` of run X); the config file is rewritten
@@ -139,7 +178,7 @@ def create_run_dir(config: Config, run_id: str | None = None) -> RunDir:
     Raises:
         UserError: the folder or the config cannot be written (read-only or full disk).
     """
-    run = RunDir(Path(config.run.root) / config.experiment / resolve_run_id(run_id))
+    run = RunDir(run_path(config, resolve_run_id(run_id)))
     make_dirs(run.path, "run directory")
     if global_rank_from_env() == 0:
         write_config(run, config)

@@ -363,6 +363,10 @@ def build_loggers(
         return loggers
     wandb_environment(tracking.mode)
     run_id = os.path.basename(run_path.rstrip(os.sep))
+    group = run_id
+    if config.data.fold is not None:  # RUN/fold<k>/: the run id is the parent's, the fold in the name
+        group = os.path.basename(os.path.dirname(run_path.rstrip(os.sep)))
+        run_id = f"{group}/{run_id}"
     loggers.append(
         StageWandbLogger(
             best_ckpt=os.path.join(stage_dir, "best.ckpt"),
@@ -372,7 +376,7 @@ def build_loggers(
             offline=tracking.mode == "offline",
             project=tracking.project,
             entity=tracking.entity,
-            group=tracking.group or run_id,
+            group=tracking.group or group,
             job_type=stage,
             tags=list(tracking.tags),
             settings=wandb_settings(capture_console=True),

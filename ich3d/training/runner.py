@@ -30,22 +30,40 @@ Public API (the names of the modules above stay importable from here)::
 
     plan_stages(stage, run=None, resume=False) -> list[str]
     train(config, stage="all", run_id=None, resume_dir=None, continue_run=False) -> (RunDir, dict)
+    train_folds(config, folds, stage="all", run_id=None, continue_run=False) -> (RunDir, {fold: results})
+
+Cross-validation (``data.folds: K`` > 1): a run holds one run directory per fold,
+``<run.root>/<experiment>/<run-id>/fold<k>/`` (:func:`~ich3d.runs.run_dir.run_path`),
+below a ``config.yaml`` of the whole run (``data.fold: null``). Fold ``k`` validates
+on fold ``k`` and trains on the other folds (:mod:`ich3d.data.folds`); its config
+records ``data.fold: k``, so everything that works on a run directory works on a
+fold's: its stages chain within the fold (``finetune`` starts from the fold's own
+``sequence``), ``--continue`` skips its finished stages and resumes an interrupted
+one, ``--resume RUN/fold<k>`` continues it. ``train_folds`` trains folds one after
+the other; each is an independent command (``ich3d train --fold k``) where a
+cluster runs them side by side.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ich3d.config import Config
+from ich3d.config import Config, make_dirs
 from ich3d.errors import UserError
 from ich3d.runs.run_dir import (
     RunDir,
     attach_log_file,
     create_run_dir,
+    cv_run_dir,
     detach_log_file,
+    fold_config,
+    global_rank_from_env,
     open_run_dir,
+    resolve_run_id,
+    run_path,
     write_config,
 )
 from ich3d.stages import chain, get_stage, stage_names
@@ -82,6 +100,7 @@ from ich3d.training.trainer import (
 __all__ = [
     "plan_stages",
     "train",
+    "train_folds",
     # re-exported from the modules of the package
     "model_spec",
     "optimizer_spec",
@@ -188,10 +207,15 @@ def train(
     """
     if continue_run and (run_id is None or resume_dir is not None):
         raise UserError("--continue needs --run-id (and no --resume)")
+    if config.data.folds > 1 and config.data.fold is None:
+        k = config.data.folds
+        raise UserError(
+            f"data.folds={k}: train one fold with --fold K (0 to {k - 1}) or every fold with --folds all"
+        )
     resume = resume_dir is not None or continue_run
     run = open_run_dir(resume_dir) if resume_dir is not None else None
     if run is None and run_id is not None:
-        existing = RunDir(Path(config.run.root) / config.experiment / run_id)
+        existing = RunDir(run_path(config, run_id))
         run = existing if existing.config_path.is_file() else None
     stages = plan_stages(stage, run, resume)
     skipped: list[str] = []
@@ -218,3 +242,52 @@ def train(
     finally:
         detach_log_file(handler)
     return run, results
+
+
+def train_folds(
+    config: Config,
+    folds: Sequence[int],
+    stage: str = "all",
+    *,
+    run_id: str | None = None,
+    continue_run: bool = False,
+    on_run_dir: Callable[[RunDir], Any] | None = None,
+) -> tuple[RunDir, dict[int, dict[str, dict[str, Any]]]]:
+    """Train ``stage`` (``all``: the chain) in each fold of ``folds``, one after the other.
+
+    Each fold is :func:`~ich3d.training.runner.train` with ``data.fold: k`` in the
+    run id's ``fold<k>/`` folder; the whole run's ``config.yaml`` is written once the
+    first fold's checks passed (its run directory exists).
+
+    Args:
+        config: the experiment config (``data.folds`` > 1; ``data.fold`` is ignored).
+        folds: the folds to train, e.g. ``range(config.data.folds)``.
+        stage: ``all`` or a declared stage.
+        run_id: the run id (default: a new one); each fold's stages chain within it.
+        continue_run: skip each fold's finished stages, resume an interrupted one.
+        on_run_dir: called with each fold's :class:`RunDir` once it exists.
+
+    Returns:
+        ``(the whole run's RunDir, {fold: {stage: result}})`` for the stages run now.
+    """
+    folds = list(folds)
+    whole = fold_config(config, None)
+    for k in folds:
+        fold_config(config, k)  # every fold in range before the first trains
+    run_id = resolve_run_id(run_id)
+    top = cv_run_dir(config, run_id)
+
+    def created(run: RunDir) -> None:
+        if global_rank_from_env() == 0:
+            make_dirs(top.path, "run directory")
+            write_config(top, whole)
+        if on_run_dir is not None:
+            on_run_dir(run)
+
+    results: dict[int, dict[str, dict[str, Any]]] = {}
+    for k in folds:
+        log.info("cross-validation fold %d of %d (run %s)", k, config.data.folds, run_id)
+        _, results[k] = train(
+            fold_config(config, k), stage, run_id=run_id, continue_run=continue_run, on_run_dir=created
+        )
+    return top, results
