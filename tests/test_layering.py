@@ -8,7 +8,7 @@ Layers, lowest first; a module may import its own layer or lower ones only:
 2. ``ich3d.config``
 3. ``ich3d.runs``, ``ich3d.tracking``
 4. ``ich3d.training``
-5. ``ich3d.evaluation``
+5. ``ich3d.evaluation``, ``ich3d.deploy`` (exported packages)
 6. ``ich3d.cli``, ``ich3d.__main__``
 
 And: no import cycle between modules (module-level imports, ``if TYPE_CHECKING:``
@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "ich3d.tracking": 3,
     "ich3d.training": 4,
     "ich3d.evaluation": 5,
+    "ich3d.deploy": 5,
     "ich3d.cli": 6,
     "ich3d.__main__": 6,
 }
@@ -59,6 +60,7 @@ class Import:
     line: int
     local: bool  # inside a function
     type_checking: bool  # inside ``if TYPE_CHECKING:``
+    end_line: int = 0  # last line of the statement (ruff wraps a long import over several)
 
 
 def module_name(path: Path) -> str:
@@ -119,7 +121,7 @@ def imports_of(module: str) -> list[Import]:
                     base = ".".join([*up, base]) if base else ".".join(up)
                 names = [f"{base}.{a.name}" for a in child.names] if base else []
             for target in dict.fromkeys(resolve(n) for n in names if n == "ich3d" or n.startswith("ich3d.")):
-                found.append(Import(module, target, child.lineno, local, tc))
+                found.append(Import(module, target, child.lineno, local, tc, child.end_lineno or child.lineno))
             visit(child, in_def, in_tc)
 
     visit(tree, False, False)
@@ -145,7 +147,8 @@ def test_no_import_of_a_higher_layer() -> None:
 
 
 def line_of(i: Import) -> str:
-    return MODULES[i.source].read_text().splitlines()[i.line - 1]
+    """The import statement's text, every line of it (its ``# heavy`` comment may sit on any)."""
+    return "\n".join(MODULES[i.source].read_text().splitlines()[i.line - 1 : max(i.line, i.end_line)])
 
 
 def test_no_function_local_import_of_ich3d() -> None:
