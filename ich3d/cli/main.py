@@ -17,7 +17,7 @@ from ich3d.errors import UserError
 __all__ = ["main", "build_parser"]
 
 #: sub-commands, in pipeline order; each is the module ich3d.cli.<name>
-COMMANDS: tuple[str, ...] = ("synth", "ingest", "train", "predict", "evaluate", "compare", "seeds", "roc")
+COMMANDS: tuple[str, ...] = ("synth", "ingest", "train", "predict", "evaluate", "export", "compare", "seeds", "roc")
 
 
 def build_parser() -> argparse.ArgumentParser:
