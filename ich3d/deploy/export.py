@@ -31,7 +31,7 @@ from ich3d.runs.inputs import cache_image_size, input_signature, recorded_inputs
 from ich3d.runs.run_dir import RunDir, open_run_dir
 from ich3d.stages import get_stage, slice_stage, volume_stages
 
-__all__ = ["PARITY_TOL", "TRACE_SLICES", "export_run", "choose_volume_stage"]
+__all__ = ["PARITY_TOL", "TRACE_SLICES", "OneVolume", "SliceLogits", "save_model_files", "export_run", "choose_volume_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ TRACE_SLICES = 4
 ONNX_OPSET = 17
 
 
-class _OneVolume(nn.Module):
+class OneVolume(nn.Module):
     """The volume model on one unpadded volume: ``(1, T, C, H, W) -> logits`` (no lengths input)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -53,7 +53,7 @@ class _OneVolume(nn.Module):
         return self.model(volume)
 
 
-class _SliceLogits(nn.Module):
+class SliceLogits(nn.Module):
     """The slice CNN's ``(N, C, H, W) -> (N, K)`` logits (the classifier's output before any squeeze)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -86,8 +86,22 @@ def _load(run: RunDir, stage: str, volume: bool) -> tuple[nn.Module, dict[str, A
     return model.eval(), spec, recorded_inputs(ckpt)
 
 
-def _save(module: nn.Module, spec: Any, example: torch.Tensor, dest: Path, stem: str, axis: int) -> dict[str, str]:
-    """Write ``stem.safetensors``, ``stem.ts`` and ``stem.onnx`` of ``module`` (wrapped for export) into ``dest``."""
+def save_model_files(
+    module: nn.Module, spec: Any, example: torch.Tensor, dest: Path, stem: str, axis: int
+) -> dict[str, str]:
+    """Write ``models/<stem>.safetensors``, ``.ts`` and ``.onnx`` of a wrapped model into ``dest``.
+
+    Args:
+        module: :class:`OneVolume` or :class:`SliceLogits` around the model (``module.model``).
+        spec: the model spec (its digest goes into the safetensors header).
+        example: the input traced.
+        dest: the package folder (has ``models/``).
+        stem: the file name stem.
+        axis: the dynamic slice axis of the input (1 for a volume, 0 for slices).
+
+    Returns:
+        runtime -> path relative to ``dest``.
+    """
     from safetensors.torch import save_file  # heavy optional dependency: export only
 
     try:
@@ -194,9 +208,9 @@ def _write(run: RunDir, config: Any, tmp: Path, vstage: str | None, sstage: str 
         if not size:
             raise UserError(f"the in-plane size the {stage} model was trained on is unknown (its training cache is gone)")
         channels = len(inputs["windows"])
-        wrapped = (_OneVolume(model) if name == "volume" else _SliceLogits(model)).eval()
+        wrapped = (OneVolume(model) if name == "volume" else SliceLogits(model)).eval()
         stem = "model" if name == "volume" else "slice_model"
-        files = _save(wrapped, spec, _example(size, channels, TRACE_SLICES, name == "volume"), tmp, stem, 1 if name == "volume" else 0)
+        files = save_model_files(wrapped, spec, _example(size, channels, TRACE_SLICES, name == "volume"), tmp, stem, 1 if name == "volume" else 0)
         eager[name] = wrapped
         examples[name] = _example(size, channels, TRACE_SLICES + 3, name == "volume", seed=1)
         models[name] = {

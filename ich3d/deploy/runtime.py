@@ -21,6 +21,7 @@ and :func:`~ich3d.evaluation.inference.passes.predict_slices` run unchanged.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,9 @@ def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 def _exported(path: Path, runtime: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if runtime == "onnx":
         return _onnx_runner(path)
-    module = torch.jit.load(str(path), map_location="cpu").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": the file is TorchScript
+        module = torch.jit.load(str(path), map_location="cpu").eval()
     return lambda x: module(x)
 
 
