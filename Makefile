@@ -92,6 +92,7 @@ bench: $(STAMP) ## all benchmarks (prints ratios against baselines measured in t
 	$(BIN)/python -m benchmarks.bench_ingest
 	$(BIN)/python -m benchmarks.bench_delong
 	$(BIN)/python -m benchmarks.bench_train
+	$(BIN)/python -m benchmarks.bench_export
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache

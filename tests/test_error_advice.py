@@ -60,6 +60,9 @@ NOT_REACHABLE: set[tuple[str, str, str]] = {
     # raised where a run directory is created, i.e. by `ich3d train`
     ("ich3d/runs/run_dir.py", "--run-id", "evaluate"),
     ("ich3d/runs/run_dir.py", "--run-id", "predict"),
+    ("ich3d/runs/run_dir.py", "--run-id", "export"),
+    # `ich3d export` reads a run's checkpoints, never DICOM: the ingest's label flags
+    *{("ich3d/data/ingest/run.py", flag, "export") for flag in ("--labels", "--study-labels")},
 }
 
 

@@ -8,7 +8,7 @@ Layers, lowest first; a module may import its own layer or lower ones only:
 2. ``ich3d.config``
 3. ``ich3d.runs``, ``ich3d.tracking``
 4. ``ich3d.training``
-5. ``ich3d.evaluation``
+5. ``ich3d.evaluation``, ``ich3d.deploy`` (exported packages)
 6. ``ich3d.cli``, ``ich3d.__main__``
 
 And: no import cycle between modules (module-level imports, ``if TYPE_CHECKING:``
@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "ich3d.tracking": 3,
     "ich3d.training": 4,
     "ich3d.evaluation": 5,
+    "ich3d.deploy": 5,
     "ich3d.cli": 6,
     "ich3d.__main__": 6,
 }

@@ -18,7 +18,7 @@ from ich3d.errors import UserError
 __all__ = ["main", "build_parser"]
 
 #: sub-commands, in pipeline order; each is the module ich3d.cli.<name>
-COMMANDS: tuple[str, ...] = ("synth", "ingest", "train", "predict", "evaluate", "compare", "seeds", "roc")
+COMMANDS: tuple[str, ...] = ("synth", "ingest", "train", "predict", "evaluate", "export", "compare", "seeds", "roc")
 
 
 #: OS errors that mean "this output cannot be written" (one ``ich3d: error:`` line, not a traceback)

@@ -4,6 +4,13 @@ Usage::
 
     ich3d predict RUN_DIR INPUT [--out DIR] [--uids] [--workers N] [--device auto|cpu|cuda]
                                [--stage VOLUME_STAGE] [--methods NAME ...] [--format ich3d|rsna]
+    ich3d predict PKG INPUT [--out DIR] [--uids] [--workers N] [--device ...]
+                           [--runtime weights|torchscript|onnx]
+
+With a package (``ich3d export``) as the first argument, the package alone is used
+(:mod:`ich3d.deploy.predict`): no run directory, no config; ``--runtime`` picks its
+safetensors weights (default), TorchScript or ONNX file; ``--out`` defaults to
+``./predict-<INPUT name>-<8 hex>``.
 
 ``INPUT`` is a folder of DICOM files (any number of series; ingested, without
 labels, into ``OUT/cache``; re-running reuses that cache) or an ingest cache (a
@@ -35,6 +42,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ich3d.deploy.package import is_package
+from ich3d.errors import UserError
 from ich3d.evaluation.methods import all_methods
 from ich3d.stages import volume_stages
 
@@ -54,7 +63,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "drive the call. Volumes are named by hashed keys unless --uids is given."
         ),
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory (runs/<experiment>/<run-id>)")
+    p.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR|PKG",
+        help="run directory (runs/<experiment>/<run-id>) or a package made by ich3d export",
+    )
     p.add_argument("input", type=Path, metavar="INPUT", help="folder of DICOM files, or an ingest cache")
     p.add_argument(
         "--out",
@@ -101,11 +113,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="CSV",
         help="with --format rsna: write exactly the IDs of this sample submission (its ID column), in its order",
     )
+    p.add_argument(
+        "--runtime",
+        choices=("weights", "torchscript", "onnx"),
+        default=None,
+        help="with a package: weights (default: ich3d's network from the package's spec and safetensors "
+        "weights, nothing unpickled), torchscript or onnx (the exported files, on CPU; onnx needs ich3d[export])",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they are drawn only when stderr is a terminal)")
     p.set_defaults(func=run)
 
 
+def _run_package(args: argparse.Namespace) -> dict:
+    from ich3d.deploy.predict import predict_package  # heavy (torch): off the --help path
+
+    given = [f for f, on in (("--stage", args.stage), ("--methods", args.methods), ("--format rsna", args.format != "ich3d"),
+                             ("--sample-submission", args.sample_submission)) if on]
+    if given:
+        raise UserError(f"{given[0]} needs a run directory; a package predicts with its own models only")
+    return predict_package(
+        args.run_dir, args.input, args.out, runtime=args.runtime or "weights", uids=args.uids,
+        workers=args.workers, device=args.device, progress=not args.no_progress and sys.stderr.isatty(),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    if is_package(args.run_dir):
+        result = _run_package(args)
+        print(f"output folder: {result['out']}")
+        _print_files(result)
+        return 0
+    if args.runtime is not None:
+        raise UserError(f"--runtime goes with a package (ich3d export), and {args.run_dir} is not one")
     from ich3d.evaluation.prediction.predict import (  # heavy (torch): off the --help path
         predict_run,
     )
@@ -123,12 +162,17 @@ def run(args: argparse.Namespace) -> int:
         format=args.format,
         sample_submission=args.sample_submission,
     )
-    files = result["files"]
     print(f"output folder: {result['out']}")
+    _print_files(result)
+    return 0
+
+
+def _print_files(result: dict) -> None:
+    files = result["files"]
     if result.get("ingest_skipped"):
         print(f"ingest skipped {result['ingest_skipped']} file(s) or series: see {Path(result['cache']) / 'skipped.csv'}")
     if "volumes" in files:
-        what = ", ".join(x for x in [f"{result['stage']} model" if result["stage"] else "", *result.get("methods", [])] if x)
+        what = ", ".join(x for x in [f"{result['stage']} model" if result.get("stage") else "", *result.get("methods", [])] if x)
         print(f"{result['n_volumes']} volumes ({what}): {files['volumes']}")
     if "slices" in files:
         print(f"{result['n_slices']} slices (stage-1 CNN): {files['slices']}")
@@ -136,4 +180,3 @@ def run(args: argparse.Namespace) -> int:
         sub = result["submission"]
         print(f"{sub['n_rows']} rows ({sub['n_images']} images x 6 labels, {sub['n_fallback_images']} "
               f"not ingested: fallback values, see {files['submission_fallback']}): {files['submission']}")
-    return 0

@@ -187,9 +187,7 @@ class RecurrentHead(nn.Module):
             feats = feats.to(self.fc.weight.dtype)
             batch, max_len = feats.shape[0], feats.shape[1]
             lengths_cpu = check_lengths(lengths, batch, max_len)
-            packed = pack_padded_sequence(feats, lengths_cpu, batch_first=True, enforce_sorted=False)
-            out, _ = self.rnn(packed)
-            padded, _ = pad_packed_sequence(out, batch_first=True, total_length=max_len)
+            padded, _ = self._recur(feats, lengths_cpu)
             logits = self.fc(self.out_dropout(padded))  # (B, T, K)
             mask = torch.arange(max_len, device=logits.device)[None, :] < lengths_cpu.to(logits.device)[:, None]
             logits = logits.masked_fill(~mask[..., None], float("-inf"))
@@ -225,16 +223,29 @@ class RecurrentHead(nn.Module):
         with torch.autocast(device_type=feats.device.type, enabled=False):
             return self._volume_features(feats.to(self.fc.weight.dtype), lengths)
 
+    def _recur(self, feats: Tensor, lengths_cpu: Tensor) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+        """The recurrent outputs ``(B, T, directions * hidden)`` (zero past each length) and final state.
+
+        The sequences are packed, except while ``torch.jit.trace`` (and the ONNX
+        exporter, which traces) records a batch without padding: packing is then the
+        identity, and neither TorchScript tracing nor ONNX exports it (``ich3d export``).
+        """
+        max_len = feats.shape[1]
+        if torch.jit.is_tracing() and int(lengths_cpu.min()) == max_len:
+            return self.rnn(feats)
+        packed = pack_padded_sequence(feats, lengths_cpu, batch_first=True, enforce_sorted=False)
+        out, state = self.rnn(packed)
+        padded, _ = pad_packed_sequence(out, batch_first=True, total_length=max_len)
+        return padded, state
+
     def _volume_features(self, feats: Tensor, lengths: Tensor) -> Tensor:
         batch, max_len = feats.shape[0], feats.shape[1]
         lengths_cpu = check_lengths(lengths, batch, max_len)
-        packed = pack_padded_sequence(feats, lengths_cpu, batch_first=True, enforce_sorted=False)
-        out, state = self.rnn(packed)
+        padded, state = self._recur(feats, lengths_cpu)
         if self.pooling == "last":
             h_n = state[0] if isinstance(state, tuple) else state  # (layers*dirs, B, H)
             last = h_n.view(self.num_layers, self.num_directions, batch, self.hidden)[-1]
             return last.permute(1, 0, 2).reshape(batch, self.num_directions * self.hidden)
-        padded, _ = pad_packed_sequence(out, batch_first=True, total_length=max_len)
         mask = valid_slice_mask(lengths_cpu.to(padded.device), max_len).unsqueeze(-1)
         if self.pooling == "mean":
             summed = (padded * mask).sum(dim=1)
