@@ -231,3 +231,21 @@ def test_modules_and_functions_stay_small() -> None:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _body_lines(node) > 80
     ]
     assert long == []
+
+
+def test_ich3d_help_lists_every_command_without_importing_torch() -> None:
+    """``ich3d --help`` builds no sub-command's parser: no module of a command, no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ich3d.cli.main import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    from ich3d.cli.commands import COMMANDS
+
+    assert out.strip().endswith("NO-TORCH"), out[-200:]
+    assert all(f"    {name} " in out for name in COMMANDS), out

@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ich3d.cli.commands import COMMANDS
+
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compare",
-        help="compare evaluated runs: every method in one table, paired DeLong tests across runs",
+        help=COMMANDS["compare"],
         description=(
             "Put every method of several evaluated runs (ich3d evaluate) in one report: AUC with "
             "DeLong confidence intervals at volume level and, from the stage-1 CNN, at slice "

@@ -24,6 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ich3d.cli.commands import COMMANDS
 from ich3d.errors import UserError
 from ich3d.evaluation.methods import all_methods
 from ich3d.runs.run_dir import open_run_dir
@@ -41,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p = subparsers.add_parser(
         "evaluate",
-        help="evaluate a trained run: baselines and volume models, DeLong CIs, operating points, report",
+        help=COMMANDS["evaluate"],
         description=(
             "Evaluate the scoring methods of a run directory on its test split (evaluation.split), "
             "or with --data on every labelled volume of another ingest cache: "

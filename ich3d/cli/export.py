@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ich3d.cli.commands import COMMANDS
 from ich3d.stages import volume_stages
 
 __all__ = ["add_parser", "run"]
@@ -28,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     volume_names = [s.name for s in volume_stages()]
     p = subparsers.add_parser(
         "export",
-        help="a trained run's models as a package (MONAI bundle layout) that ich3d predict PKG runs alone",
+        help=COMMANDS["export"],
         description=(
             "Export a run's volume model and stage-1 slice CNN: safetensors weights, TorchScript and ONNX "
             "(dynamic number of slices), the inputs they need, the operating points and figures of the run's "

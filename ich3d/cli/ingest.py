@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ich3d.cli.commands import COMMANDS
 from ich3d.data.ingest import run_ingest
 
 __all__ = ["add_parser", "run"]
@@ -14,7 +15,7 @@ __all__ = ["add_parser", "run"]
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "ingest",
-        help="ingest CT DICOM (RSNA 2019, hospital / PACS exports) into a cache of volumes",
+        help=COMMANDS["ingest"],
         description=(
             "Read CT DICOM in any folder layout (one slice per file or Enhanced multi-frame; "
             "native or compressed transfer syntaxes), group slices by series, skip localizers "

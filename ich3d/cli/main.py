@@ -13,19 +13,25 @@ import importlib
 import logging
 import sys
 
+from ich3d.cli.commands import COMMANDS
 from ich3d.errors import UserError
 
 __all__ = ["main", "build_parser"]
 
-#: sub-commands, in pipeline order; each is the module ich3d.cli.<name>
-COMMANDS: tuple[str, ...] = ("synth", "ingest", "train", "predict", "evaluate", "export", "compare", "seeds", "roc")
 
 
 #: OS errors that mean "this output cannot be written" (one ``ich3d: error:`` line, not a traceback)
 _DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The ``ich3d`` parser.
+
+    Args:
+        command: the sub-command whose module is imported and whose parser is built
+            in full; ``None`` for none (the listing of ``ich3d --help``, fast: no torch);
+            ``"*"`` (default) for every one.
+    """
     parser = argparse.ArgumentParser(
         prog="ich3d",
         description=(
@@ -36,13 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"ich3d.cli.{name}").add_parser(sub)
+    for name, help_ in COMMANDS.items():
+        if command == "*" or name == command:
+            importlib.import_module(f"ich3d.cli.{name}").add_parser(sub)
+        else:  # listed by name only: its module (and torch) is not imported
+            sub.add_parser(name, help=help_)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    named = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(named if named in COMMANDS else None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

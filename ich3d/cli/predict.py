@@ -42,6 +42,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ich3d.cli.commands import COMMANDS
 from ich3d.deploy.package import is_package
 from ich3d.errors import UserError
 from ich3d.evaluation.methods import all_methods
@@ -54,7 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     volume_names = [s.name for s in volume_stages()]
     p = subparsers.add_parser(
         "predict",
-        help="volume and slice probabilities of a trained run on a DICOM folder or an ingest cache",
+        help=COMMANDS["predict"],
         description=(
             "Predict with a trained run. INPUT is a folder of DICOM files (ingested without "
             "labels into OUT/cache) or an ingest cache. Writes volumes.csv (key, n_slices, "

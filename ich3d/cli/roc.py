@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ich3d.cli.commands import COMMANDS
 from ich3d.errors import UserError
 from ich3d.evaluation.report.plots import plot_roc_scores
 from ich3d.stats.roc_table import NON_SCORE_COLUMNS, read_predictions, render_markdown, roc_table
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "roc",
-        help="AUC, DeLong CIs and paired tests for a CSV of scores",
+        help=COMMANDS["roc"],
         description=(
             "Compare methods on a CSV of scores: one 0/1 label column and one numeric "
             "column per method (higher = more likely positive). Score columns: --scores, else "

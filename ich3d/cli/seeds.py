@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ich3d.cli.commands import COMMANDS
+
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "seeds",
-        help="AUC ranges over seeds: min / median / max per method, paired tests' p ranges",
+        help=COMMANDS["seeds"],
         description=(
             "Group evaluated runs (ich3d evaluate) by experiment and give, for every method, the "
             "AUC of each seed with its minimum, median and maximum and the widest DeLong interval; "

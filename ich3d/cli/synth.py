@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ich3d.cli.commands import COMMANDS
 from ich3d.errors import UserError
 from ich3d.synth import DEFAULT_DEFECTS, DEFECT_NAMES, NO_DEFECTS, DefectRates, generate
 
@@ -36,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     defaults = ", ".join(f"{k}={getattr(DEFAULT_DEFECTS, k):g}" for k in DEFECT_NAMES)
     p = subparsers.add_parser(
         "synth",
-        help="write a synthetic RSNA-format head-CT dataset",
+        help=COMMANDS["synth"],
         description=(
             "Write a synthetic dataset in exactly the RSNA 2019 Intracranial Hemorrhage "
             "format: one DICOM slice per file from a head phantom in HU with painted "

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ich3d.cli.commands import COMMANDS
 from ich3d.config import Config, load_config
 from ich3d.errors import TrainingFailed, UserError
 from ich3d.runs.run_dir import (
@@ -70,7 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     others = [n for n in names if n not in chained]
     p = subparsers.add_parser(
         "train",
-        help="train the stages (slice CNN, frozen-CNN BiLSTM, end-to-end) of an experiment",
+        help=COMMANDS["train"],
         description=(
             f"Train an experiment described by a YAML config. --stage all runs {', '.join(chained)} "
             "in order in one run directory (<run.root>/<experiment>/<run-id>/)"
