@@ -10,6 +10,8 @@ when the stage it needs has a ``best.ckpt`` (the report names what is missing):
 * one volume model per declared volume stage (:func:`ich3d.stages.volume_stages`),
   on depth-pooled volumes (``data.depth_pool``);
 * any method a user registers (:func:`~ich3d.evaluation.methods.register_method`).
+* with ``evaluation.tta``, each volume model's test-time-augmented variant
+  (``finetune+flip_lr``, :mod:`ich3d.evaluation.methods.tta`).
 
 Shared work is done once (:class:`~ich3d.evaluation.inference.context.EvaluationContext`).
 Every checkpoint used must have been trained on the inputs the run's config and

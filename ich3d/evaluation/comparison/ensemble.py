@@ -6,7 +6,7 @@ every run that has the method: systems, seeds or folds. All runs must have evalu
 the same volumes with the same labels (the split hash ``compare`` checks); otherwise
 one :class:`~ich3d.errors.UserError`.
 
-The rule is the fold ensemble's (:func:`ich3d.evaluation.crossval.ensemble_scores`):
+The rule is the fold ensemble's (:func:`ich3d.stats.ensembles.ensemble_scores`):
 the mean probability when every member is a probability, else the mean of the
 members' rank-normalised scores (a ranking: AUC, no operating points). The
 validation predictions are ensembled the same way when every member has them on the
@@ -38,8 +38,8 @@ from ich3d.evaluation.comparison.compare import (
     run_labels,
     split_hash,
 )
-from ich3d.evaluation.crossval import ensemble_scores
 from ich3d.evaluation.report.build import EvaluationReport, build_report
+from ich3d.stats.ensembles import ensemble_scores
 from ich3d.stats.formatting import jsonable
 
 __all__ = ["ENSEMBLE", "ensemble_runs", "member_columns"]
