@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 BEFORE = json.loads((REPO / "tests" / "data" / "resolved_configs.json").read_text())
 _STAGE = re.compile(r"^# compare-stage: ([a-z_]*)", re.MULTILINE)  # the Makefile's sed
 #: keys added to the schema since the fixture was made, with the default every config has
-ADDED = {("tracking", "log_model"): False, ("data", "folds"): 1, ("data", "fold"): None}
+ADDED = {("tracking", "log_model"): False, ("data", "folds"): 1, ("data", "fold"): None, ("evaluation", "tta"): []}
 
 
 def _as_before(resolved: dict) -> dict:

@@ -54,9 +54,13 @@ NOT_REACHABLE: set[tuple[str, str, str]] = {
     # --names is checked only on `ich3d compare`'s arguments
     ("ich3d/evaluation/comparison/compare.py", "--names", "seeds"),
     # ich3d.stats.roc_table.read_predictions (the only raiser of --label-col and --scores
-    # advice) is called by `ich3d roc` alone; compare, evaluate and seeds import the
-    # module for its table and p-value formatting
-    *{("ich3d/stats/roc_table.py", flag, cmd) for flag in ("--label-col", "--scores") for cmd in ("compare", "evaluate", "seeds")},
+    # advice) is called by `ich3d roc` alone; compare, ensemble, evaluate, seeds and select
+    # import the module for its table and p-value formatting
+    *{
+        ("ich3d/stats/roc_table.py", flag, cmd)
+        for flag in ("--label-col", "--scores")
+        for cmd in ("compare", "ensemble", "evaluate", "seeds", "select")
+    },
     # raised where a run directory is created, i.e. by `ich3d train`
     ("ich3d/runs/run_dir.py", "--run-id", "evaluate"),
     ("ich3d/runs/run_dir.py", "--run-id", "predict"),

@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "evaluate": "evaluate a trained run: baselines and volume models, DeLong CIs, operating points, report",
     "export": "a trained run's models as a package (MONAI bundle layout) that ich3d predict PKG runs alone",
     "compare": "compare evaluated runs: every method in one table, paired DeLong tests across runs",
+    "ensemble": "average chosen methods of evaluated runs on the same test volumes, DeLong against each member",
+    "select": "pick the best method, system or ensemble on out-of-fold or validation predictions only",
     "seeds": "AUC ranges over seeds: min / median / max per method, paired tests' p ranges",
     "roc": "AUC, DeLong CIs and paired tests for a CSV of scores",
 }

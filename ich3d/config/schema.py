@@ -236,6 +236,11 @@ class EvaluationConfig:
         ae_hidden: hidden width of its encoder and decoder (one layer each).
         ae_epochs: autoencoder training epochs over the training slices.
         ae_lr: its Adam learning rate.
+        tta: test-time augmentation of the volume models: transforms (``flip_lr``, the
+            left-right mirror; ``flip_ap``, the anterior-posterior one) whose
+            probabilities are averaged with the plain input's, reported as their own
+            methods (``finetune+flip_lr``) with a paired DeLong test against the plain
+            one; empty (default) = none.
     """
 
     split: str = "test"
@@ -252,6 +257,7 @@ class EvaluationConfig:
     ae_hidden: int = field(default=512, metadata=in_range(ge=1))
     ae_epochs: int = field(default=30, metadata=in_range(ge=1))
     ae_lr: float = field(default=1e-3, metadata=in_range(gt=0))
+    tta: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from ich3d.errors import UserError
 from ich3d.evaluation.evaluate import evaluate_run
 from ich3d.runs.run_dir import RunDir, fold_dir_name, open_run_dir
 from ich3d.stats.delong import DeLongResult, delong_roc
+from ich3d.stats.ensembles import ensemble_scores
 from ich3d.stats.operating_points import operating_point_entries
 from ich3d.stats.roc_table import render_markdown
 
@@ -102,19 +102,6 @@ def oof_table(val_tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     if oof["key"].duplicated().any():
         raise UserError("a volume has out-of-fold predictions from two folds: the folds are not disjoint")
     return oof.sort_values("key", kind="stable").reset_index(drop=True)
-
-
-def ensemble_scores(members: np.ndarray) -> tuple[np.ndarray, str]:
-    """The fold ensemble of one method's ``(n, K)`` member scores and its rule (module docstring).
-
-    Returns:
-        ``(scores (n,), "mean probability" | "mean rank")``.
-    """
-    members = np.asarray(members, dtype=float)
-    if np.all((members >= 0) & (members <= 1)):
-        return members.mean(axis=1), "mean probability"
-    ranks = np.column_stack([rankdata(members[:, j]) / len(members) for j in range(members.shape[1])])
-    return ranks.mean(axis=1), "mean rank"
 
 
 def ensemble_table(test_tables: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, str]]:

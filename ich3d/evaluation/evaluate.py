@@ -10,6 +10,8 @@ when the stage it needs has a ``best.ckpt`` (the report names what is missing):
 * one volume model per declared volume stage (:func:`ich3d.stages.volume_stages`),
   on depth-pooled volumes (``data.depth_pool``);
 * any method a user registers (:func:`~ich3d.evaluation.methods.register_method`).
+* with ``evaluation.tta``, each volume model's test-time-augmented variant
+  (``finetune+flip_lr``, :mod:`ich3d.evaluation.methods.tta`).
 
 Shared work is done once (:class:`~ich3d.evaluation.inference.context.EvaluationContext`).
 Every checkpoint used must have been trained on the inputs the run's config and
@@ -55,6 +57,7 @@ from ich3d.evaluation.methods import (
     get_method,
     methods_for_stages,
 )
+from ich3d.evaluation.methods.tta import with_tta
 from ich3d.evaluation.report.build import EvaluationReport, build_report
 from ich3d.evaluation.report.curves import training_curves
 from ich3d.evaluation.report.reference import reference_for
@@ -66,15 +69,8 @@ from ich3d.runs.run_dir import RunDir, open_run_dir
 from ich3d.stages import stage_names
 
 __all__ = [
-    "EvaluationPlan",
-    "MethodOutcome",
-    "ScoredMethods",
-    "EvaluationResult",
-    "available_stages",
-    "select_methods",
-    "plan_evaluation",
-    "score_methods",
-    "evaluate_run",
+    "EvaluationPlan", "MethodOutcome", "ScoredMethods", "EvaluationResult", "available_stages",
+    "select_methods", "plan_evaluation", "score_methods", "evaluate_run",
 ]
 
 log = logging.getLogger(__name__)
@@ -289,7 +285,7 @@ def plan_evaluation(
                 log.warning("%s", missing[s])
             else:
                 unasked.add(s)
-    todo = [m for m in selected if m.needs in present]
+    todo = with_tta([m for m in selected if m.needs in present], config.evaluation.tta)
     if not todo:
         raise UserError(
             f"{run.path} has none of the requested checkpoints ({', '.join(f'{s}/best.ckpt' for s in needed)}); "

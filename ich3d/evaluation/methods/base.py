@@ -127,8 +127,11 @@ class ScoringMethod:
         score: Callable[[Any, str], MethodScores] | None = None,
         default: bool = True,
     ) -> None:
-        if not name.isidentifier() or name in _RESERVED:
-            raise ValueError(f"method name {name!r} must be an identifier other than {', '.join(sorted(_RESERVED))}")
+        if not all(p.isidentifier() for p in name.split("+")) or name in _RESERVED:  # + : TTA variants
+            raise ValueError(
+                f"method name {name!r} must be an identifier other than {', '.join(sorted(_RESERVED))} "
+                "(or identifiers joined by '+')"
+            )
         self.name = name
         self.description = description
         self.needs = needs

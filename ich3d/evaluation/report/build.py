@@ -242,6 +242,7 @@ def build_report(
         "best": result.names[result.best],
         "delong": result.to_dict(),
         "paired_tests": paired_tests(result),
+        "tta_tests": tta_tests(result),
         "per_method": _per_method(result, ops, timing or {}, unfinished or {}),
         "operating_points": ops,
         "timing": {k: float(v) for k, v in (timing or {}).items()},
@@ -325,6 +326,24 @@ def paired_tests(result: DeLongResult) -> list[dict[str, Any]]:
     """Every paired DeLong test with its Holm-Bonferroni adjusted p-value (``p_holm``), in table order."""
     holm = holm_adjust([t.p for t in result.pairs])
     return [{**t.to_dict(), "p_holm": float(q)} for t, q in zip(result.pairs, holm, strict=True)]
+
+
+def tta_tests(result: DeLongResult) -> list[dict[str, Any]]:
+    """The paired DeLong test of each TTA variant (``finetune+flip_lr``) against its plain method.
+
+    ``diff`` is ``AUC_tta - AUC_plain`` with its interval; ``p`` the two-sided p-value.
+    """
+    auc = dict(zip(result.names, result.aucs.tolist(), strict=True))
+    out = []
+    for t in result.pairs:
+        for plain, tta, sign in ((t.a, t.b, -1.0), (t.b, t.a, 1.0)):
+            if tta.split("+", 1)[0] == plain and "+" in tta:
+                lo, hi = sorted((sign * t.diff_ci_lower, sign * t.diff_ci_upper))
+                out.append({
+                    "method": tta, "plain": plain, "auc": auc[tta], "auc_plain": auc[plain],
+                    "diff": auc[tta] - auc[plain], "diff_ci_lower": lo, "diff_ci_upper": hi, "p": t.p,
+                })
+    return out
 
 
 def interval_cautions(result: DeLongResult) -> list[str]:

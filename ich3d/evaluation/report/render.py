@@ -33,6 +33,7 @@ def render_report(metrics: Metrics, result: DeLongResult) -> str:
     sections: list[Callable[[Metrics], list[str]]] = [
         render_reference,
         _methods,
+        _tta,
         _operating_points,
         _timing,
         _slice_level,
@@ -132,6 +133,31 @@ def _methods(metrics: Metrics) -> list[str]:
             desc += f" (**unfinished**: {unfinished[m]} did not finish)"
         lines.append(f"- `{m}`: {desc.strip()}")
     return [*lines, ""]
+
+
+def _tta(metrics: Metrics) -> list[str]:
+    tests = metrics.get("tta_tests") or []
+    if not tests:
+        return []
+    lines = [
+        "## Test-time augmentation",
+        "",
+        "Each variant's probability is the mean over the plain input and its transforms "
+        "(`evaluation.tta`); paired DeLong test against the plain model.",
+        "",
+        f"| variant | AUC | plain AUC | difference [{pct(float(metrics['level']))} CI] | p |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for t in tests:
+        lines.append(
+            f"| {t['method']} | {t['auc']:.3f} | {t['auc_plain']:.3f} | {t['diff']:+.3f} "
+            f"[{t['diff_ci_lower']:+.3f}, {t['diff_ci_upper']:+.3f}] | {_p(t['p'])} |"
+        )
+    return [*lines, ""]
+
+
+def _p(p: float | None) -> str:
+    return "n/a" if p is None or p != p else f"{p:.3g}"
 
 
 def _operating_points(metrics: Metrics) -> list[str]:
