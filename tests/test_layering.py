@@ -249,3 +249,17 @@ def test_ich3d_help_lists_every_command_without_importing_torch() -> None:
 
     assert out.strip().endswith("NO-TORCH"), out[-200:]
     assert all(f"    {name} " in out for name in COMMANDS), out
+
+
+def test_no_private_name_imported_across_modules() -> None:
+    """A ``_name`` stays in its module (issue 16): what another module needs is public."""
+    bad = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("ich3d")):
+                bad += [
+                    f"{module}:{node.lineno} imports {a.name} from {node.module}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert bad == []

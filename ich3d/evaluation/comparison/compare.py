@@ -60,6 +60,8 @@ __all__ = [
     "run_labels",
     "compare_runs",
     "render_compare",
+    "check_same_volumes",
+    "read_run_csv",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,7 +129,7 @@ def _eval_folder(path: Path) -> Path:
     )
 
 
-def _read_csv(path: Path, what: str) -> pd.DataFrame:
+def read_run_csv(path: Path, what: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype={"key": str})
     except Exception as exc:  # unreadable, empty or malformed
@@ -153,7 +155,7 @@ def load_evaluated_run(path: str | Path) -> EvaluatedRun:
             metrics = json.loads((folder / "metrics.json").read_text())
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read {folder / 'metrics.json'}: {exc}") from None
-    test = _read_csv(folder / "predictions.csv", "predictions")
+    test = read_run_csv(folder / "predictions.csv", "predictions")
     if test["key"].duplicated().any():
         raise UserError(f"{folder / 'predictions.csv'} lists a volume more than once")
     if not test["label"].isin([0, 1]).all():
@@ -168,10 +170,10 @@ def load_evaluated_run(path: str | Path) -> EvaluatedRun:
         raise UserError(f"{folder / 'predictions.csv'} has no score column besides key and label")
     if test[methods].isna().any().any():
         raise UserError(f"{folder / 'predictions.csv'} has missing scores")
-    val = _read_csv(folder / "val_predictions.csv", "validation predictions") if (folder / "val_predictions.csv").is_file() else None
+    val = read_run_csv(folder / "val_predictions.csv", "validation predictions") if (folder / "val_predictions.csv").is_file() else None
     slices = None
     if (folder / "slice_predictions.csv").is_file():
-        slices = _read_csv(folder / "slice_predictions.csv", "slice predictions")
+        slices = read_run_csv(folder / "slice_predictions.csv", "slice predictions")
         for c in ("slice_index", "probability"):
             if c not in slices.columns:
                 raise UserError(f"slice predictions {folder / 'slice_predictions.csv'} have no {c!r} column")
@@ -219,7 +221,7 @@ def run_labels(runs: Sequence[EvaluatedRun], names: Sequence[str] | None = None)
     return [f"{r.experiment}/{r.run_id}#{i + 1}" for i, r in enumerate(runs)]
 
 
-def _check_same_volumes(runs: Sequence[EvaluatedRun], labels: Sequence[str]) -> str:
+def check_same_volumes(runs: Sequence[EvaluatedRun], labels: Sequence[str]) -> str:
     hashes = [split_hash(r.test) for r in runs]
     for r, lab, h in zip(runs, labels, hashes, strict=True):
         if h != hashes[0]:
@@ -403,7 +405,7 @@ def compare_runs(
         if unknown:
             known = sorted({m for r in runs for m in r.methods})
             raise UserError(f"no run has method {unknown[0]!r}; the runs have {', '.join(known)}")
-    shash = _check_same_volumes(runs, labels)
+    shash = check_same_volumes(runs, labels)
     notes: list[str] = []
     val_hashes = [split_hash(r.val) if r.val is not None else None for r in runs]
     if len({h for h in val_hashes if h is not None}) > 1:

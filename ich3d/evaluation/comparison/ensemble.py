@@ -33,7 +33,7 @@ import pandas as pd
 from ich3d.errors import UserError
 from ich3d.evaluation.comparison.compare import (
     EvaluatedRun,
-    _check_same_volumes,
+    check_same_volumes,
     load_evaluated_run,
     run_labels,
     split_hash,
@@ -148,7 +148,7 @@ def ensemble_runs(
         raise UserError("ich3d ensemble needs --methods (e.g. --methods finetune)")
     runs = [load_evaluated_run(p) for p in run_dirs]
     labels = run_labels(runs, names)
-    hash_ = _check_same_volumes(runs, labels)
+    hash_ = check_same_volumes(runs, labels)
     members = member_columns(runs, labels, list(dict.fromkeys(methods)))
     if len(members) < 2:
         raise UserError(f"an ensemble needs two members or more; {members[0][0]} is the only one")

@@ -36,8 +36,8 @@ from sklearn.metrics import log_loss
 
 from ich3d.errors import UserError
 from ich3d.evaluation.comparison.compare import (
-    _read_csv,
     load_evaluated_run,
+    read_run_csv,
     run_labels,
     split_hash,
 )
@@ -100,8 +100,8 @@ def load_candidates(path: str | Path) -> Candidates:
     cv = _cv_folder(path)
     if cv is not None:
         run_dir = cv.parent if cv.name == "evaluation" else cv
-        oof = _read_csv(cv / "oof_predictions.csv", "out-of-fold predictions")
-        raw = _read_csv(cv / "test_predictions.csv", "test predictions")
+        oof = read_run_csv(cv / "oof_predictions.csv", "out-of-fold predictions")
+        raw = read_run_csv(cv / "test_predictions.csv", "test predictions")
         ens = {c: c.removesuffix("@ensemble") for c in raw.columns if str(c).endswith("@ensemble")}
         test = raw[["key", "label", *ens]].rename(columns=ens)
         return Candidates(run_dir.parent.name or "run", run_dir.name, "out-of-fold", oof, test)
