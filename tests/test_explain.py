@@ -10,7 +10,9 @@ from _eval_helpers import copy_tiny_run
 
 from ich3d.cli.main import main
 from ich3d.data.cache import open_cache
+from ich3d.deploy.predict import predict_package
 from ich3d.errors import UserError
+from ich3d.evaluation.evaluate import evaluate_run
 from ich3d.evaluation.inference.passes import build_eval_datamodule
 from ich3d.evaluation.prediction.explain import (
     SliceCAM,
@@ -143,3 +145,22 @@ def test_explain_errors(tiny_run, tmp_path, capsys):
         predict_run(run.run_dir, run.cache, tmp_path / "o", explain=-1, device="cpu", progress=False)
     assert main(["predict", str(run.run_dir), str(run.cache), "--out", str(tmp_path / "o"), "--explain", "2"]) == 2
     assert "ich3d: error: --explain needs the stage-1 slice CNN (slice/best.ckpt)" in capsys.readouterr().err
+
+
+def test_explain_from_a_package_matches_the_run(explained, tmp_path, capsys):
+    run, out = explained
+    evaluate_run(run.run_dir, device="cpu", progress=False, tracking=False)
+    pkg = tmp_path / "pkg"
+    assert main(["export", str(run.run_dir), "--out", str(pkg)]) == 0
+    pkg_out = tmp_path / "pkg_out"
+    result = predict_package(pkg, run.cache, pkg_out, explain=3, device="cpu", progress=False)
+    assert result["explain"]["n_volumes"] == len(list((out / "explain").iterdir()))
+    for folder in (out / "explain").iterdir():
+        mine = pd.read_csv(pkg_out / "explain" / folder.name / "key_slices.csv")
+        theirs = pd.read_csv(folder / "key_slices.csv")
+        assert list(mine["slice_index"]) == list(theirs["slice_index"])
+        np.testing.assert_allclose(mine[["score", "slice_probability"]], theirs[["score", "slice_probability"]], atol=1e-6)
+        assert mine[["cam_row", "cam_col"]].equals(theirs[["cam_row", "cam_col"]])
+    assert main(["predict", str(pkg), str(run.cache), "--out", str(tmp_path / "o"), "--runtime", "onnx",
+                 "--explain", "2"]) == 2
+    assert "--explain needs the gradients of ich3d's own network: use --runtime weights" in capsys.readouterr().err
