@@ -4,8 +4,9 @@ Usage::
 
     ich3d predict RUN_DIR INPUT [--out DIR] [--uids] [--workers N] [--device auto|cpu|cuda]
                                [--stage VOLUME_STAGE] [--methods NAME ...] [--format ich3d|rsna]
+                               [--explain N]
     ich3d predict PKG INPUT [--out DIR] [--uids] [--workers N] [--device ...]
-                           [--runtime weights|torchscript|onnx]
+                           [--runtime weights|torchscript|onnx] [--explain N]
 
 With a package (``ich3d export``) as the first argument, the package alone is used
 (:mod:`ich3d.deploy.predict`): no run directory, no config; ``--runtime`` picks its
@@ -28,7 +29,10 @@ name>-<8 hex of the resolved INPUT path>``, printed):
   in the RSNA 2019 challenge format (``ID,Label``, ``ID_<image>_<subtype>``, every
   input image x six targets) and ``submission_fallback.csv`` (the images that could
   not be ingested, with their reason; :mod:`ich3d.evaluation.prediction.submission`);
-  ``--sample-submission CSV`` keeps exactly the sample's IDs.
+  ``--sample-submission CSV`` keeps exactly the sample's IDs;
+* with ``--explain N``: ``explain/<volume key>/`` per volume, its N key slices
+  (``key_slices.csv``) and a Grad-CAM heat map of the slice CNN on each
+  (``slice_<index>.png``, ``contact_sheet.png``; :mod:`ich3d.evaluation.prediction.explain`).
 
 Volumes are named by their hashed key; ``--uids`` adds ``series_uid``,
 ``study_uid`` and ``patient_id`` columns (identifiers: keep such files local).
@@ -121,6 +125,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="with a package: weights (default: ich3d's network from the package's spec and safetensors "
         "weights, nothing unpickled), torchscript or onnx (the exported files, on CPU; onnx needs ich3d[export])",
     )
+    p.add_argument(
+        "--explain",
+        type=int,
+        default=0,
+        metavar="N",
+        help="per volume, the N slices that drive the call and a Grad-CAM heat map of the slice CNN on each: "
+        "OUT/explain/<volume key>/ key_slices.csv, slice_<index>.png, contact_sheet.png (needs the stage-1 CNN)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they are drawn only when stderr is a terminal)")
     p.set_defaults(func=run)
 
@@ -135,6 +147,7 @@ def _run_package(args: argparse.Namespace) -> dict:
     return predict_package(
         args.run_dir, args.input, args.out, runtime=args.runtime or "weights", uids=args.uids,
         workers=args.workers, device=args.device, progress=not args.no_progress and sys.stderr.isatty(),
+        explain=args.explain,
     )
 
 
@@ -162,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),  # no bar frames in log files
         format=args.format,
         sample_submission=args.sample_submission,
+        explain=args.explain,
     )
     print(f"output folder: {result['out']}")
     _print_files(result)
@@ -177,6 +191,10 @@ def _print_files(result: dict) -> None:
         print(f"{result['n_volumes']} volumes ({what}): {files['volumes']}")
     if "slices" in files:
         print(f"{result['n_slices']} slices (stage-1 CNN): {files['slices']}")
+    if "explain" in files:
+        ex = result["explain"]
+        print(f"{ex['n_volumes']} volumes x {ex['n']} key slices ({', '.join(ex['score_kind'])}), "
+              f"heat maps of {ex['layer']}: {files['explain']}")
     if "submission" in files:
         sub = result["submission"]
         print(f"{sub['n_rows']} rows ({sub['n_images']} images x 6 labels, {sub['n_fallback_images']} "

@@ -42,6 +42,7 @@ from ich3d.evaluation.inference.passes import (
     predict_volumes,
     resolve_device,
 )
+from ich3d.evaluation.prediction.explain import explain_volumes
 from ich3d.evaluation.prediction.predict import UID_COLUMNS, volume_splits
 
 __all__ = ["default_package_out", "predict_package"]
@@ -135,6 +136,20 @@ def _slice_frame(pkg: Package, model: Any, cache: Any, dev: torch.device, primar
     return sl
 
 
+def _explain(pkg: Package, vol_model: Any, slice_model: Any, cache: Any, dev: torch.device, primary: int | None,
+             n: int, out: Path) -> dict[str, Any]:
+    """The package's key slices and heat maps (:func:`~ich3d.evaluation.prediction.explain.explain_volumes`)."""
+    if slice_model is None:
+        raise UserError(f"--explain needs the stage-1 slice CNN, and the package {pkg.root} has none")
+    pool = int(pkg.spec["inputs"]["depth_pool"])
+    return explain_volumes(
+        slice_model, _datamodule(pkg, cache.root, 1).eval_dataloader("predict"), out, n,
+        windows=[list(w) for w in pkg.spec["inputs"]["windows"]], volume_model=vol_model,
+        volume_loader=_datamodule(pkg, cache.root, pool).eval_dataloader("predict") if vol_model is not None else None,
+        depth_pool=pool, primary=primary, device=dev,
+    )
+
+
 def predict_package(
     package: str | Path,
     input: str | Path,
@@ -145,6 +160,7 @@ def predict_package(
     workers: int = 1,
     device: str = "auto",
     progress: bool = True,
+    explain: int = 0,
 ) -> dict[str, Any]:
     """Predict volume and slice probabilities with an exported package (see the module docstring).
 
@@ -157,6 +173,8 @@ def predict_package(
         workers: ingest processes.
         device: ``auto``, ``cpu`` or ``cuda[:i]`` (the weights runtime; the exported files run on CPU).
         progress: progress bars.
+        explain: with N > 0, the key slices and heat maps of every volume in ``OUT/explain``
+            (:mod:`ich3d.evaluation.prediction.explain`; the weights runtime and the package's slice CNN).
 
     Returns:
         ``predict.json``'s content plus ``"files"``.
@@ -171,6 +189,10 @@ def predict_package(
         raise UserError(f"INPUT {input} is not a folder (expected a folder of DICOM files or an ingest cache)")
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    if explain < 0:
+        raise UserError(f"--explain {explain}: expected a number of key slices >= 1")
+    if explain and runtime != "weights":
+        raise UserError(f"--explain needs the gradients of ich3d's own network: use --runtime weights, not {runtime}")
     pkg = open_package(package)
     out_dir = Path(out) if out is not None else default_package_out(input)
     if out_dir.resolve().is_relative_to(pkg.root.resolve()):
@@ -195,6 +217,9 @@ def predict_package(
     if slice_model is not None:
         files["slices"] = out_dir / "slices.csv"
         atomic_write_csv(files["slices"], _slice_frame(pkg, slice_model, cache, dev, primary, progress, info))
+    if explain:
+        info["explain"] = _explain(pkg, vol_model, slice_model, cache, dev, primary, explain, out_dir / "explain")
+        files["explain"] = out_dir / "explain"
     files["summary"] = out_dir / "predict.json"
     atomic_write_text(files["summary"], json.dumps(info, indent=2) + "\n")
     return {**info, "files": files}

@@ -46,8 +46,9 @@ from ich3d.errors import UserError
 from ich3d.evaluation.inference.context import EvaluationContext
 from ich3d.evaluation.inference.passes import hardware_info, resolve_device
 from ich3d.evaluation.methods import ScoringMethod, get_method, slice_stage_name
+from ich3d.evaluation.prediction.explain import explain_volumes
 from ich3d.evaluation.prediction.submission import check_targets, write_submission
-from ich3d.runs.checkpoints import best_volume_stage
+from ich3d.runs.checkpoints import best_volume_stage, load_slice_model
 from ich3d.runs.run_dir import RunDir, open_run_dir
 from ich3d.stages import get_stage, volume_stages
 
@@ -257,6 +258,23 @@ def _slice_table(ctx: EvaluationContext, cache: Any, label: str) -> pd.DataFrame
     return sl
 
 
+def _explain(ctx: EvaluationContext, plan: PredictPlan, n: int) -> dict[str, Any]:
+    """``OUT/explain``: the key slices and heat maps of every volume (:func:`explain_volumes`)."""
+    s1 = str(plan.slice_stage)
+    slice_model = ctx.memo(("slice_model", s1), lambda: load_slice_model(plan.run, s1))
+    pool = int(plan.config.data.depth_pool)
+    vmodel = ctx.volume_model(plan.volume_stage) if plan.volume_stage is not None else None
+    try:
+        return explain_volumes(
+            slice_model, ctx.loader("evaluated", 1), plan.out_dir / "explain", n,
+            windows=list(plan.config.data.windows), volume_model=vmodel,
+            volume_loader=ctx.loader("evaluated", pool) if vmodel is not None else None,
+            depth_pool=pool, primary=ctx.primary, device=ctx.device,
+        )
+    finally:
+        ctx.release_model()
+
+
 def predict_run(
     run_dir: str | Path,
     input: str | Path,
@@ -270,6 +288,7 @@ def predict_run(
     progress: bool = True,
     format: str = "ich3d",
     sample_submission: str | Path | None = None,
+    explain: int = 0,
 ) -> dict[str, Any]:
     """Predict volume and slice probabilities of a run on a DICOM folder or an ingest cache.
 
@@ -292,6 +311,9 @@ def predict_run(
             and ``submission_fallback.csv``.
         sample_submission: with ``format="rsna"``, a sample submission CSV (``ID`` column):
             the submission has exactly its rows, in its order.
+        explain: with N > 0, the N key slices of each volume and the slice CNN's
+            class-activation maps, in ``OUT/explain/<key>/``
+            (:mod:`ich3d.evaluation.prediction.explain`; needs the stage-1 CNN).
 
     Returns:
         The content of ``predict.json`` plus ``"files"`` (name -> path).
@@ -303,7 +325,11 @@ def predict_run(
     """
     if sample_submission is not None and format != "rsna":
         raise UserError("--sample-submission goes with --format rsna")
+    if explain < 0:
+        raise UserError(f"--explain {explain}: expected a number of key slices >= 1")
     plan = plan_prediction(run_dir, input, out, workers=workers, stage=stage, methods=methods, format=format)
+    if explain and plan.slice_stage is None:
+        raise UserError(f"--explain needs the stage-1 slice CNN ({slice_stage_name()}/best.ckpt) of {plan.run.path}")
     dev = resolve_device(device)
     cache_dir, skipped = _ingested_cache(plan, workers, progress)
     cache = open_cache(cache_dir)
@@ -345,6 +371,9 @@ def predict_run(
         info["submission"] = write_submission(
             ctx.slice_outputs("evaluated"), ctx.targets, cache, plan.out_dir, files, sample_submission
         )
+    if explain:
+        info["explain"] = _explain(ctx, plan, explain)
+        files["explain"] = plan.out_dir / "explain"
     files["summary"] = plan.out_dir / "predict.json"
     atomic_write_text(files["summary"], json.dumps(info, indent=2) + "\n")
     return {**info, "files": files}
