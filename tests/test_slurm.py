@@ -135,7 +135,11 @@ def test_preempted_stage_resumes_from_its_mid_epoch_checkpoint(work, chain):
         # ich3d checkpoints at the next batch and runs scontrol requeue
         assert time.monotonic() < end and info.get("JobState") not in DONE, info
         time.sleep(0.5)
-    # Slurm holds a requeued job for about two minutes (EligibleTime); start it now
+    # Slurm holds a requeued job for about two minutes (EligibleTime); start it now, but not
+    # within the second its old credential was revoked: slurmd compares the new credential's
+    # creation time with the revocation at one-second resolution and refuses an equal one
+    # ("Killing non-startable batch JobId: Job credential revoked", seen once at low load)
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], capture_output=True)
     states = wait([jid, chain["slice"]])
     assert states == {jid: "COMPLETED", chain["slice"]: "COMPLETED"}
