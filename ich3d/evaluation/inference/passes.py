@@ -227,6 +227,35 @@ def _timed_batches(loader: Any) -> Iterator[tuple[dict, float]]:
 # ----------------------------------------------------------------------------- passes
 
 
+@dataclass
+class _Pass:
+    """What both passes keep per batch: keys, labels, seconds per volume, loader wait."""
+
+    keys: list[str] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    secs: list[np.ndarray] = field(default_factory=list)
+    load: float = 0.0
+
+    def batches(self, loader: Any, desc: str, progress: bool) -> Iterator[dict[str, Any]]:
+        """The loader's batches, with a progress bar; the time spent waiting for them is ``load``."""
+        for batch, waited in _progress(_timed_batches(loader), _len(loader), desc, progress):
+            self.load += waited
+            yield batch
+
+    def record(self, batch: dict[str, Any], seconds: float) -> None:
+        """A batch's keys and labels, and its model time spread over its volumes."""
+        n = len(batch["key"])
+        self.keys.extend(str(k) for k in batch["key"])
+        self.labels.append(batch["label"].numpy().astype(np.float64).reshape(-1))
+        self.secs.append(np.full(n, seconds / n))
+
+    def finish(self) -> tuple[list[str], np.ndarray, np.ndarray, float]:
+        """``keys, labels, secs, load``; a :class:`UserError` for an empty loader."""
+        if not self.keys:
+            raise UserError("no volume to predict (the loader is empty)")
+        return self.keys, np.concatenate(self.labels), np.concatenate(self.secs), self.load
+
+
 def predict_volumes(
     model: nn.Module,
     loader: Any,
@@ -255,20 +284,15 @@ def predict_volumes(
     """
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    keys: list[str] = []
-    labels: list[np.ndarray] = []
+    run = _Pass()
     probs: list[np.ndarray] = []
     multi: list[np.ndarray] = []
     per_slice: list[np.ndarray] = []
     has_slices = bool(getattr(getattr(model, "head", None), "per_slice", False))
-    secs: list[np.ndarray] = []
-    load = 0.0
-    total = _len(loader)
     with torch.inference_mode():
-        for batch, waited in _progress(_timed_batches(loader), total, desc, progress):
-            load += waited
+        for batch in run.batches(loader, desc, progress):
             n = len(batch["key"])
-            if warmup and not keys:  # first call: allocator, cuDNN/oneDNN setup, lazy inits
+            if warmup and not run.keys:  # first call: allocator, cuDNN/oneDNN setup, lazy inits
                 with autocast_context(dev):
                     model(batch["volume"][:1].to(dev), batch["length"][:1].to(dev))
             _sync(dev)
@@ -293,20 +317,11 @@ def predict_volumes(
             p = p.reshape(-1)
             if p.shape[0] != n:
                 raise RuntimeError(f"the model returned {p.shape[0]} outputs for {n} volumes")
-            keys.extend(str(k) for k in batch["key"])
-            labels.append(batch["label"].numpy().astype(np.float64).reshape(-1))
             probs.append(p)
-            secs.append(np.full(n, dt / n))
-    if not keys:
-        raise UserError("no volume to predict (the loader is empty)")
+            run.record(batch, dt)
+    keys, labels, secs, load = run.finish()
     return VolumeScores(
-        keys,
-        np.concatenate(labels),
-        np.concatenate(probs),
-        np.concatenate(secs),
-        load,
-        np.concatenate(multi) if multi else None,
-        per_slice,
+        keys, labels, np.concatenate(probs), secs, load, np.concatenate(multi) if multi else None, per_slice
     )
 
 
@@ -353,20 +368,15 @@ def predict_slices(
     dev = resolve_device(device)
     model = model.to(dev).eval()
     head = nn.Sequential(getattr(model, "dropout", nn.Identity()), model.classifier)
-    keys: list[str] = []
-    labels: list[np.ndarray] = []
+    run = _Pass()
     probs: list[np.ndarray] = []
     multi: list[np.ndarray] = []
     feats: list[np.ndarray] = []
-    secs: list[np.ndarray] = []
-    load = 0.0
-    total = _len(loader)
     with torch.inference_mode():
-        for batch, waited in _progress(_timed_batches(loader), total, desc, progress):
-            load += waited
+        for batch in run.batches(loader, desc, progress):
             vols, lengths = batch["volume"], batch["length"]
             n = vols.shape[0]
-            if warmup and not keys:
+            if warmup and not run.keys:
                 with autocast_context(dev):
                     head(model.encoder(vols[0, : min(int(lengths[0]), chunk)].to(dev)))
             _sync(dev)
@@ -393,12 +403,9 @@ def predict_slices(
                 probs.append(p_all[bounds[b] : bounds[b + 1]])
                 if f_all is not None:
                     feats.append(f_all[bounds[b] : bounds[b + 1]])
-            keys.extend(str(k) for k in batch["key"])
-            labels.append(batch["label"].numpy().astype(np.float64).reshape(-1))
-            secs.append(np.full(n, dt / n))
-    if not keys:
-        raise UserError("no volume to predict (the loader is empty)")
-    return SliceOutputs(keys, np.concatenate(labels), probs, feats, np.concatenate(secs), load, multi)
+            run.record(batch, dt)
+    keys, labels, secs, load = run.finish()
+    return SliceOutputs(keys, labels, probs, feats, secs, load, multi)
 
 
 def _len(loader: Any) -> int | None:
