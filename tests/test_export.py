@@ -224,3 +224,32 @@ def test_export_and_predict_errors(tiny, pkg, tmp_path, capsys):
     with pytest.raises(UserError, match="inside the package"):
         predict_package(pkg, tiny.cache, pkg / "out")
     assert not (tmp_path / "o").exists()
+
+
+def test_export_wandb_logs_the_verified_package_as_a_model_artifact(tiny, tmp_path):
+    """``--wandb``: one ``export`` run in the run's group, the package's files as a hashed ``model`` artifact."""
+    import wandb
+
+    from ich3d.tracking.offline import read_offline_run
+
+    out = tmp_path / "pkg"
+    assert main(["export", str(tiny.run_dir), "--out", str(out), "--wandb"]) == 0
+    wandb.teardown()  # the service writes the offline log asynchronously: wait for it
+    assert not list(out.glob("wandb")), "W&B files must not enter the package (its manifest lists every file)"
+    open_package(out)  # still verifies
+    (offline,) = (tmp_path / "pkg.wandb" / "wandb").glob("offline-run-*")
+    wb = read_offline_run(offline)
+    assert wb["run"]["job_type"] == "export" and wb["run"]["group"] == tiny.run_dir.name
+    (artifact,) = wb["artifacts"]
+    assert artifact["type"] == "model" and artifact["name"].startswith("package-")
+    assert "tiny" not in artifact["name"]
+    manifest = json.loads((out / MANIFEST).read_text())["files"]
+    assert sorted(artifact["files"]) == sorted([*manifest, MANIFEST])
+    spec = json.loads((out / ICH3D).read_text())
+    meta = artifact["metadata"]
+    assert meta["models"]["volume"]["stage"] == spec["models"]["volume"]["stage"]
+    assert meta["test_auc"] == {m: a["auc"] for m, a in spec["evaluation"]["auc"].items()}
+    assert set(artifact["aliases"]) >= {"latest", spec["models"]["volume"]["stage"]}
+    sent = json.dumps(wb)
+    for leak in (str(tiny.root), tiny.images.name):  # no path or data folder name travels
+        assert leak not in sent

@@ -2,7 +2,8 @@
 
 Usage::
 
-    ich3d export RUN_DIR --out PKG [--stage VOLUME_STAGE]
+    ich3d export RUN_DIR --out PKG [--stage VOLUME_STAGE] [--wandb [offline|online]]
+                                  [--wandb-project NAME] [--wandb-entity NAME]
 
 Writes ``PKG`` (:mod:`ich3d.deploy.package`): the volume model (the first finished
 volume stage, or ``--stage``) and the stage-1 slice CNN as safetensors weights,
@@ -10,7 +11,9 @@ TorchScript and ONNX (any number of slices), ``configs/metadata.json`` (MONAI),
 ``configs/inference.json``, ``configs/ich3d.json`` (the inputs, targets, operating
 points), ``docs/README.md``, ``LICENSE`` and ``manifest.json``. The TorchScript and
 ONNX files are checked against the checkpoint before the package is written.
-``ich3d predict PKG INPUT`` then predicts from the package alone.
+``ich3d predict PKG INPUT`` then predicts from the package alone. With ``--wandb``
+the package is also logged as a W&B ``model`` artifact (:mod:`ich3d.deploy.wandb`;
+files under ``PKG.wandb/``; the project and entity default to the run's ``tracking``).
 The work is :func:`ich3d.deploy.export.export_run`; this module parses and prints.
 """
 
@@ -44,6 +47,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=f"volume model to export (default: the first finished one of {' > '.join(volume_names)})",
     )
+    p.add_argument(
+        "--wandb",
+        nargs="?",
+        const="offline",
+        default=None,
+        choices=("offline", "online"),
+        help="also log the package as a W&B model artifact (offline unless 'online'; files under PKG.wandb/)",
+    )
+    p.add_argument("--wandb-project", default=None, metavar="NAME", help="W&B project (default: the run's tracking.project)")
+    p.add_argument("--wandb-entity", default=None, metavar="NAME", help="W&B entity (default: the run's tracking.entity)")
     p.set_defaults(func=run)
 
 
@@ -54,4 +67,19 @@ def run(args: argparse.Namespace) -> int:
     stages = ", ".join(f"{k}: {v}" for k, v in result["stages"].items())
     worst = max(result["parity"].values(), default=0.0)
     print(f"package: {result['out']} ({stages}); TorchScript/ONNX vs checkpoint: max logit difference {worst:.1e}")
+    if args.wandb:
+        from ich3d.deploy.wandb import log_package_artifact  # heavy (wandb): off the --help path
+        from ich3d.runs.run_dir import open_run_dir  # heavy (torch via the config's registries)
+
+        config = open_run_dir(args.run_dir).load_config()
+        folder = log_package_artifact(
+            result["out"],
+            experiment=config.experiment,
+            run_id=Path(args.run_dir).resolve().name,
+            mode=args.wandb,
+            project=args.wandb_project or config.tracking.project,
+            entity=args.wandb_entity or config.tracking.entity,
+            parity=result["parity"],
+        )
+        print(f"W&B model artifact: {folder}")
     return 0
