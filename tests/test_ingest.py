@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 from _ingest_helpers import (
     assert_same_cache,
@@ -27,6 +29,7 @@ from ich3d.data.dicom import (
     REASON_MISSING_POSITION,
     REASON_NOT_CT,
     REASON_NOT_DICOM,
+    REASON_UNREADABLE_FILE,
     REASON_UNREADABLE_PIXELS,
     pool_max_2x2,
     read_header,
@@ -146,6 +149,41 @@ def test_truncated_file_is_unreadable_pixel_data(tmp_path):
     with pytest.raises(SkipSlice) as err:
         read_header(f)
     assert err.value.reason == REASON_UNREADABLE_PIXELS
+
+
+def test_file_cut_inside_its_header_is_reported_truncated_not_missing_tags(tmp_path):
+    """Every cut inside a header element says "truncated"; only cuts on element boundaries keep their tag reason."""
+    from ich3d.data.dicom import SkipSlice
+    from ich3d.data.dicom.truncation import TRUNCATED_HEADER, ends_inside_an_element
+
+    f = write_slice(tmp_path / "ID_f.dcm", np.zeros((8, 8)))
+    data = f.read_bytes()
+    pixels_at = data.rindex(b"\xe0\x7f\x10\x00")  # (7FE0,0010) PixelData's tag
+    ds = pydicom.dcmread(f)
+    cut_file = tmp_path / "ID_cut.dcm"
+    reasons = {}
+    for cut in range(150, pixels_at):
+        cut_file.write_bytes(data[:cut])
+        with pytest.raises(SkipSlice) as err:
+            read_header(cut_file)
+        reasons[cut] = (err.value.reason, err.value.detail)
+    truncated = [c for c, (r, d) in reasons.items() if d == TRUNCATED_HEADER]
+    assert all(reasons[c][0] == REASON_UNREADABLE_FILE for c in truncated)
+    # the cuts that keep a tag reason are exactly those on an element boundary, where the bytes
+    # are those of a complete file without the later elements
+    start = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
+    fp = io.BytesIO(data)
+    fp.seek(start)
+    ends = {start}
+    for _ in pydicom.filereader.data_element_generator(fp, False, True, defer_size=None):
+        ends.add(fp.tell())
+    assert set(reasons) - set(truncated) == {e for e in ends if 150 <= e < pixels_at}
+    assert len(truncated) > 0.8 * len(reasons)
+    assert not ends_inside_an_element(str(f))  # the whole file is complete
+    mr = write_slice(tmp_path / "ID_mr.dcm", np.zeros((4, 4)), modality="MR")  # complete: still "not CT"
+    with pytest.raises(SkipSlice) as err:
+        read_header(mr)
+    assert err.value.reason == REASON_NOT_CT
 
 
 def test_not_dicom(tmp_path):

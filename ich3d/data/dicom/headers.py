@@ -74,6 +74,7 @@ from ich3d.data.dicom.tags import (
     tag_text,
     tag_ushort,
 )
+from ich3d.data.dicom.truncation import TRUNCATED_HEADER, ends_inside_an_element
 from ich3d.data.schema import PATIENT_FROM_STUDY_PREFIX
 
 __all__ = [
@@ -192,13 +193,29 @@ def read_headers(path: str | os.PathLike[str], file_size: int | None = None) -> 
             of the wrong length / truncated, unsupported pixel format, no decoder).
     """
     path = os.fspath(path)
-    ds, syntax = read_dataset(path, file_size)
     try:
-        return headers_of(ds, path, syntax, file_size)
-    except SkipSlice:
+        ds, syntax = read_dataset(path, file_size)
+        try:
+            return headers_of(ds, path, syntax, file_size)
+        except SkipSlice:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a malformed tag value
+            raise SkipSlice(REASON_UNREADABLE_FILE, f"{type(exc).__name__}: {exc}") from None
+    except SkipSlice as skip:
+        if _may_be_cut(skip) and ends_inside_an_element(path):  # say what happened, not what is missing
+            raise SkipSlice(REASON_UNREADABLE_FILE, TRUNCATED_HEADER) from None
         raise
-    except Exception as exc:  # noqa: BLE001 - a malformed tag value
-        raise SkipSlice(REASON_UNREADABLE_FILE, f"{type(exc).__name__}: {exc}") from None
+
+
+#: skip reasons a header cut short produces (tags after the cut look absent)
+_CUT_REASONS = frozenset(
+    {REASON_NOT_DICOM, REASON_UNREADABLE_FILE, REASON_NOT_CT, REASON_MISSING_TAG, REASON_MISSING_POSITION,
+     REASON_MULTIFRAME, REASON_BAD_GEOMETRY, REASON_BAD_RESCALE, REASON_UNSUPPORTED_PIXELS}
+)
+
+
+def _may_be_cut(skip: SkipSlice) -> bool:
+    return skip.reason in _CUT_REASONS or (skip.reason == REASON_UNREADABLE_PIXELS and skip.detail == "no PixelData")
 
 
 def headers_of(ds: Any, path: str, syntax: str, file_size: int | None) -> list[SliceHeader]:
