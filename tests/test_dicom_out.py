@@ -104,13 +104,13 @@ def _source_uids(run_images: Path, out: Path, key: str, slice_indices: list[int]
             for i in slice_indices]
 
 
-def test_sr_per_series_passes_dciodvfy(dicom_run):
+def test_every_object_passes_dciodvfy(dicom_run):
     _, _, out, dout = dicom_run
     summary = json.loads((out / "predict.json").read_text())["dicom_out"]
     volumes = pd.read_csv(out / "volumes.csv", dtype={"key": str})
     assert summary["n_series"] == len(volumes) == 3 and summary["skipped"] == []
-    srs = sorted(p for p in _objects(summary) if p.name == "sr.dcm")
-    assert sorted(p.parent.name for p in srs) == sorted(volumes["key"])
+    for name in ("sr.dcm", "kos.dcm"):
+        assert sorted(p.parent.name for p in _objects(summary) if p.name == name) == sorted(volumes["key"])
     for path in _objects(summary):
         assert path.is_file() and path.parent.parent == dout.resolve()
         assert _dciodvfy_errors(path) == [], path
@@ -152,3 +152,23 @@ def test_dsrdump_parses_the_sr(dicom_run):
         line = next(x for x in run.stdout.splitlines() if "Probability of intracranial hemorrhage (any)" in x)
         assert f'="{stored}"' in line and '(1,UCUM,"no units")' in line
         assert NOT_FOR_DIAGNOSIS in run.stdout and "Intracranial hemorrhage" in run.stdout
+
+
+def test_kos_references_the_key_slices(dicom_run):
+    _, images, out, dout = dicom_run
+    volumes = pd.read_csv(out / "volumes.csv", dtype={"key": str})
+    for v in volumes.itertuples():
+        kos = pydicom.dcmread(dout / v.key / "kos.dcm")
+        sr = pydicom.dcmread(dout / v.key / "sr.dcm")
+        assert kos.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59" and kos.Modality == "KO"
+        assert kos.StudyInstanceUID == sr.StudyInstanceUID and kos.SeriesInstanceUID != sr.SeriesInstanceUID
+        assert kos.ConceptNameCodeSequence[0].CodeValue == "113009"  # "For Research"
+        ks = pd.read_csv(out / "explain" / v.key / "key_slices.csv")
+        refs = [str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in kos.ContentSequence
+                if i.ValueType == "IMAGE"]
+        assert refs == _source_uids(images, out, v.key, list(ks["slice_index"]))
+        texts = [i.TextValue for i in kos.ContentSequence
+                 if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "113012"]  # Key Object Description
+        assert len(texts) == 1 and texts[0].startswith(NOT_FOR_DIAGNOSIS) and v.key in texts[0]
+        evidence = kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+        assert {str(i.ReferencedSOPInstanceUID) for i in evidence.ReferencedSOPSequence} == set(refs)

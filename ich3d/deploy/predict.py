@@ -45,6 +45,7 @@ from ich3d.evaluation.inference.passes import (
     predict_volumes,
     resolve_device,
 )
+from ich3d.evaluation.prediction.dicom_objects import version_text
 from ich3d.evaluation.prediction.dicom_out import (
     DEFAULT_KEY_SLICES,
     DicomResultsWriter,
@@ -165,8 +166,7 @@ def package_result_model(pkg: Package) -> ResultModel:
     spec = pkg.spec
     prov = spec.get("provenance") or {}
     stage = (spec["models"].get("volume") or {}).get("stage")
-    version = (f"ich3d {prov.get('ich3d_version', 'unknown')} git {str(prov.get('git_commit', 'unknown'))[:12]} "
-               f"exported {prov.get('exported_at', 'unknown')}")
+    version = version_text(prov, f"exported {prov.get('exported_at', 'at an unknown time')}")
     return ResultModel(
         name=str(spec.get("name") or "ich3d package"), version=version, targets=tuple(spec["targets"]),
         label=str(spec["label"]),

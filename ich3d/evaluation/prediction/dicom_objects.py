@@ -43,7 +43,9 @@ __all__ = [
     "ResultModel",
     "TARGET_CODES",
     "highdicom_module",
+    "version_text",
     "evidence_dataset",
+    "key_object_selection",
     "structured_report",
 ]
 
@@ -95,6 +97,19 @@ class ResultModel:
         """The TID 4019 parameters: the given ones and each operating point's rule and threshold."""
         ops = [f"operating point {r}: {self.label} probability >= {t:.6g}" for r, t in self.operating_points.items()]
         return [*self.parameters, *ops]
+
+
+def version_text(provenance: Mapping[str, Any], where: str) -> str:
+    """A model's version from its ``provenance``: ``ich3d <version> git <commit, 12 hex> <where>``.
+
+    Unknown parts are left out (a run trained before provenance was recorded: ``ich3d version unknown``).
+    """
+    version = provenance.get("ich3d_version")
+    commit = str(provenance.get("git_commit") or "unknown")
+    words = [f"ich3d {version}" if version else "ich3d version unknown"]
+    if commit != "unknown":
+        words.append(f"git {commit[:12]}")
+    return " ".join([*words, where])
 
 
 def highdicom_module() -> Any:
@@ -228,3 +243,33 @@ def structured_report(model: ResultModel, key: str, probabilities: Mapping[str, 
     declare_scheme(sr)
     return sr
 
+
+
+def key_object_selection(model: ResultModel, key: str, slice_indices: Sequence[int],
+                         evidence: Sequence[Dataset]) -> Dataset:
+    """The Key Object Selection of one series' key slices, titled "For Research" (DCM 113009).
+
+    Args:
+        model: the model (the device observer; named in the description).
+        key: the volume's hashed cache key.
+        slice_indices: the key slices' indices in the volume (foot to head), best first.
+        evidence: the key slices' headers (from :func:`evidence_dataset`), best first, one per instance.
+
+    Returns:
+        The KOS dataset (new series and SOP instance UIDs).
+    """
+    hd = highdicom_module()
+    description = (f"{NOT_FOR_DIAGNOSIS}. The {len(slice_indices)} key slices of ich3d volume {key} that drive the "
+                   f"call of {model.name} ({model.version}), best first: slice indices "
+                   f"{', '.join(str(int(i)) for i in slice_indices)} (foot to head).")
+    content = hd.ko.KeyObjectSelection(
+        document_title=hd.sr.CodedConcept("113009", "DCM", "For Research"),
+        referenced_objects=list(evidence), observer_device_context=device_observer(hd, model),
+        description=description,
+    )
+    kos = hd.ko.KeyObjectSelectionDocument(
+        evidence=list(evidence), content=content, series_instance_uid=UID(generate_uid()),
+        series_number=SERIES_NUMBERS["kos"], sop_instance_uid=UID(generate_uid()), instance_number=1,
+        manufacturer="ich3d", series_description=f"ich3d key slices: {NOT_FOR_DIAGNOSIS}",
+    )
+    return kos

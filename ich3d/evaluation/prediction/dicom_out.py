@@ -39,6 +39,7 @@ from ich3d.evaluation.prediction.dicom_objects import (
     ResultModel,
     evidence_dataset,
     highdicom_module,
+    key_object_selection,
     structured_report,
 )
 from ich3d.evaluation.prediction.explain import VolumeExplanation, safe_key
@@ -169,7 +170,10 @@ class DicomResultsWriter:
         evidence = list({str(ds.SOPInstanceUID): ds for ds, _ in key_slices}.values())
         folder = self.out_dir / safe_key(key)
         folder.mkdir(parents=True, exist_ok=True)
-        written = [_save(structured_report(self.model, key, probs, key_slices, evidence), folder / "sr.dcm")]
+        written = [
+            _save(structured_report(self.model, key, probs, key_slices, evidence), folder / "sr.dcm"),
+            _save(key_object_selection(self.model, key, explanation.slice_indices, evidence), folder / "kos.dcm"),
+        ]
         self.files.extend(written)
         self.n_series += 1
         return written

@@ -49,6 +49,7 @@ from ich3d.errors import UserError
 from ich3d.evaluation.inference.context import EvaluationContext
 from ich3d.evaluation.inference.passes import hardware_info, resolve_device
 from ich3d.evaluation.methods import ScoringMethod, get_method, slice_stage_name
+from ich3d.evaluation.prediction.dicom_objects import version_text
 from ich3d.evaluation.prediction.dicom_out import (
     DEFAULT_KEY_SLICES,
     DicomResultsWriter,
@@ -291,8 +292,7 @@ def result_model(plan: PredictPlan, targets: Sequence[str]) -> ResultModel:
     prov = (plan.run.read_result(stage) or {}).get("provenance") or {}
     metrics_path = plan.run.path / "evaluation" / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    version = (f"ich3d {prov.get('ich3d_version', 'unknown')} git {str(prov.get('git_commit', 'unknown'))[:12]} "
-               f"run {plan.run.run_id}")
+    version = version_text(prov, f"run {plan.run.run_id}")
     return ResultModel(
         name=f"ich3d-{plan.config.experiment}-{stage}", version=version, targets=tuple(targets),
         label=str(plan.config.data.label),
