@@ -11,6 +11,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -109,8 +110,9 @@ def test_every_object_passes_dciodvfy(dicom_run):
     summary = json.loads((out / "predict.json").read_text())["dicom_out"]
     volumes = pd.read_csv(out / "volumes.csv", dtype={"key": str})
     assert summary["n_series"] == len(volumes) == 3 and summary["skipped"] == []
-    for name in ("sr.dcm", "kos.dcm"):
+    for name in ("sr.dcm", "kos.dcm", *(f"sc_{r}.dcm" for r in range(1, N_KEY + 1))):
         assert sorted(p.parent.name for p in _objects(summary) if p.name == name) == sorted(volumes["key"])
+    assert len(summary["files"]) == 3 * (2 + N_KEY)
     for path in _objects(summary):
         assert path.is_file() and path.parent.parent == dout.resolve()
         assert _dciodvfy_errors(path) == [], path
@@ -172,3 +174,27 @@ def test_kos_references_the_key_slices(dicom_run):
         assert len(texts) == 1 and texts[0].startswith(NOT_FOR_DIAGNOSIS) and v.key in texts[0]
         evidence = kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
         assert {str(i.ReferencedSOPInstanceUID) for i in evidence.ReferencedSOPSequence} == set(refs)
+
+
+def test_secondary_captures_of_the_heat_maps(dicom_run):
+    _, images, out, dout = dicom_run
+    volumes = pd.read_csv(out / "volumes.csv", dtype={"key": str})
+    for v in volumes.itertuples():
+        ks = pd.read_csv(out / "explain" / v.key / "key_slices.csv")
+        scs = [pydicom.dcmread(dout / v.key / f"sc_{r}.dcm") for r in ks["rank"]]
+        sources = _source_uids(images, out, v.key, list(ks["slice_index"]))
+        source_study = pydicom.dcmread(dout / v.key / "sr.dcm").StudyInstanceUID
+        assert len({sc.SeriesInstanceUID for sc in scs}) == 1
+        for sc, source, rank in zip(scs, sources, ks["rank"], strict=True):
+            assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.StudyInstanceUID == source_study
+            assert sc.InstanceNumber == rank and sc.BurnedInAnnotation == "YES"
+            assert sc.ImageComments.startswith(NOT_FOR_DIAGNOSIS) and NOT_FOR_DIAGNOSIS in sc.SeriesDescription
+            assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source
+            assert sc.PatientOrientation == ["L", "P"]  # the synthetic slices' rows run left, columns posterior
+            rgb = sc.pixel_array
+            assert sc.PhotometricInterpretation == "RGB" and rgb.ndim == 3 and rgb.shape[1] >= 512
+            banner = rgb[:20]
+            assert (banner[..., 0] > 200).any() and (banner[..., 2] < 50).all()  # the notice, in yellow, burned in
+            image = rgb[-rgb.shape[1]:]
+            colour = np.abs(image[..., 0].astype(int) - image[..., 2].astype(int)) > 30
+            assert colour.any() or pd.isna(ks.loc[ks["rank"] == rank, "cam_row"]).all()  # the map, unless flat
