@@ -260,7 +260,7 @@ def test_write_dicom_results_six_targets(dicom_run, tmp_path):
 
 
 def test_series_without_dicom_uids_or_sources_are_skipped(dicom_run, tiny_run, tmp_path, caplog):
-    _, _, out, _ = dicom_run
+    _, images, out, _ = dicom_run
     model = ResultModel(name="m", version="v", targets=("any",))
     rsna = open_cache(tiny_run.cache).volumes["key"].iloc[0]  # synthetic RSNA: ID_... identifiers
     writer = DicomResultsWriter(tmp_path / "a", tiny_run.cache, pd.DataFrame({"key": [rsna], "probability": [0.5]}), model)
@@ -272,6 +272,18 @@ def test_series_without_dicom_uids_or_sources_are_skipped(dicom_run, tiny_run, t
     assert moved.add(_explanation(key, [1])) == []
     assert moved.skipped == [{"key": key, "reason": f"the source file of slice 1 is missing under {tmp_path}"}]
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+    # a header highdicom cannot reference (no SOP Class UID): skipped with the reason, nothing half-written
+    slices = open_cache(out / "cache").slices.set_index(["key", "slice_index"])
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for i in (0, 1):
+        ds = pydicom.dcmread(images / slices.loc[(key, i), "file"])
+        del ds.SOPClassUID
+        ds.save_as(bare / slices.loc[(key, i), "file"])
+    broken = DicomResultsWriter(tmp_path / "c", out / "cache", pd.DataFrame({"key": [key], "probability": [0.5]}),
+                                model, images=bare)
+    assert broken.add(_explanation(key, [0, 1])) == [] and not (tmp_path / "c").exists()
+    assert broken.skipped[0]["reason"].startswith("highdicom could not build the objects")
 
 
 def test_dicom_out_from_a_package(dicom_run, tmp_path):

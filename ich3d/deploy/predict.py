@@ -188,7 +188,7 @@ def _explain_outputs(pkg: Package, models: tuple[Any, Any], cache: Any, dev: tor
     files["explain"] = out_dir / "explain"
     if writer is not None:
         info["dicom_out"] = writer.summary()
-        files["dicom_out"] = Path(dicom_out)  # type: ignore[arg-type]
+        files["dicom_out"] = Path(dicom_out)
 
 
 def predict_package(

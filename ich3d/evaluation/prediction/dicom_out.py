@@ -36,6 +36,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, generate_uid
 
 from ich3d.data.cache import IngestCache, open_cache
+from ich3d.data.dicom.quiet import one_line, quiet
 from ich3d.errors import UserError
 from ich3d.evaluation.prediction.dicom_capture import overlay_rgb, secondary_capture
 from ich3d.evaluation.prediction.dicom_objects import (
@@ -135,6 +136,14 @@ class DicomResultsWriter:
         self.skipped: list[dict[str, str]] = []
         self.n_series = 0
 
+    def _read(self, path: Path, index: int) -> Dataset:
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=True)
+        except FileNotFoundError:
+            raise _Skip(f"the source file of slice {index} is missing under {self.images}") from None
+        except (OSError, InvalidDicomError) as exc:
+            raise _Skip(f"the source file of slice {index} cannot be read ({type(exc).__name__})") from None
+
     def _header(self, key: str, index: int) -> tuple[Dataset, int | None]:
         """The source header of slice ``index`` of volume ``key`` and its 1-based frame (None: single frame)."""
         if self.images is None:
@@ -144,16 +153,14 @@ class DicomResultsWriter:
         except KeyError:
             raise _Skip(f"slice {index} is not in the cache's slices.csv") from None
         path = self.images / str(row["file"])
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except FileNotFoundError:
-            raise _Skip(f"the source file of slice {index} is missing under {self.images}") from None
-        except (OSError, InvalidDicomError) as exc:
-            raise _Skip(f"the source file of slice {index} cannot be read ({type(exc).__name__})") from None
-        if str(ds.get("SeriesInstanceUID", "")) != str(self._series.loc[key, "series_uid"]):
+        with quiet():  # pydicom warns on every RSNA ID_... value it reads: the skip reason says it once
+            ds = self._read(path, index)
+            series = str(ds.get("SeriesInstanceUID", ""))
+            uids = [ds.get(k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
+            valid = all(u is not None and UID(str(u)).is_valid for u in uids)
+        if series != str(self._series.loc[key, "series_uid"]):
             raise _Skip(f"the source file of slice {index} is not of the series the cache holds (changed since the ingest)")
-        uids = [ds.get(k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
-        if not all(u is not None and UID(str(u)).is_valid for u in uids):
+        if not valid:
             raise _Skip("the source's UIDs are not DICOM UIDs (such as RSNA's anonymised ID_... values): "
                         "results cannot join its study")
         frame = int(row["frame"]) + 1 if int(ds.get("NumberOfFrames", 1) or 1) > 1 else None
@@ -167,28 +174,39 @@ class DicomResultsWriter:
             if not probs or key not in self._series.index:
                 raise _Skip("no volume probability for this volume")
             key_slices = [self._header(key, i) for i in explanation.slice_indices]
+            objects = self._objects(explanation, key_slices, probs)
         except _Skip as exc:
             log.warning("--dicom-out: volume %s skipped: %s", key, exc)
             self.skipped.append({"key": key, "reason": str(exc)})
             return []
-        evidence = list({str(ds.SOPInstanceUID): ds for ds, _ in key_slices}.values())
         folder = self.out_dir / safe_key(key)
         folder.mkdir(parents=True, exist_ok=True)
-        written = [
-            _save(structured_report(self.model, key, probs, key_slices, evidence), folder / "sr.dcm"),
-            _save(key_object_selection(self.model, key, explanation.slice_indices, evidence), folder / "kos.dcm"),
-            *self._captures(explanation, key_slices, probs, folder),
-        ]
+        written = [_save(ds, folder / name) for name, ds in objects]
         self.files.extend(written)
         self.n_series += 1
         return written
 
+    def _objects(self, explanation: VolumeExplanation, key_slices: list[tuple[Dataset, int | None]],
+                 probs: Mapping[str, float]) -> list[tuple[str, Dataset]]:
+        """Every object of one volume, built before any is written: (file name, dataset)."""
+        key = str(explanation.key)
+        evidence = list({str(ds.SOPInstanceUID): ds for ds, _ in key_slices}.values())
+        try:
+            return [
+                ("sr.dcm", structured_report(self.model, key, probs, key_slices, evidence)),
+                ("kos.dcm", key_object_selection(self.model, key, explanation.slice_indices, evidence)),
+                *self._captures(explanation, key_slices, probs),
+            ]
+        except (ValueError, TypeError, AttributeError) as exc:  # highdicom refuses what a source header lacks
+            raise _Skip(f"highdicom could not build the objects from the source headers "
+                        f"({type(exc).__name__}: {one_line(exc)[:200]})") from None
+
     def _captures(self, explanation: VolumeExplanation, key_slices: list[tuple[Dataset, int | None]],
-                  probs: Mapping[str, float], folder: Path) -> list[Path]:
+                  probs: Mapping[str, float]) -> list[tuple[str, Dataset]]:
         """``sc_<rank>.dcm``: the overlay of each key slice, one new series per volume."""
         series_uid = generate_uid()
         n, label = len(explanation.rows), self.model.label
-        paths = []
+        out = []
         for rank, (row, (header, frame)) in enumerate(zip(explanation.rows, key_slices, strict=True), start=1):
             idx = int(row["slice_index"])
             lines = [f"{NOT_FOR_DIAGNOSIS} - ich3d research output",
@@ -199,8 +217,8 @@ class DicomResultsWriter:
                            f"{n} (slice index {idx}, foot to head) of ich3d volume {explanation.key}; "
                            f"{self.model.name} ({self.model.version})")
             sc = secondary_capture(header, frame, rgb, series_uid=series_uid, rank=rank, description=description)
-            paths.append(_save(sc, folder / f"sc_{rank}.dcm"))
-        return paths
+            out.append((f"sc_{rank}.dcm", sc))
+        return out
 
     def summary(self) -> dict[str, Any]:
         """``predict.json``'s ``dicom_out``: folder, series written, files, skipped series with reasons."""

@@ -311,7 +311,7 @@ def _explain_outputs(ctx: EvaluationContext, plan: PredictPlan, cache: Any, vol:
     files["explain"] = plan.out_dir / "explain"
     if writer is not None:
         info["dicom_out"] = writer.summary()
-        files["dicom_out"] = Path(dicom_out)  # type: ignore[arg-type]
+        files["dicom_out"] = Path(dicom_out)
 
 
 def predict_run(
