@@ -4,9 +4,9 @@ Usage::
 
     ich3d predict RUN_DIR INPUT [--out DIR] [--uids] [--workers N] [--device auto|cpu|cuda]
                                [--stage VOLUME_STAGE] [--methods NAME ...] [--format ich3d|rsna]
-                               [--explain N]
+                               [--explain N] [--dicom-out DIR]
     ich3d predict PKG INPUT [--out DIR] [--uids] [--workers N] [--device ...]
-                           [--runtime weights|torchscript|onnx] [--explain N]
+                           [--runtime weights|torchscript|onnx] [--explain N] [--dicom-out DIR]
 
 With a package (``ich3d export``) as the first argument, the package alone is used
 (:mod:`ich3d.deploy.predict`): no run directory, no config; ``--runtime`` picks its
@@ -32,7 +32,11 @@ name>-<8 hex of the resolved INPUT path>``, printed):
   ``--sample-submission CSV`` keeps exactly the sample's IDs;
 * with ``--explain N``: ``explain/<volume key>/`` per volume, its N key slices
   (``key_slices.csv``) and a Grad-CAM heat map of the slice CNN on each
-  (``slice_<index>.png``, ``contact_sheet.png``; :mod:`ich3d.evaluation.prediction.explain`).
+  (``slice_<index>.png``, ``contact_sheet.png``; :mod:`ich3d.evaluation.prediction.explain`);
+* with ``--dicom-out DIR``: per series, ``DIR/<volume key>/`` a Structured Report, a Key
+  Object Selection and Secondary Captures of the heat maps, in the source study, marked
+  not for diagnostic use (:mod:`ich3d.evaluation.prediction.dicom_out`; implies
+  ``--explain 5`` unless ``--explain N`` is given; needs ``ich3d[dicom]``).
 
 Volumes are named by their hashed key; ``--uids`` adds ``series_uid``,
 ``study_uid`` and ``patient_id`` columns (identifiers: keep such files local).
@@ -118,6 +122,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="CSV",
         help="with --format rsna: write exactly the IDs of this sample submission (its ID column), in its order",
     )
+    _add_deploy_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they are drawn only when stderr is a terminal)")
+    p.set_defaults(func=run)
+
+
+def _add_deploy_args(p: argparse.ArgumentParser) -> None:
+    """``--runtime``, ``--explain`` and ``--dicom-out``: what docs/deploy.md describes."""
     p.add_argument(
         "--runtime",
         choices=("weights", "torchscript", "onnx"),
@@ -133,8 +144,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="per volume, the N slices that drive the call and a Grad-CAM heat map of the slice CNN on each: "
         "OUT/explain/<volume key>/ key_slices.csv, slice_<index>.png, contact_sheet.png (needs the stage-1 CNN)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (they are drawn only when stderr is a terminal)")
-    p.set_defaults(func=run)
+    p.add_argument(
+        "--dicom-out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="per series, DICOM results in DIR/<volume key>/: a Structured Report (probabilities, model, key slices), "
+        "a Key Object Selection of the key slices and Secondary Captures of the heat maps, in the source study, "
+        "marked not for diagnostic use; implies --explain 5 unless --explain N is given (needs ich3d[dicom])",
+    )
 
 
 def _run_package(args: argparse.Namespace) -> dict:
@@ -147,7 +165,7 @@ def _run_package(args: argparse.Namespace) -> dict:
     return predict_package(
         args.run_dir, args.input, args.out, runtime=args.runtime or "weights", uids=args.uids,
         workers=args.workers, device=args.device, progress=not args.no_progress and sys.stderr.isatty(),
-        explain=args.explain,
+        explain=args.explain, dicom_out=args.dicom_out,
     )
 
 
@@ -176,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         format=args.format,
         sample_submission=args.sample_submission,
         explain=args.explain,
+        dicom_out=args.dicom_out,
     )
     print(f"output folder: {result['out']}")
     _print_files(result)
@@ -195,6 +214,11 @@ def _print_files(result: dict) -> None:
         ex = result["explain"]
         print(f"{ex['n_volumes']} volumes x {ex['n']} key slices ({', '.join(ex['score_kind'])}), "
               f"heat maps of {ex['layer']}: {files['explain']}")
+    if "dicom_out" in result:
+        d = result["dicom_out"]
+        skipped = f", {len(d['skipped'])} series skipped (reasons in predict.json)" if d["skipped"] else ""
+        print(f"{d['n_series']} series: {len(d['files'])} DICOM objects (SR, KOS, secondary captures){skipped}: "
+              f"{files['dicom_out']}")
     if "submission" in files:
         sub = result["submission"]
         print(f"{sub['n_rows']} rows ({sub['n_images']} images x 6 labels, {sub['n_fallback_images']} "

@@ -15,7 +15,10 @@ same columns and, for the same volumes, the same probabilities:
 * ``volumes.csv``: ``key, n_slices, probability`` (+ ``label``, ``split`` where the
   cache has them, ``probability_<target>`` for several targets);
 * ``slices.csv``: ``key, slice_index, probability`` of the slice CNN (+ per target, ``label``);
-* ``predict.json``: the package, runtime, device, counts, timing.
+* ``predict.json``: the package, runtime, device, counts, timing;
+* with ``dicom_out``: the DICOM results of every series
+  (:mod:`ich3d.evaluation.prediction.dicom_out`), the model named by the package's
+  ``name`` and provenance, its calls at the package's operating points.
 """
 
 from __future__ import annotations
@@ -42,10 +45,18 @@ from ich3d.evaluation.inference.passes import (
     predict_volumes,
     resolve_device,
 )
+from ich3d.evaluation.prediction.dicom_objects import version_text
+from ich3d.evaluation.prediction.dicom_out import (
+    DEFAULT_KEY_SLICES,
+    DicomResultsWriter,
+    ResultModel,
+    check_dicom_out,
+    operating_thresholds,
+)
 from ich3d.evaluation.prediction.explain import explain_volumes
 from ich3d.evaluation.prediction.predict import UID_COLUMNS, volume_splits
 
-__all__ = ["default_package_out", "predict_package"]
+__all__ = ["default_package_out", "package_result_model", "predict_package"]
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +148,7 @@ def _slice_frame(pkg: Package, model: Any, cache: Any, dev: torch.device, primar
 
 
 def _explain(pkg: Package, vol_model: Any, slice_model: Any, cache: Any, dev: torch.device, primary: int | None,
-             n: int, out: Path) -> dict[str, Any]:
+             n: int, out: Path, on_volume: Any = None) -> dict[str, Any]:
     """The package's key slices and heat maps (:func:`~ich3d.evaluation.prediction.explain.explain_volumes`)."""
     if slice_model is None:
         raise UserError(f"--explain needs the stage-1 slice CNN, and the package {pkg.root} has none")
@@ -146,8 +157,38 @@ def _explain(pkg: Package, vol_model: Any, slice_model: Any, cache: Any, dev: to
         slice_model, _datamodule(pkg, cache.root, 1).eval_dataloader("predict"), out, n,
         windows=[list(w) for w in pkg.spec["inputs"]["windows"]], volume_model=vol_model,
         volume_loader=_datamodule(pkg, cache.root, pool).eval_dataloader("predict") if vol_model is not None else None,
-        depth_pool=pool, primary=primary, device=dev,
+        depth_pool=pool, primary=primary, device=dev, on_volume=on_volume,
     )
+
+
+def package_result_model(pkg: Package) -> ResultModel:
+    """The package's volume model as the DICOM results name it: name, version (provenance), operating points."""
+    spec = pkg.spec
+    prov = spec.get("provenance") or {}
+    stage = (spec["models"].get("volume") or {}).get("stage")
+    version = version_text(prov, f"exported {prov.get('exported_at', 'at an unknown time')}")
+    return ResultModel(
+        name=str(spec.get("name") or "ich3d package"), version=version, targets=tuple(spec["targets"]),
+        label=str(spec["label"]),
+        operating_points=operating_thresholds((spec.get("evaluation") or {}).get("operating_points")),
+        parameters=(f"volume model: stage {stage}", "exported package (ich3d export)"),
+    )
+
+
+def _explain_outputs(pkg: Package, models: tuple[Any, Any], cache: Any, dev: torch.device, primary: int | None,
+                     explain: int, dicom_out: Path | None, out_dir: Path, info: dict[str, Any],
+                     files: dict[str, Path]) -> None:
+    """``--explain N`` and ``--dicom-out DIR`` (which implies the key slices: :data:`DEFAULT_KEY_SLICES`)."""
+    writer = None
+    if dicom_out is not None:
+        vol = pd.read_csv(files["volumes"], dtype={"key": str})
+        writer = DicomResultsWriter(dicom_out, cache, vol, package_result_model(pkg))
+    info["explain"] = _explain(pkg, models[0], models[1], cache, dev, primary, explain or DEFAULT_KEY_SLICES,
+                               out_dir / "explain", writer.add if writer else None)
+    files["explain"] = out_dir / "explain"
+    if writer is not None:
+        info["dicom_out"] = writer.summary()
+        files["dicom_out"] = Path(dicom_out)  # type: ignore[arg-type]
 
 
 def predict_package(
@@ -161,6 +202,7 @@ def predict_package(
     device: str = "auto",
     progress: bool = True,
     explain: int = 0,
+    dicom_out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Predict volume and slice probabilities with an exported package (see the module docstring).
 
@@ -175,6 +217,8 @@ def predict_package(
         progress: progress bars.
         explain: with N > 0, the key slices and heat maps of every volume in ``OUT/explain``
             (:mod:`ich3d.evaluation.prediction.explain`; the weights runtime and the package's slice CNN).
+        dicom_out: a folder for the DICOM results of every series; implies ``explain``
+            (:mod:`ich3d.evaluation.prediction.dicom_out`).
 
     Returns:
         ``predict.json``'s content plus ``"files"``.
@@ -191,13 +235,18 @@ def predict_package(
         raise UserError(f"--workers must be >= 1, got {workers}")
     if explain < 0:
         raise UserError(f"--explain {explain}: expected a number of key slices >= 1")
-    if explain and runtime != "weights":
-        raise UserError(f"--explain needs the gradients of ich3d's own network: use --runtime weights, not {runtime}")
+    if (explain or dicom_out is not None) and runtime != "weights":
+        flag = "--explain" if explain else "--dicom-out"
+        raise UserError(f"{flag} needs the gradients of ich3d's own network: use --runtime weights, not {runtime}")
+    if dicom_out is not None:
+        check_dicom_out(dicom_out, input)
     pkg = open_package(package)
     out_dir = Path(out) if out is not None else default_package_out(input)
     if out_dir.resolve().is_relative_to(pkg.root.resolve()):
         raise UserError(f"--out {out_dir} is inside the package {pkg.root}; choose a folder outside it")
     vol_model, slice_model = load_models(pkg, runtime)
+    if dicom_out is not None and vol_model is None:
+        raise UserError(f"--dicom-out needs a volume model, and the package {pkg.root} has none")
     dev = resolve_device(device) if runtime == "weights" else torch.device("cpu")
     several = bool(pkg.spec.get("several_targets"))
     primary = primary_index(pkg.spec["targets"], pkg.spec["label"]) if several else None
@@ -217,9 +266,9 @@ def predict_package(
     if slice_model is not None:
         files["slices"] = out_dir / "slices.csv"
         atomic_write_csv(files["slices"], _slice_frame(pkg, slice_model, cache, dev, primary, progress, info))
-    if explain:
-        info["explain"] = _explain(pkg, vol_model, slice_model, cache, dev, primary, explain, out_dir / "explain")
-        files["explain"] = out_dir / "explain"
+    if explain or dicom_out is not None:
+        _explain_outputs(pkg, (vol_model, slice_model), cache, dev, primary, explain,
+                         Path(dicom_out) if dicom_out is not None else None, out_dir, info, files)
     files["summary"] = out_dir / "predict.json"
     atomic_write_text(files["summary"], json.dumps(info, indent=2) + "\n")
     return {**info, "files": files}

@@ -29,6 +29,10 @@ identifier in a file name or a title):
   a flat map, which has no spatial evidence);
 * ``slice_<index>.png``: the brain window with the CAM overlaid, per key slice;
 * ``contact_sheet.png``: every key slice of the volume, window and overlay.
+
+``on_volume`` receives each volume's :class:`VolumeExplanation` (the arrays the PNGs
+draw) as it is written: ``ich3d predict --dicom-out`` turns it into DICOM objects
+(:mod:`ich3d.evaluation.prediction.dicom_out`).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import copy
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,7 @@ from ich3d.evaluation.prediction.explain_plots import contact_sheet, overlay_png
 __all__ = [
     "SCORE_KINDS",
     "SliceCAM",
+    "VolumeExplanation",
     "brain_channel",
     "choose_key_slices",
     "explain_volumes",
@@ -214,6 +219,28 @@ class _Volume:
     volume_prob: float | None
 
 
+@dataclass(frozen=True)
+class VolumeExplanation:
+    """One volume's key slices as drawn: what ``explain_volumes`` hands its ``on_volume`` callback.
+
+    Attributes:
+        key: the volume's cache key.
+        rows: the ``key_slices.csv`` rows, best first (``rank``, ``slice_index``, ``score``, ...).
+        brain: ``(N, H, W)`` the key slices' brain-window channel in [0, 1] (model input size).
+        maps: ``(N, H, W)`` their class-activation maps in [0, 1].
+    """
+
+    key: str
+    rows: list[dict[str, Any]]
+    brain: np.ndarray
+    maps: np.ndarray
+
+    @property
+    def slice_indices(self) -> list[int]:
+        """The key slices' indices in the volume (foot to head), best first."""
+        return [int(r["slice_index"]) for r in self.rows]
+
+
 def _slice_probs(model: nn.Module, slices: Tensor, primary: int | None) -> np.ndarray:
     with torch.inference_mode():
         logits = _Logits(model)(slices)
@@ -263,6 +290,7 @@ def explain_volumes(
     depth_pool: int = 1,
     primary: int | None = None,
     device: torch.device | str = "cpu",
+    on_volume: Callable[[VolumeExplanation], None] | None = None,
 ) -> dict[str, Any]:
     """Write the key slices and heat maps of every volume (see the module docstring).
 
@@ -277,6 +305,7 @@ def explain_volumes(
         depth_pool: the volume model's depth pooling.
         primary: the column of ``data.label`` for models of several targets.
         device: torch device.
+        on_volume: called with each volume's :class:`VolumeExplanation` after its files are written.
 
     Returns:
         ``{"n": n, "score_kind": ..., "layer": ..., "n_volumes": ..., "folder": ...}``.
@@ -310,6 +339,8 @@ def explain_volumes(
             overlay_png(folder / f"slice_{idx:03d}.png", brain[rank - 1], m, rows[-1])
         atomic_write_csv(folder / "key_slices.csv", pd.DataFrame(rows))
         contact_sheet(folder / "contact_sheet.png", brain, maps, rows)
+        if on_volume is not None:
+            on_volume(VolumeExplanation(vol.key, rows, brain, maps))
         kinds.add(vol.kind)
         count += 1
     return {"n": int(n), "score_kind": sorted(kinds), "layer": cam.layer, "n_volumes": count, "folder": str(out)}

@@ -16,7 +16,10 @@ a folder; :func:`default_out_dir`):
 * ``slices.csv``: ``key, slice_index, probability`` of the stage-1 slice CNN on
   every slice (slice order along the patient axis), ``probability_<target>`` per
   target for a run of several targets, plus ``label`` when labeled;
-* ``predict.json``: the run, the stage, device, timing, counts.
+* ``predict.json``: the run, the stage, device, timing, counts;
+* with ``dicom_out``: per series an SR, a KOS and secondary captures in
+  ``DIR/<volume key>/`` (:mod:`ich3d.evaluation.prediction.dicom_out`), listed in
+  ``predict.json``'s ``dicom_out``.
 
 Volumes are named by their hashed key; ``uids`` adds ``series_uid``,
 ``study_uid`` and ``patient_id`` columns (identifiers: keep such files local).
@@ -46,6 +49,14 @@ from ich3d.errors import UserError
 from ich3d.evaluation.inference.context import EvaluationContext
 from ich3d.evaluation.inference.passes import hardware_info, resolve_device
 from ich3d.evaluation.methods import ScoringMethod, get_method, slice_stage_name
+from ich3d.evaluation.prediction.dicom_objects import version_text
+from ich3d.evaluation.prediction.dicom_out import (
+    DEFAULT_KEY_SLICES,
+    DicomResultsWriter,
+    ResultModel,
+    check_dicom_out,
+    operating_thresholds,
+)
 from ich3d.evaluation.prediction.explain import explain_volumes
 from ich3d.evaluation.prediction.submission import check_targets, write_submission
 from ich3d.runs.checkpoints import best_volume_stage, load_slice_model
@@ -258,7 +269,7 @@ def _slice_table(ctx: EvaluationContext, cache: Any, label: str) -> pd.DataFrame
     return sl
 
 
-def _explain(ctx: EvaluationContext, plan: PredictPlan, n: int) -> dict[str, Any]:
+def _explain(ctx: EvaluationContext, plan: PredictPlan, n: int, on_volume: Any = None) -> dict[str, Any]:
     """``OUT/explain``: the key slices and heat maps of every volume (:func:`explain_volumes`)."""
     s1 = str(plan.slice_stage)
     slice_model = ctx.memo(("slice_model", s1), lambda: load_slice_model(plan.run, s1))
@@ -269,10 +280,38 @@ def _explain(ctx: EvaluationContext, plan: PredictPlan, n: int) -> dict[str, Any
             slice_model, ctx.loader("evaluated", 1), plan.out_dir / "explain", n,
             windows=list(plan.config.data.windows), volume_model=vmodel,
             volume_loader=ctx.loader("evaluated", pool) if vmodel is not None else None,
-            depth_pool=pool, primary=ctx.primary, device=ctx.device,
+            depth_pool=pool, primary=ctx.primary, device=ctx.device, on_volume=on_volume,
         )
     finally:
         ctx.release_model()
+
+
+def result_model(plan: PredictPlan, targets: Sequence[str]) -> ResultModel:
+    """The run's volume model as the DICOM results name it: name, version (provenance), operating points."""
+    stage = str(plan.volume_stage)
+    prov = (plan.run.read_result(stage) or {}).get("provenance") or {}
+    metrics_path = plan.run.path / "evaluation" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    version = version_text(prov, f"run {plan.run.run_id}")
+    return ResultModel(
+        name=f"ich3d-{plan.config.experiment}-{stage}", version=version, targets=tuple(targets),
+        label=str(plan.config.data.label),
+        operating_points=operating_thresholds((metrics.get("operating_points") or {}).get(stage)),
+        parameters=(f"volume model: stage {stage}",),
+    )
+
+
+def _explain_outputs(ctx: EvaluationContext, plan: PredictPlan, cache: Any, vol: Any, explain: int,
+                     dicom_out: str | Path | None, info: dict[str, Any], files: dict[str, Path]) -> None:
+    """``--explain N`` and ``--dicom-out DIR`` (which implies the key slices: :data:`DEFAULT_KEY_SLICES`)."""
+    writer = None
+    if dicom_out is not None:
+        writer = DicomResultsWriter(dicom_out, cache, vol, result_model(plan, ctx.targets))
+    info["explain"] = _explain(ctx, plan, explain or DEFAULT_KEY_SLICES, writer.add if writer else None)
+    files["explain"] = plan.out_dir / "explain"
+    if writer is not None:
+        info["dicom_out"] = writer.summary()
+        files["dicom_out"] = Path(dicom_out)  # type: ignore[arg-type]
 
 
 def predict_run(
@@ -289,6 +328,7 @@ def predict_run(
     format: str = "ich3d",
     sample_submission: str | Path | None = None,
     explain: int = 0,
+    dicom_out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Predict volume and slice probabilities of a run on a DICOM folder or an ingest cache.
 
@@ -314,6 +354,9 @@ def predict_run(
         explain: with N > 0, the N key slices of each volume and the slice CNN's
             class-activation maps, in ``OUT/explain/<key>/``
             (:mod:`ich3d.evaluation.prediction.explain`; needs the stage-1 CNN).
+        dicom_out: a folder for the DICOM results (SR, KOS, secondary captures per
+            series; :mod:`ich3d.evaluation.prediction.dicom_out`); implies ``explain``
+            (default :data:`~ich3d.evaluation.prediction.dicom_out.DEFAULT_KEY_SLICES`).
 
     Returns:
         The content of ``predict.json`` plus ``"files"`` (name -> path).
@@ -321,15 +364,21 @@ def predict_run(
     Raises:
         UserError: bad run directory or input, no checkpoint, bad worker count, an
             unknown method, a checkpoint trained on other model inputs, a sample
-            submission without ``format="rsna"`` or without an ``ID`` column.
+            submission without ``format="rsna"`` or without an ``ID`` column,
+            ``dicom_out`` without a volume model or without highdicom.
     """
     if sample_submission is not None and format != "rsna":
         raise UserError("--sample-submission goes with --format rsna")
     if explain < 0:
         raise UserError(f"--explain {explain}: expected a number of key slices >= 1")
     plan = plan_prediction(run_dir, input, out, workers=workers, stage=stage, methods=methods, format=format)
-    if explain and plan.slice_stage is None:
-        raise UserError(f"--explain needs the stage-1 slice CNN ({slice_stage_name()}/best.ckpt) of {plan.run.path}")
+    if (explain or dicom_out is not None) and plan.slice_stage is None:
+        flag = "--explain" if explain else "--dicom-out"
+        raise UserError(f"{flag} needs the stage-1 slice CNN ({slice_stage_name()}/best.ckpt) of {plan.run.path}")
+    if dicom_out is not None and plan.volume_stage is None:
+        raise UserError(f"--dicom-out needs a volume model (a finished volume stage) of {plan.run.path}")
+    if dicom_out is not None:
+        check_dicom_out(dicom_out, plan.input)
     dev = resolve_device(device)
     cache_dir, skipped = _ingested_cache(plan, workers, progress)
     cache = open_cache(cache_dir)
@@ -371,9 +420,8 @@ def predict_run(
         info["submission"] = write_submission(
             ctx.slice_outputs("evaluated"), ctx.targets, cache, plan.out_dir, files, sample_submission
         )
-    if explain:
-        info["explain"] = _explain(ctx, plan, explain)
-        files["explain"] = plan.out_dir / "explain"
+    if explain or dicom_out is not None:
+        _explain_outputs(ctx, plan, cache, vol, explain, dicom_out, info, files)
     files["summary"] = plan.out_dir / "predict.json"
     atomic_write_text(files["summary"], json.dumps(info, indent=2) + "\n")
     return {**info, "files": files}
