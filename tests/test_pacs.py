@@ -146,3 +146,22 @@ def test_store_refusals_carry_the_nodes_answer(pacs, tmp_path):
     with quiet_pydicom():
         odd_uid = str(pydicom.dcmread(odd, stop_before_pixels=True).SOPInstanceUID)
     assert orthanc.post_json("/tools/find", {"Level": "Instance", "Query": {"SOPInstanceUID": odd_uid}}) == []
+
+
+def test_predict_cli_pacs_options_are_checked_before_anything_runs(tmp_path, capsys):
+    from ich3d.cli.main import main
+
+    pkg, folder = str(tmp_path / "pkg"), str(tmp_path)
+    cases = [
+        ([pkg], "INPUT is missing: give a DICOM folder or an ingest cache, or --pacs URL --study UID"),
+        ([pkg, folder, "--pacs", "http://127.0.0.1:1/dicom-web", "--study", "1.2"], "give no INPUT"),
+        ([pkg, "--pacs", "http://127.0.0.1:1/dicom-web"], "--pacs needs --study STUDY_UID"),
+        ([pkg, folder, "--study", "1.2"], "--study goes with --pacs URL"),
+        ([pkg, "--pacs", "http://127.0.0.1:1/dicom-web", "--study", "1.2", "--pacs-aet", "X"],
+         "--pacs-aet goes with a dicom://AET@host:port node"),
+        ([pkg, "--pacs", "ftp://h/x", "--study", "1.2"], "expected http(s)://host:port/dicom-web"),
+    ]
+    for argv, message in cases:
+        assert main(["predict", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("ich3d: error:") and message in err[0], (argv, err)
