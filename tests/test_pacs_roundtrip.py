@@ -101,3 +101,10 @@ def test_predict_pacs_stores_sr_kos_and_captures_into_the_study(setup, protocol,
     assert sum(pacs["stored_by_modality"].values()) == len(local)
     printed = capsys.readouterr().out
     assert f"stored {len(local)} result object(s) back" in printed and target in printed
+
+    if protocol == "dimse":  # again into the same --out: the study is retrieved afresh, new results stored
+        assert main(["predict", str(setup["pkg"]), "--pacs", url, "--study", target, *extra, "--out", str(out),
+                     "--explain", str(N_KEY), "--device", "cpu", "--no-progress"]) == 0
+        again = json.loads((out / SUMMARY).read_text())
+        assert again["retrieved"] == len(setup["studies"][target])  # only the CT: not the results stored before
+        assert len(_instances(orthanc, target)) == len(after) + len(local)

@@ -15,8 +15,10 @@ Three steps, each failing in one line (:mod:`ich3d.deploy.pacs.client`):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import shutil
 from collections import Counter
 from collections.abc import Callable
@@ -46,6 +48,7 @@ def pacs_out_name(node: PacsNode, study_uid: str) -> str:
 
 
 def _fresh_study_folder(out: Path) -> Path:
+    """``OUT/pacs-study``, emptied, and the ingest cache built from an earlier retrieval into it removed."""
     folder = out / STUDY_FOLDER
     if folder.exists():
         strangers = [p for p in folder.iterdir() if not (p.is_file() and p.suffix == ".dcm")]
@@ -53,6 +56,11 @@ def _fresh_study_folder(out: Path) -> Path:
             raise UserError(f"{folder} holds more than a retrieved study ({strangers[0].name}); "
                             "choose another --out")
         shutil.rmtree(folder)
+    record = out / "cache" / "ingest.json"
+    if record.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            if Path(json.loads(record.read_text()).get("images", "")).resolve() == folder.resolve():
+                shutil.rmtree(out / "cache")  # ich3d's own cache of the earlier retrieval: rebuilt
     return folder
 
 
@@ -84,6 +92,7 @@ def predict_pacs(node: PacsNode, study_uid: str, out: str | Path, predict: Predi
     out.mkdir(parents=True, exist_ok=True)
     dicom_dir = Path(dicom_out) if dicom_out is not None else out / "dicom"
     retrieved = retrieve_study(node, study_uid, _fresh_study_folder(out))
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # at INFO it names the source instances' UIDs
     result = predict(out / STUDY_FOLDER, out, dicom_dir)
     made = [Path(f) for f in (result.get("dicom_out") or {}).get("files", [])]
     if not made:
