@@ -10,10 +10,12 @@ frame under the images folder ``ingest.json`` records) and writes, into
   subtype the model predicts, the calls at the run's operating points, the model's
   name and version and the key slices by their SOP Instance UIDs;
 * ``kos.dcm``: a Key Object Selection of the key slices;
-* ``sc_<rank>.dcm``: a Secondary Capture of each key slice's Grad-CAM overlay.
+* ``sc_<rank>.dcm``: a Secondary Capture of each key slice's Grad-CAM overlay
+  (rank 1: the key slice that drives the call most).
 
 What each object holds, and how it is marked as not for diagnostic use:
-:mod:`ich3d.evaluation.prediction.dicom_objects`. A series whose source files are
+:mod:`ich3d.evaluation.prediction.dicom_objects` (SR, KOS) and
+:mod:`ich3d.evaluation.prediction.dicom_capture` (SC). A series whose source files are
 missing, changed since the ingest, or whose UIDs are not DICOM UIDs (RSNA's
 anonymised ``ID_...`` values) gets no objects: it is logged and listed with its
 reason (``skipped``).
@@ -31,11 +33,13 @@ import pandas as pd
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
+from pydicom.uid import UID, generate_uid
 
 from ich3d.data.cache import IngestCache, open_cache
 from ich3d.errors import UserError
+from ich3d.evaluation.prediction.dicom_capture import overlay_rgb, secondary_capture
 from ich3d.evaluation.prediction.dicom_objects import (
+    NOT_FOR_DIAGNOSIS,
     ResultModel,
     evidence_dataset,
     highdicom_module,
@@ -173,10 +177,30 @@ class DicomResultsWriter:
         written = [
             _save(structured_report(self.model, key, probs, key_slices, evidence), folder / "sr.dcm"),
             _save(key_object_selection(self.model, key, explanation.slice_indices, evidence), folder / "kos.dcm"),
+            *self._captures(explanation, key_slices, probs, folder),
         ]
         self.files.extend(written)
         self.n_series += 1
         return written
+
+    def _captures(self, explanation: VolumeExplanation, key_slices: list[tuple[Dataset, int | None]],
+                  probs: Mapping[str, float], folder: Path) -> list[Path]:
+        """``sc_<rank>.dcm``: the overlay of each key slice, one new series per volume."""
+        series_uid = generate_uid()
+        n, label = len(explanation.rows), self.model.label
+        paths = []
+        for rank, (row, (header, frame)) in enumerate(zip(explanation.rows, key_slices, strict=True), start=1):
+            idx = int(row["slice_index"])
+            lines = [f"{NOT_FOR_DIAGNOSIS} - ich3d research output",
+                     f"Grad-CAM of the slice CNN, key slice {rank} of {n} (slice {idx})",
+                     f"{self.model.name}: p({label}) = {probs[label]:.3f}"]
+            rgb = overlay_rgb(explanation.brain[rank - 1], explanation.maps[rank - 1], lines)
+            description = (f"Grad-CAM heat map of the stage-1 slice CNN over the brain window: key slice {rank} of "
+                           f"{n} (slice index {idx}, foot to head) of ich3d volume {explanation.key}; "
+                           f"{self.model.name} ({self.model.version})")
+            sc = secondary_capture(header, frame, rgb, series_uid=series_uid, rank=rank, description=description)
+            paths.append(_save(sc, folder / f"sc_{rank}.dcm"))
+        return paths
 
     def summary(self) -> dict[str, Any]:
         """``predict.json``'s ``dicom_out``: folder, series written, files, skipped series with reasons."""
