@@ -67,7 +67,8 @@ def test_parse_node_urls_and_errors():
     assert (dimse.protocol, dimse.host, dimse.port, dimse.called_aet, dimse.calling_aet) == (
         "dimse", "10.0.0.5", 4242, "ORTHANC", "ICH3D_A")
     for bad, msg in (("ftp://x/y", "expected http"), ("dicom://10.0.0.5:4242", "expected dicom://AET@host:port"),
-                     ("dicom://A@host:99999", "port"), ("http:///dicom-web", "no host")):
+                     ("dicom://A@host:99999", "port"), ("http:///dicom-web", "no host"),
+                     ("http://user:secret@h:8042/dicom-web", "user or password in the URL is not supported")):
         with pytest.raises(UserError, match=msg):
             parse_node(bad)
     with pytest.raises(UserError, match="AE title"):

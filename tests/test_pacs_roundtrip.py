@@ -28,6 +28,7 @@ from ich3d.deploy.pacs.roundtrip import STUDY_FOLDER, SUMMARY
 CT = "1.2.840.10008.5.1.4.1.1.2"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 N_KEY = 2
 
 
@@ -84,8 +85,8 @@ def test_predict_pacs_stores_sr_kos_and_captures_into_the_study(setup, protocol,
         assert str(ds.StudyInstanceUID) == target
         local[str(ds.SOPInstanceUID)] = str(ds.SOPClassUID)
     kinds = Counter(local.values())
-    assert kinds[COMPREHENSIVE_3D_SR] == 1 and kinds[KOS] == 1
-    assert sum(kinds.values()) == len(made) >= 2
+    assert kinds == {COMPREHENSIVE_3D_SR: 1, KOS: 1, SECONDARY_CAPTURE: N_KEY}
+    assert len(made) == 2 + N_KEY
 
     # what Orthanc holds now: the study's CT as before plus exactly those objects; the other study unchanged
     after = _instances(orthanc, target)

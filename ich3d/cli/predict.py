@@ -7,6 +7,7 @@ Usage::
                                [--explain N] [--dicom-out DIR]
     ich3d predict PKG INPUT [--out DIR] [--uids] [--workers N] [--device ...]
                            [--runtime weights|torchscript|onnx] [--explain N] [--dicom-out DIR]
+    ich3d predict RUN_DIR|PKG --pacs URL --study STUDY_UID [--pacs-aet AET] [--pacs-timeout S] [...]
 
 With a package (``ich3d export``) as the first argument, the package alone is used
 (:mod:`ich3d.deploy.predict`): no run directory, no config; ``--runtime`` picks its
@@ -37,6 +38,10 @@ name>-<8 hex of the resolved INPUT path>``, printed):
   Object Selection and Secondary Captures of the heat maps, in the source study, marked
   not for diagnostic use (:mod:`ich3d.evaluation.prediction.dicom_out`; implies
   ``--explain 5`` unless ``--explain N`` is given; needs ``ich3d[dicom]``).
+
+With ``--pacs`` instead of INPUT, the study is retrieved from a DICOM node, predicted on
+and its ``--dicom-out`` results are stored back into it (:mod:`ich3d.cli.predict_pacs`,
+:mod:`ich3d.deploy.pacs.roundtrip`).
 
 Volumes are named by their hashed key; ``--uids`` adds ``series_uid``,
 ``study_uid`` and ``patient_id`` columns (identifiers: keep such files local).

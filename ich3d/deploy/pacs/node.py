@@ -85,6 +85,9 @@ def parse_node(url: str, *, calling_aet: str = DEFAULT_AET, timeout: float = 30.
     except ValueError:
         raise UserError(f"--pacs {url}: the port is not a number from 1 to 65535") from None
     if parts.scheme in ("http", "https"):
+        if parts.username or parts.password:
+            raise UserError("--pacs: a user or password in the URL is not supported (it would be logged); "
+                            "reach a node with authentication over DIMSE (dicom://AET@host:port)")
         if not parts.hostname:
             raise UserError(f"--pacs {url}: no host; expected e.g. http://localhost:8042/dicom-web")
         return PacsNode(url, "dicomweb", parts.hostname, port or (443 if parts.scheme == "https" else 80),
