@@ -161,6 +161,10 @@ def dimse_retrieve(node: PacsNode, study_uid: str, dest: Path) -> list[Path]:
                 raise _no_answer(node, "the C-GET", started)
             if code not in (_OK, *_WARNINGS):
                 raise UserError(f"{node.url} refused the C-GET of study {study_uid}: {_status_text(last, code)}")
+            failed = int(last.get("NumberOfFailedSuboperations", 0) or 0)
+            if failed:
+                raise UserError(f"{node.url} could not send {failed} object(s) of study {study_uid} by C-GET "
+                                f"(final status 0x{code:04X}); the node's log says why")
     return files
 
 
