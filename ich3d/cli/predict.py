@@ -7,6 +7,7 @@ Usage::
                                [--explain N] [--dicom-out DIR]
     ich3d predict PKG INPUT [--out DIR] [--uids] [--workers N] [--device ...]
                            [--runtime weights|torchscript|onnx] [--explain N] [--dicom-out DIR]
+    ich3d predict RUN_DIR|PKG --pacs URL --study STUDY_UID [--pacs-aet AET] [--pacs-timeout S] [...]
 
 With a package (``ich3d export``) as the first argument, the package alone is used
 (:mod:`ich3d.deploy.predict`): no run directory, no config; ``--runtime`` picks its
@@ -38,6 +39,10 @@ name>-<8 hex of the resolved INPUT path>``, printed):
   not for diagnostic use (:mod:`ich3d.evaluation.prediction.dicom_out`; implies
   ``--explain 5`` unless ``--explain N`` is given; needs ``ich3d[dicom]``).
 
+With ``--pacs`` instead of INPUT, the study is retrieved from a DICOM node, predicted on
+and its ``--dicom-out`` results are stored back into it (:mod:`ich3d.cli.predict_pacs`,
+:mod:`ich3d.deploy.pacs.roundtrip`).
+
 Volumes are named by their hashed key; ``--uids`` adds ``series_uid``,
 ``study_uid`` and ``patient_id`` columns (identifiers: keep such files local).
 The probabilities are exactly those ``ich3d evaluate`` computes for the same volumes.
@@ -51,6 +56,7 @@ import sys
 from pathlib import Path
 
 from ich3d.cli.commands import COMMANDS
+from ich3d.cli.predict_pacs import add_pacs_args, check_pacs_args, pacs_line, run_pacs
 from ich3d.deploy.package import is_package
 from ich3d.errors import UserError
 from ich3d.evaluation.methods import all_methods
@@ -76,7 +82,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "run_dir", type=Path, metavar="RUN_DIR|PKG",
         help="run directory (runs/<experiment>/<run-id>) or a package made by ich3d export",
     )
-    p.add_argument("input", type=Path, metavar="INPUT", help="folder of DICOM files, or an ingest cache")
+    p.add_argument("input", type=Path, metavar="INPUT", nargs="?", default=None,
+                   help="folder of DICOM files, or an ingest cache (none with --pacs: the study is retrieved)")
     p.add_argument(
         "--out",
         type=Path,
@@ -123,6 +130,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="with --format rsna: write exactly the IDs of this sample submission (its ID column), in its order",
     )
     _add_deploy_args(p)
+    add_pacs_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they are drawn only when stderr is a terminal)")
     p.set_defaults(func=run)
 
@@ -170,18 +178,24 @@ def _run_package(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_pacs_args(args)
+    result = run_pacs(args, predict_with) if args.pacs else predict_with(args)
+    print(f"output folder: {result['out']}")
+    _print_files(result)
+    return 0
+
+
+def predict_with(args: argparse.Namespace) -> dict:
+    """``predict PKG`` or ``predict RUN_DIR`` with the parsed options; its result (``predict.json`` + files)."""
     if is_package(args.run_dir):
-        result = _run_package(args)
-        print(f"output folder: {result['out']}")
-        _print_files(result)
-        return 0
+        return _run_package(args)
     if args.runtime is not None:
         raise UserError(f"--runtime goes with a package (ich3d export), and {args.run_dir} is not one")
     from ich3d.evaluation.prediction.predict import (  # heavy (torch): off the --help path
         predict_run,
     )
 
-    result = predict_run(
+    return predict_run(
         args.run_dir,
         args.input,
         args.out,
@@ -196,9 +210,6 @@ def run(args: argparse.Namespace) -> int:
         explain=args.explain,
         dicom_out=args.dicom_out,
     )
-    print(f"output folder: {result['out']}")
-    _print_files(result)
-    return 0
 
 
 def _print_files(result: dict) -> None:
@@ -223,3 +234,5 @@ def _print_files(result: dict) -> None:
         sub = result["submission"]
         print(f"{sub['n_rows']} rows ({sub['n_images']} images x 6 labels, {sub['n_fallback_images']} "
               f"not ingested: fallback values, see {files['submission_fallback']}): {files['submission']}")
+    if "pacs" in result:
+        print(pacs_line(result["pacs"]))
