@@ -8,6 +8,7 @@ when missing (``_debian.require_tool``): these tests never skip.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 from pathlib import Path
 
@@ -241,8 +242,10 @@ def _explanation(key: str, indices: list[int], size: int = 32) -> VolumeExplanat
     return VolumeExplanation(key, rows, np.full((len(indices), size, size), 0.4), maps)
 
 
-def test_write_dicom_results_six_targets(dicom_run, tmp_path):
-    """The public writer: every target's probability in the SR, calls at each threshold, files listed."""
+def test_write_dicom_results_six_targets(dicom_run, tmp_path, caplog):
+    """The public writer: every target's probability in the SR, calls at each threshold, files listed;
+    no source UID in the log even at DEBUG (highdicom names them at INFO)."""
+    caplog.set_level(logging.DEBUG)
     _, images, out, _ = dicom_run
     key = pd.read_csv(out / "volumes.csv", dtype={"key": str})["key"].iloc[0]
     probs = dict(zip(SUBTYPES, [0.01, 0.2, 0.0301, 0.4, 0.123456789012345, 0.61], strict=True))
@@ -257,6 +260,8 @@ def test_write_dicom_results_six_targets(dicom_run, tmp_path):
     assert _images(sr) == _source_uids(images, out, key, [2, 0])
     for path in files:
         assert _dciodvfy_errors(path) == [], path
+    for uid in [*_images(sr), str(sr.StudyInstanceUID)]:
+        assert uid not in caplog.text
 
 
 def test_series_without_dicom_uids_or_sources_are_skipped(dicom_run, tiny_run, tmp_path, caplog):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,9 +116,13 @@ def version_text(provenance: Mapping[str, Any], where: str) -> str:
 def highdicom_module() -> Any:
     """highdicom, or a :class:`~ich3d.errors.UserError` saying how to install it."""
     try:
-        return importlib.import_module("highdicom")  # optional dependency (ich3d[dicom]): only --dicom-out loads it
+        module = importlib.import_module("highdicom")  # optional dependency (ich3d[dicom]): only --dicom-out loads it
     except ImportError:
         raise UserError("--dicom-out needs highdicom: pip install 'ich3d[dicom]'") from None
+    # at INFO highdicom logs the source instances' UIDs ("copy ... attributes from dataset <UID>"):
+    # identifiers stay out of ich3d's logs, whatever the caller's logging level
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLogger("highdicom").level))
+    return module
 
 
 def evidence_dataset(header: Dataset) -> Dataset:
