@@ -164,6 +164,32 @@ def test_repeated_preemption_keeps_every_metrics_row_once(cache, tmp_path, monke
     assert load_checkpoint(run.last_ckpt("slice"))["global_step"] == 12
 
 
+def test_the_sigterm_of_the_requeue_cannot_kill_the_stopping_stage(cache, tmp_path, monkeypatch, capsys):
+    """Slurm SIGTERMs a job as soon as it is requeued, while the stage still finishes its loggers."""
+    import ich3d.training.stage_run as stage_run
+
+    cfg = _slice_config(cache, tmp_path)
+    _with_preemption(monkeypatch, [6], [])
+    real_finish = stage_run.finish_loggers
+
+    def finish_during_the_kill(loggers, status="success"):
+        os.kill(os.getpid(), signal.SIGTERM)  # what the requeue makes Slurm send, mid-shutdown
+        real_finish(loggers, status)
+
+    monkeypatch.setattr(stage_run, "finish_loggers", finish_during_the_kill)
+    got = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))  # the "default"
+    try:
+        with pytest.raises(SystemExit) as stop:
+            run_cli("train", str(cfg), "--stage", "slice", "--run-id", "term")
+        assert stop.value.code == 0 and got == []  # ignored: not Lightning's start-of-fit handler
+        assert "checkpointed (hpc_ckpt_1.ckpt, step 6) and requeued" in capsys.readouterr().out
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert got == [signal.SIGTERM]  # and the handler from before the stage is back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_later_stage_refuses_an_unfinished_one(cache, tmp_path, monkeypatch, capsys):
     cfg = _slice_config(cache, tmp_path)
     _with_preemption(monkeypatch, [6], [])

@@ -18,8 +18,11 @@ checkpoint is written at the start of the next training batch, where the
 previous batch, its logged rows and any validation are complete, by all ranks at
 the same batch (the flag is reduced over the ranks each batch). Then rank 0 runs
 ``scontrol requeue $SLURM_JOB_ID`` (Lightning's command) and every rank stops
-with Lightning's ``SIGTERMException``. SIGTERM itself (``scancel``, the end of
-the time limit, the requeue) stays Lightning's: stop at the next batch end.
+with Lightning's ``SIGTERMException``; from then on the process ignores SIGTERM
+(:func:`ignore_sigterm`: the requeue itself makes Slurm SIGTERM the job at once,
+and the process is already on its way out, so it finishes its loggers instead of
+dying mid-flush). Otherwise SIGTERM (``scancel``, the end of the time limit)
+stays Lightning's: stop at the next batch end.
 
 :class:`LastCheckpoint` writes ``last.ckpt`` at the first batch of each epoch and
 when training ends, i.e. once the previous epoch's summary row (``train/loss_epoch``,
@@ -43,6 +46,7 @@ Public API::
     LastCheckpoint(path)
     MetricsInCheckpoint(csv_logger)
     slurm_requeue() -> bool
+    ignore_sigterm(trainer) -> previous SIGTERM handler
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ __all__ = [
     "prune_requeue_checkpoints",
     "metrics_rows",
     "slurm_requeue",
+    "ignore_sigterm",
     "RequeueOnSignal",
     "LastCheckpoint",
     "MetricsInCheckpoint",
@@ -200,6 +205,7 @@ class RequeueOnSignal(pl.Callback):
         self.received = False
         self.saved: Path | None = None
         self._previous: Any = None
+        self._sigterm_before: Any = None
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.received = True
@@ -238,7 +244,34 @@ class RequeueOnSignal(pl.Callback):
             requeued = bool(self.requeue())
         requeued = trainer.strategy.broadcast(requeued)
         if requeued:
+            self._sigterm_before = ignore_sigterm(trainer)
             raise SIGTERMException()
+
+    def restore_sigterm(self) -> None:
+        """Undo :func:`ignore_sigterm` once the stopped stage has finished its loggers."""
+        if self._sigterm_before is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._sigterm_before)
+        self._sigterm_before = None
+
+
+def ignore_sigterm(trainer: pl.Trainer) -> Any:
+    """Ignore SIGTERM after a successful requeue, until the stage has stopped; return the handler to restore.
+
+    ``scontrol requeue`` makes Slurm stop the job at once (SIGTERM to every task, SIGKILL
+    after its KillWait). The checkpoint is written and the process is on its way out, so
+    it ignores that SIGTERM and finishes its loggers (W&B's run, the CSV) and its message,
+    instead of dying mid-flush by the default action. Lightning restores the handlers it
+    found at the start of ``fit`` when it tears down, so its record is set to ignored too.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    originals = getattr(getattr(trainer, "_signal_connector", None), "_original_handlers", None)
+    before = signal.SIG_DFL
+    if isinstance(originals, dict):  # Lightning's own record of the handlers to restore
+        before = originals.get(signal.SIGTERM, signal.SIG_DFL)
+        originals[signal.SIGTERM] = signal.SIG_IGN
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return before
 
 
 def save_at_batch_start(trainer: pl.Trainer, path: str | Path) -> None:
