@@ -33,6 +33,7 @@ from ich3d.training.preemption import (
     newest_checkpoint,
     prune_requeue_checkpoints,
     requeue_checkpoints,
+    slurm_requeue,
 )
 
 
@@ -188,6 +189,18 @@ def test_the_sigterm_of_the_requeue_cannot_kill_the_stopping_stage(cache, tmp_pa
         assert got == [signal.SIGTERM]  # and the handler from before the stage is back
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_under_stage_sbatch_the_requeue_is_a_marker_for_the_batch_script(tmp_path, monkeypatch):
+    marker = tmp_path / "ich3d-requeue-61"
+    monkeypatch.setenv("ICH3D_REQUEUE_MARKER", str(marker))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-scontrol-here"))  # scontrol is not called
+    assert slurm_requeue() is True and marker.read_text() == "requeue\n"
+    monkeypatch.setenv("ICH3D_REQUEUE_MARKER", str(tmp_path / "missing" / "m"))
+    assert slurm_requeue() is False  # an unwritable marker: not requeued, training goes on
+    monkeypatch.delenv("ICH3D_REQUEUE_MARKER")
+    monkeypatch.setenv("SLURM_JOB_ID", "61")
+    assert slurm_requeue() is False  # scontrol itself, absent here
 
 
 def test_later_stage_refuses_an_unfinished_one(cache, tmp_path, monkeypatch, capsys):

@@ -249,3 +249,23 @@ def test_array_task_runs_its_fold(project, stubs):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(project / "runs" / "tiny" / "cv3" / "fold2")
+
+
+def test_a_task_checkpointed_on_sigusr1_is_requeued_by_the_script_after_its_step(project, stubs, tmp_path):
+    # the training step (srun) leaves the marker ich3d writes after its requeue checkpoint
+    (stubs / "srun").write_text(_STUB + 'echo requeue > "$ICH3D_REQUEUE_MARKER"\n')
+    (stubs / "scontrol").write_text(_STUB)
+    (stubs / "scontrol").chmod(0o755)
+    out, calls = _run(
+        ["bash", str(REPO / "slurm" / "stage.sbatch"), "slice", "tiny.yaml", "cv4", "data.folds=3"],
+        project, stubs, SLURM_JOB_ID="61", SLURM_ARRAY_JOB_ID="60", SLURM_ARRAY_TASK_ID="1", TMPDIR=str(tmp_path),
+    )
+    assert [c["prog"] for c in calls] == ["srun", "scontrol"]  # after the step, not from inside it
+    assert calls[1]["args"] == ["requeue", "60_1"]  # this array task only
+    assert "ich3d: requeueing job 60_1" in out and not list(tmp_path.glob("ich3d-requeue-*"))
+    (stubs / "srun").write_text(_STUB)  # a step that ends without the marker: no requeue
+    _, calls = _run(
+        ["bash", str(REPO / "slurm" / "stage.sbatch"), "slice", "tiny.yaml", "r5"],
+        project, stubs, SLURM_JOB_ID="62", TMPDIR=str(tmp_path),
+    )
+    assert [c["prog"] for c in calls] == ["srun"]

@@ -17,8 +17,9 @@ save at different batches. Here the handler only records the signal; the
 checkpoint is written at the start of the next training batch, where the
 previous batch, its logged rows and any validation are complete, by all ranks at
 the same batch (the flag is reduced over the ranks each batch). Then rank 0 runs
-``scontrol requeue $SLURM_JOB_ID`` (Lightning's command) and every rank stops
-with Lightning's ``SIGTERMException``; from then on the process ignores SIGTERM
+``scontrol requeue $SLURM_JOB_ID`` (Lightning's command; under ``slurm/stage.sbatch``
+it leaves a marker file and the batch script requeues after the step, see
+:func:`slurm_requeue`) and every rank stops with Lightning's ``SIGTERMException``; from then on the process ignores SIGTERM
 (:func:`ignore_sigterm`: the requeue itself makes Slurm SIGTERM the job at once,
 and the process is already on its way out, so it finishes its loggers instead of
 dying mid-flush). Otherwise SIGTERM (``scancel``, the end of the time limit)
@@ -68,6 +69,7 @@ from ich3d.runs.checkpoints import describe_load_error
 
 __all__ = [
     "HPC_PREFIX",
+    "REQUEUE_MARKER_ENV",
     "UNREADABLE_SUFFIX",
     "requeue_checkpoints",
     "checkpoint_step",
@@ -170,8 +172,28 @@ def metrics_rows(checkpoint: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     return None if rows is None else [dict(r) for r in rows]
 
 
+#: Set by ``slurm/stage.sbatch``: a file to create instead of requeueing (the batch script requeues).
+REQUEUE_MARKER_ENV = "ICH3D_REQUEUE_MARKER"
+
+
 def slurm_requeue() -> bool:
-    """``scontrol requeue`` this SLURM job (array task aware); ``True`` on success."""
+    """``scontrol requeue`` this SLURM job (array task aware); ``True`` on success.
+
+    With ``ICH3D_REQUEUE_MARKER=FILE`` in the environment (``slurm/stage.sbatch`` sets it)
+    the requeue is left to the batch script: this creates FILE and returns ``True``; the
+    script requeues once the training step has ended. A requeue from inside the step
+    makes Slurm SIGTERM every process of the step at once, W&B's service among them,
+    which loses what that service had not yet written.
+    """
+    marker = os.environ.get(REQUEUE_MARKER_ENV)
+    if marker:
+        try:
+            Path(marker).write_text("requeue\n")
+        except OSError as exc:
+            log.warning("could not write the requeue marker %s: %s", marker, exc)
+            return False
+        log.info("requeue left to the batch script (%s)", marker)
+        return True
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
     if not job or not re.fullmatch(r"[0-9_]+", job):
