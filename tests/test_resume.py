@@ -33,6 +33,7 @@ from ich3d.training.preemption import (
     newest_checkpoint,
     prune_requeue_checkpoints,
     requeue_checkpoints,
+    slurm_requeue,
 )
 
 
@@ -162,6 +163,44 @@ def test_repeated_preemption_keeps_every_metrics_row_once(cache, tmp_path, monke
     assert run_cli("train", str(cfg), "--stage", "slice", "--run-id", "pre", "--continue") == 0
     assert "stage slice of" in run.log_path.read_text() and "skipped" in run.log_path.read_text()
     assert load_checkpoint(run.last_ckpt("slice"))["global_step"] == 12
+
+
+def test_the_sigterm_of_the_requeue_cannot_kill_the_stopping_stage(cache, tmp_path, monkeypatch, capsys):
+    """Slurm SIGTERMs a job as soon as it is requeued, while the stage still finishes its loggers."""
+    import ich3d.training.stage_run as stage_run
+
+    cfg = _slice_config(cache, tmp_path)
+    _with_preemption(monkeypatch, [6], [])
+    real_finish = stage_run.finish_loggers
+
+    def finish_during_the_kill(loggers, status="success"):
+        os.kill(os.getpid(), signal.SIGTERM)  # what the requeue makes Slurm send, mid-shutdown
+        real_finish(loggers, status)
+
+    monkeypatch.setattr(stage_run, "finish_loggers", finish_during_the_kill)
+    got = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))  # the "default"
+    try:
+        with pytest.raises(SystemExit) as stop:
+            run_cli("train", str(cfg), "--stage", "slice", "--run-id", "term")
+        assert stop.value.code == 0 and got == []  # ignored: not Lightning's start-of-fit handler
+        assert "checkpointed (hpc_ckpt_1.ckpt, step 6) and requeued" in capsys.readouterr().out
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert got == [signal.SIGTERM]  # and the handler from before the stage is back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_under_stage_sbatch_the_requeue_is_a_marker_for_the_batch_script(tmp_path, monkeypatch):
+    marker = tmp_path / "ich3d-requeue-61"
+    monkeypatch.setenv("ICH3D_REQUEUE_MARKER", str(marker))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-scontrol-here"))  # scontrol is not called
+    assert slurm_requeue() is True and marker.read_text() == "requeue\n"
+    monkeypatch.setenv("ICH3D_REQUEUE_MARKER", str(tmp_path / "missing" / "m"))
+    assert slurm_requeue() is False  # an unwritable marker: not requeued, training goes on
+    monkeypatch.delenv("ICH3D_REQUEUE_MARKER")
+    monkeypatch.setenv("SLURM_JOB_ID", "61")
+    assert slurm_requeue() is False  # scontrol itself, absent here
 
 
 def test_later_stage_refuses_an_unfinished_one(cache, tmp_path, monkeypatch, capsys):

@@ -162,3 +162,110 @@ def test_the_container_form_reaches_submit(project, stubs):
     out, calls = _run(["bash", str(REPO / "slurm" / "submit.sh"), "tiny.yaml", "r5"], project, stubs, ICH3D=ich3d)
     assert len(calls) == 4 and calls[0]["ICH3D"] == ich3d  # exported to the jobs
     assert "run directory: runs/tiny/r5" in out or "runs/tiny/r5" in out
+
+
+def _array(opts):
+    return next((o.split("=", 1)[1] for o in opts if o.startswith("--array=")), None)
+
+
+def _dependency(opts):
+    return next((o.split("=", 1)[1] for o in opts if o.startswith("--dependency=")), None)
+
+
+def test_cross_validation_is_one_array_per_stage_chained_task_by_task(project, stubs):
+    out, calls = _run(["bash", str(REPO / "slurm" / "submit.sh"), "tiny.yaml", "cv1", "data.folds=3"], project, stubs)
+    jobs = [_opts(c) for c in calls]
+    assert [script[0].rsplit("/", 1)[1] for _, script in jobs] == ["stage.sbatch"] * 3 + ["evaluate.sbatch"]
+    assert [script[1] for _, script in jobs[:3]] == ["slice", "sequence", "finetune"]
+    assert [_array(opts) for opts, _ in jobs] == ["0-2", "0-2", "0-2", None]
+    # each fold's stage waits for the same fold's previous stage; evaluate for every fold's last
+    assert [_dependency(opts) for opts, _ in jobs] == [None, "aftercorr:101", "aftercorr:102", "afterok:103"]
+    for opts, _ in jobs:
+        assert "--kill-on-invalid-dep=yes" in opts
+    for opts, script in jobs[:3]:
+        assert "--output=slurm-%x-%A_%a.out" in opts  # one log per fold task
+        assert script[2:] == ["tiny.yaml", "cv1", "data.folds=3"]  # the fold comes from the task id
+    assert jobs[3][1][1].endswith("runs/tiny/cv1")  # the whole run: out-of-fold evaluation
+    assert "slice     job 101 (array 0-2: one task per fold)" in out and "evaluate  job 104" in out
+    _, calls = _run(["bash", str(REPO / "slurm" / "submit.sh"), "tiny.yaml", "cv1", "data.folds=5"],
+                    project, stubs, ARRAY_LIMIT="2")
+    assert [_array(_opts(c)[0]) for c in calls[:3]] == ["0-4%2"] * 3
+
+
+def test_cross_validation_resubmission_submits_each_fold_from_its_first_unfinished_stage(project, stubs):
+    run = project / "runs" / "tiny" / "cv2"
+    done = {1: ("slice", "sequence", "finetune"), 2: ("slice",)}  # fold 0: nothing finished
+    for fold, stages in done.items():
+        for stage in stages:
+            (run / f"fold{fold}" / stage).mkdir(parents=True)
+            (run / f"fold{fold}" / stage / "result.json").write_text("{}")
+    (run / "fold0" / "slice").mkdir(parents=True)
+    (run / "fold0" / "slice" / "last.ckpt").write_bytes(b"")  # interrupted: resubmitted (resumes)
+    out, calls = _run(["bash", str(REPO / "slurm" / "submit.sh"), "tiny.yaml", "cv2", "data.folds=3"], project, stubs)
+    jobs = [_opts(c) for c in calls]
+    got = [(script[1] if "stage.sbatch" in script[0] else "evaluate", _array(opts), _dependency(opts))
+           for opts, script in jobs]
+    assert got == [
+        ("slice", "0", None), ("sequence", "0", "aftercorr:101"), ("finetune", "0", "aftercorr:102"),
+        ("sequence", "2", None), ("finetune", "2", "aftercorr:104"),
+        ("evaluate", None, "afterok:103:105"),
+    ]
+    assert "slice     done (result.json) in fold(s) 1-2, not submitted" in out
+    assert "finetune  done (result.json) in fold(s) 1, not submitted" in out
+    (run / "fold2" / "sequence").mkdir()
+    (run / "fold2" / "sequence" / "result.json").write_text("{}")
+    (run / "fold2" / "finetune").mkdir()
+    (run / "fold2" / "finetune" / "result.json").write_text("{}")
+    _, calls = _run(["bash", str(REPO / "slurm" / "submit.sh"), "tiny.yaml", "cv2", "data.folds=4"], project, stubs)
+    assert [_array(_opts(c)[0]) for c in calls[:3]] == ["0,3"] * 3  # folds 1 and 2 are done
+    for fold in (0, 3):
+        (run / f"fold{fold}").mkdir(exist_ok=True)
+        for stage in ("slice", "sequence", "finetune"):
+            (run / f"fold{fold}" / stage).mkdir(exist_ok=True)
+            (run / f"fold{fold}" / stage / "result.json").write_text("{}")
+    _, calls = _run(["bash", str(REPO / "slurm" / "submit.sh"), "tiny.yaml", "cv2", "data.folds=4"], project, stubs)
+    ((opts, script),) = (_opts(c) for c in calls)  # every fold done: evaluate alone, at once
+    assert script[0].endswith("evaluate.sbatch") and _dependency(opts) is None
+
+
+def test_array_task_runs_its_fold(project, stubs):
+    _, calls = _run(
+        ["bash", str(REPO / "slurm" / "stage.sbatch"), "sequence", "tiny.yaml", "cv3", "data.folds=3"],
+        project,
+        stubs,
+        SLURM_JOB_ID="57",
+        SLURM_ARRAY_JOB_ID="55",
+        SLURM_ARRAY_TASK_ID="2",
+    )
+    (call,) = calls
+    assert call["args"][:2] == ["--kill-on-bad-exit=1", "ich3d"]
+    assert call["args"][2:] == [
+        "train", "tiny.yaml", "--stage", "sequence", "--run-id", "cv3", "--fold", "2", "--continue",
+        "data.folds=3", "trainer.devices=1", "trainer.num_nodes=1",
+    ]
+    # the line the task runs is one ich3d accepts, and it lands in the fold's run directory
+    done = subprocess.run(
+        [str(BIN / "ich3d"), *call["args"][2:], "--print-run-dir"], cwd=project, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(project / "runs" / "tiny" / "cv3" / "fold2")
+
+
+def test_a_task_checkpointed_on_sigusr1_is_requeued_by_the_script_after_its_step(project, stubs, tmp_path):
+    # the training step (srun) leaves the marker ich3d writes after its requeue checkpoint
+    (stubs / "srun").write_text(_STUB + 'echo requeue > "$ICH3D_REQUEUE_MARKER"\n')
+    (stubs / "scontrol").write_text(_STUB)
+    (stubs / "scontrol").chmod(0o755)
+    out, calls = _run(
+        ["bash", str(REPO / "slurm" / "stage.sbatch"), "slice", "tiny.yaml", "cv4", "data.folds=3"],
+        project, stubs, SLURM_JOB_ID="61", SLURM_ARRAY_JOB_ID="60", SLURM_ARRAY_TASK_ID="1", TMPDIR=str(tmp_path),
+    )
+    assert [c["prog"] for c in calls] == ["srun", "scontrol"]  # after the step, not from inside it
+    assert calls[1]["args"] == ["requeue", "60_1"]  # this array task only
+    assert "ich3d: requeueing job 60_1" in out and not list(tmp_path.glob("ich3d-requeue-*"))
+    (stubs / "srun").write_text(_STUB)  # a step that ends without the marker: no requeue
+    _, calls = _run(
+        ["bash", str(REPO / "slurm" / "stage.sbatch"), "slice", "tiny.yaml", "r5"],
+        project, stubs, SLURM_JOB_ID="62", TMPDIR=str(tmp_path),
+    )
+    assert [c["prog"] for c in calls] == ["srun"]

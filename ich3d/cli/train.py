@@ -130,8 +130,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--print-scale",
         action="store_true",
-        help="print trainer.num_nodes and trainer.devices of the config (tab-separated; devices "
-        "may be 'auto') and exit; slurm/submit.sh sizes its jobs from it",
+        help="print trainer.num_nodes, trainer.devices and data.folds of the config (tab-separated; "
+        "devices may be 'auto') and exit; slurm/submit.sh sizes its jobs from it and submits "
+        "job arrays (one task per fold) when data.folds > 1",
     )
     p.set_defaults(func=run)
 
@@ -296,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
         devices = config.trainer.devices
         if isinstance(devices, list):
             devices = len(devices)
-        print(f"{config.trainer.num_nodes}\t{devices}")
+        print(f"{config.trainer.num_nodes}\t{devices}\t{config.data.folds}")
         return 0
     plan = _fold_plan(args, config)
     if plan.folds is not None:

@@ -17,9 +17,13 @@ save at different batches. Here the handler only records the signal; the
 checkpoint is written at the start of the next training batch, where the
 previous batch, its logged rows and any validation are complete, by all ranks at
 the same batch (the flag is reduced over the ranks each batch). Then rank 0 runs
-``scontrol requeue $SLURM_JOB_ID`` (Lightning's command) and every rank stops
-with Lightning's ``SIGTERMException``. SIGTERM itself (``scancel``, the end of
-the time limit, the requeue) stays Lightning's: stop at the next batch end.
+``scontrol requeue $SLURM_JOB_ID`` (Lightning's command; under ``slurm/stage.sbatch``
+it leaves a marker file and the batch script requeues after the step, see
+:func:`slurm_requeue`) and every rank stops with Lightning's ``SIGTERMException``; from then on the process ignores SIGTERM
+(:func:`ignore_sigterm`: the requeue itself makes Slurm SIGTERM the job at once,
+and the process is already on its way out, so it finishes its loggers instead of
+dying mid-flush). Otherwise SIGTERM (``scancel``, the end of the time limit)
+stays Lightning's: stop at the next batch end.
 
 :class:`LastCheckpoint` writes ``last.ckpt`` at the first batch of each epoch and
 when training ends, i.e. once the previous epoch's summary row (``train/loss_epoch``,
@@ -43,6 +47,7 @@ Public API::
     LastCheckpoint(path)
     MetricsInCheckpoint(csv_logger)
     slurm_requeue() -> bool
+    ignore_sigterm(trainer) -> previous SIGTERM handler
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from ich3d.runs.checkpoints import describe_load_error
 
 __all__ = [
     "HPC_PREFIX",
+    "REQUEUE_MARKER_ENV",
     "UNREADABLE_SUFFIX",
     "requeue_checkpoints",
     "checkpoint_step",
@@ -71,6 +77,7 @@ __all__ = [
     "prune_requeue_checkpoints",
     "metrics_rows",
     "slurm_requeue",
+    "ignore_sigterm",
     "RequeueOnSignal",
     "LastCheckpoint",
     "MetricsInCheckpoint",
@@ -165,8 +172,28 @@ def metrics_rows(checkpoint: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     return None if rows is None else [dict(r) for r in rows]
 
 
+#: Set by ``slurm/stage.sbatch``: a file to create instead of requeueing (the batch script requeues).
+REQUEUE_MARKER_ENV = "ICH3D_REQUEUE_MARKER"
+
+
 def slurm_requeue() -> bool:
-    """``scontrol requeue`` this SLURM job (array task aware); ``True`` on success."""
+    """``scontrol requeue`` this SLURM job (array task aware); ``True`` on success.
+
+    With ``ICH3D_REQUEUE_MARKER=FILE`` in the environment (``slurm/stage.sbatch`` sets it)
+    the requeue is left to the batch script: this creates FILE and returns ``True``; the
+    script requeues once the training step has ended. A requeue from inside the step
+    makes Slurm SIGTERM every process of the step at once, W&B's service among them,
+    which loses what that service had not yet written.
+    """
+    marker = os.environ.get(REQUEUE_MARKER_ENV)
+    if marker:
+        try:
+            Path(marker).write_text("requeue\n")
+        except OSError as exc:
+            log.warning("could not write the requeue marker %s: %s", marker, exc)
+            return False
+        log.info("requeue left to the batch script (%s)", marker)
+        return True
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
     if not job or not re.fullmatch(r"[0-9_]+", job):
@@ -200,6 +227,7 @@ class RequeueOnSignal(pl.Callback):
         self.received = False
         self.saved: Path | None = None
         self._previous: Any = None
+        self._sigterm_before: Any = None
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.received = True
@@ -238,7 +266,34 @@ class RequeueOnSignal(pl.Callback):
             requeued = bool(self.requeue())
         requeued = trainer.strategy.broadcast(requeued)
         if requeued:
+            self._sigterm_before = ignore_sigterm(trainer)
             raise SIGTERMException()
+
+    def restore_sigterm(self) -> None:
+        """Undo :func:`ignore_sigterm` once the stopped stage has finished its loggers."""
+        if self._sigterm_before is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._sigterm_before)
+        self._sigterm_before = None
+
+
+def ignore_sigterm(trainer: pl.Trainer) -> Any:
+    """Ignore SIGTERM after a successful requeue, until the stage has stopped; return the handler to restore.
+
+    ``scontrol requeue`` makes Slurm stop the job at once (SIGTERM to every task, SIGKILL
+    after its KillWait). The checkpoint is written and the process is on its way out, so
+    it ignores that SIGTERM and finishes its loggers (W&B's run, the CSV) and its message,
+    instead of dying mid-flush by the default action. Lightning restores the handlers it
+    found at the start of ``fit`` when it tears down, so its record is set to ignored too.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    originals = getattr(getattr(trainer, "_signal_connector", None), "_original_handlers", None)
+    before = signal.SIG_DFL
+    if isinstance(originals, dict):  # Lightning's own record of the handlers to restore
+        before = originals.get(signal.SIGTERM, signal.SIG_DFL)
+        originals[signal.SIGTERM] = signal.SIG_IGN
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return before
 
 
 def save_at_batch_start(trainer: pl.Trainer, path: str | Path) -> None:

@@ -336,6 +336,7 @@ def _stopped(sr: StageRun, trainer: pl.Trainer) -> SystemExit:
         if trainer.is_global_zero:
             print(f"ich3d: stage {sr.name} checkpointed ({saved.name}, step {step}) "
                   "and requeued; the requeued job resumes it", flush=True)
+        requeue.restore_sigterm()  # ignored since the requeue, while the loggers finished
         return SystemExit(0)
     log.info("stage %s: stopped by SIGTERM at step %d", sr.name, step)
     if trainer.is_global_zero:
