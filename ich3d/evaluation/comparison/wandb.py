@@ -1,4 +1,4 @@
-"""``ich3d compare|ensemble|select --wandb``: the tables as a W&B run (AUCs, hashed keys, never keys or paths).
+"""``ich3d compare``, ``ensemble`` and ``select`` with ``--wandb``: their tables as a W&B run (AUCs, hashed keys, never keys or paths).
 
 One W&B run per command, of job type ``compare``, ``ensemble`` or ``select``, its
 files under the command's ``--out``/wandb. An ensemble's and a selection's runs are
