@@ -23,11 +23,14 @@ SEEDS ?= 0 1 2
 # same on a 2-core laptop and a 64-core node, and one thread is also what a shared
 # machine needs (two OpenMP threads on two busy cores spin-wait). Not user-settable.
 DEMO_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+ifndef DEMO_CV_RUN
+DEMO_CV_RUN := demo-cv-$(shell date -u +%Y%m%d-%H%M%S)
+endif
 ifndef SEEDS_RUN
 SEEDS_RUN := seeds-$(shell date -u +%Y%m%d-%H%M%S)
 endif
 
-.PHONY: help install demo demo-seeds compare compare-seeds test test-all test-slurm docker-check lint bench clean
+.PHONY: help install demo demo-cv demo-seeds compare compare-seeds test test-all test-slurm docker-check lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +51,15 @@ demo: $(STAMP) ## the main job: synthetic RSNA data -> ingest -> 3 training stag
 	$(DEMO_ENV) $(BIN)/ich3d train configs/demo.yaml --stage all --run-id $(DEMO_RUN) seed=$(SEED)
 	$(DEMO_ENV) $(BIN)/ich3d evaluate runs/demo/$(DEMO_RUN)
 	@echo "ich3d demo: run directory runs/demo/$(DEMO_RUN) (report: runs/demo/$(DEMO_RUN)/evaluation/report.md)"
+
+demo-cv: $(STAMP) ## the demo with 5 folds (configs/demo_cv.yaml): every fold's 3 stages -> OOF table + fold ensemble on test (CPU)
+	@test -f $(DEMO_DATA)/stage_2_train.csv || \
+		$(BIN)/ich3d synth $(DEMO_DATA) --patients 200 --size 128 --slices 12 20 --seed 0
+	$(BIN)/ich3d ingest --images $(DEMO_DATA)/stage_2_train --labels $(DEMO_DATA)/stage_2_train.csv \
+		--out $(DEMO_DATA)/cache --workers 2
+	$(DEMO_ENV) $(BIN)/ich3d train configs/demo_cv.yaml --folds all --stage all --run-id $(DEMO_CV_RUN) seed=$(SEED)
+	$(DEMO_ENV) $(BIN)/ich3d evaluate runs/demo-cv/$(DEMO_CV_RUN)
+	@echo "ich3d demo-cv: run directory runs/demo-cv/$(DEMO_CV_RUN) (report: runs/demo-cv/$(DEMO_CV_RUN)/evaluation/report.md)"
 
 compare: $(STAMP) ## every published system, small, on one synthetic dataset (CPU) -> ich3d compare table
 	@test -f $(COMPARE_DATA)/stage_2_train.csv || \

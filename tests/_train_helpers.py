@@ -63,3 +63,24 @@ def run_cli(*argv: str) -> int:
     from ich3d.cli.main import main
 
     return main(list(argv))
+
+
+def read_finished_offline_run(folder: Path, summary_key: str, timeout: float = 30.0) -> dict:
+    """An offline W&B run read back once ``summary_key`` is in its summary (wandb-core may
+    still be writing the run file when ``finish()`` returns), waiting up to ``timeout`` s."""
+    import time
+
+    from ich3d.tracking.offline import read_offline_run
+
+    deadline = time.monotonic() + timeout
+    while summary_key not in (logged := read_offline_run(folder))["summary"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return logged
+
+
+def offline_table(folder: Path, name: str) -> dict:
+    """The JSON of the W&B table ``<prefix>/<name>`` an offline run logged (``media/table/<name>_*.table.json``)."""
+    import json
+
+    (path,) = folder.rglob(f"{name}_*.table.json")
+    return json.loads(path.read_text())

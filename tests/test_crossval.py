@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -107,3 +108,63 @@ def test_ensemble_rule_and_table_checks() -> None:
         oof_table([a, a])
     with pytest.raises(UserError, match="different volumes"):
         ensemble_table([a, a.assign(key=["a", "c"])])
+
+
+def test_ci_widths_put_the_oof_interval_beside_each_fold_models_test_interval(cv_run) -> None:
+    run, _ = cv_run
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())["cross_validation"]
+    oof = {d["name"]: d for d in metrics["oof"]["models"]}
+    for m in METHODS:
+        w, tests = metrics["ci_widths"][m], metrics["methods"][m]["test"]
+        assert w["oof"] == pytest.approx(oof[m]["ci_upper"] - oof[m]["ci_lower"])
+        per_fold = [tests[f"{m}@fold{k}"]["ci_upper"] - tests[f"{m}@fold{k}"]["ci_lower"] for k in (0, 1)]
+        assert w["test_per_fold"] == pytest.approx(per_fold)
+        assert w["test_ensemble"] == pytest.approx(tests[f"{m}@ensemble"]["ci_upper"] - tests[f"{m}@ensemble"]["ci_lower"])
+        assert w["narrower"] is (w["oof"] < min(per_fold))
+    report = (run / "evaluation" / "report.md").read_text()
+    assert "| method | OOF CI width | single-split test CI width" in report
+    verdict = "yes" if metrics["ci_widths"]["finetune"]["narrower"] else "no"
+    row = [ln for ln in report.splitlines() if ln.startswith("| finetune | ") and ln.endswith(f"| {verdict} |")]
+    assert len(row) == 1
+
+
+def test_cv_wandb_run_logs_the_oof_and_ensemble_tables_with_hashed_keys(cv_run, tmp_path, monkeypatch) -> None:
+    from ich3d.config import config_from_dict
+    from ich3d.evaluation.crossval import ENSEMBLE
+    from ich3d.evaluation.crossval_wandb import log_cv_to_wandb
+    from ich3d.evaluation.report.wandb import hashed_key
+    from ich3d.tracking.offline import read_offline_run
+
+    run, _ = cv_run
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())["cross_validation"]
+    oof = pd.read_csv(run / "evaluation" / "oof_predictions.csv", dtype={"key": str})
+    test = pd.read_csv(run / "evaluation" / "test_predictions.csv", dtype={"key": str})
+    config = config_from_dict({"experiment": "tiny", "data": {"folds": 2}, "tracking": {"mode": "offline", "project": "p"}})
+    out = tmp_path / "tiny" / "cv"
+    out.mkdir(parents=True)
+    assert log_cv_to_wandb(metrics, oof, test, config, out, ENSEMBLE) is not None
+    (folder,) = (out / "wandb").glob("offline-run-*")
+    deadline = time.monotonic() + 30  # wandb-core may still be writing when finish() returns
+    while "cv/finetune/oof_auc" not in (logged := read_offline_run(folder))["summary"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert logged["run"]["group"] == "cv" and logged["run"]["name"] == "tiny/cv/evaluate"
+    assert logged["run"]["job_type"] == "evaluate" and logged["config"]["folds"] == 2
+    oof_auc = {d["name"]: d["auc"] for d in metrics["oof"]["models"]}
+    assert logged["summary"]["cv/finetune/oof_auc"] == pytest.approx(oof_auc["finetune"])
+
+    def table(name: str) -> dict:
+        return json.loads(next(folder.rglob(f"{name}_*.table.json")).read_text())
+
+    methods = table("methods")
+    assert methods["columns"][:2] == ["method", "oof_auc"]
+    assert {r[0]: r[1] for r in methods["data"]} == pytest.approx(oof_auc)
+    tests = table("test")
+    ens = [r for r in tests["data"] if r[0] == "max" and r[1] == ENSEMBLE]
+    assert ens[0][2] == pytest.approx(metrics["methods"]["max"]["test"][f"max@{ENSEMBLE}"]["auc"])
+    rows = table("oof_predictions")
+    assert rows["columns"] == ["volume", "label", "fold", *METHODS]
+    assert sorted(r[0] for r in rows["data"]) == sorted(hashed_key(k) for k in oof["key"])
+    assert len(table("test_predictions")["data"]) == len(test)
+    blob = b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file())
+    assert not any(k.encode() in blob for k in [*oof["key"], *test["key"]])  # hashed keys only

@@ -50,3 +50,23 @@ def test_make_demo_seeds_pins_one_thread_in_every_seed_and_the_summary():
     assert sum(" evaluate " in ln for ln in lines) == 2
     assert lines[-1].endswith("ich3d seeds runs/demo/s-seed0 runs/demo/s-seed1 --out runs/demo/s")
     assert all(ln.startswith(PIN) for ln in lines), lines
+
+
+def test_make_demo_cv_trains_every_fold_and_evaluates_the_cv_run_on_one_thread():
+    lines = _torch_commands(_dry_run("demo-cv", "DEMO_CV_RUN=cv1", "SEED=3"))
+    assert len(lines) == 2, lines
+    train, evaluate = lines
+    assert train.startswith(PIN) and "ich3d train configs/demo_cv.yaml --folds all --stage all" in train
+    assert train.endswith("--run-id cv1 seed=3")
+    assert evaluate.startswith(PIN) and evaluate.endswith("ich3d evaluate runs/demo-cv/cv1")
+
+
+def test_demo_cv_config_is_the_demo_with_five_folds_and_the_demos_test_split():
+    from ich3d.config import load_config
+
+    demo, cv = load_config(REPO / "configs" / "demo.yaml"), load_config(REPO / "configs" / "demo_cv.yaml")
+    assert (cv.experiment, cv.data.folds, cv.data.fold) == ("demo-cv", 5, None)
+    # the same cache, split (so the same test volumes), models and stage budgets as make demo
+    assert cv.data.cache_dir == demo.data.cache_dir
+    assert (cv.data.split_fractions, cv.data.split_seed) == (demo.data.split_fractions, demo.data.split_seed)
+    assert cv.model == demo.model and cv.stages == demo.stages

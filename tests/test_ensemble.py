@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _train_helpers import run_cli
+from _train_helpers import offline_table, read_finished_offline_run, run_cli
 
 from ich3d.errors import UserError
 from ich3d.evaluation.comparison.compare import compare_runs
@@ -96,3 +96,27 @@ def test_cli_prints_the_table(runs, tmp_path, capsys):
     assert run_cli("ensemble", *map(str, runs), "--methods", "finetune", "--out", str(tmp_path / "e")) == 0
     out = capsys.readouterr().out
     assert "3 members, mean probability" in out and "| ensemble |" in out
+
+
+def test_cli_wandb_logs_the_ensemble_table_grouped_by_its_name_with_hashed_keys(runs, tmp_path, capsys):
+    from ich3d.evaluation.report.wandb import hashed_key
+
+    out = tmp_path / "ens-w"
+    assert run_cli("ensemble", *map(str, runs), "--methods", "finetune", "--out", str(out), "--wandb") == 0
+    assert "W&B run:" in capsys.readouterr().out
+    (folder,) = (out / "wandb").glob("offline-run-*")
+    logged = read_finished_offline_run(folder, "ensemble/ensemble/auc")
+    assert logged["run"]["job_type"] == "ensemble" and logged["run"]["group"] == "ens-w"
+    metrics = json.loads((out / "metrics.json").read_text())
+    aucs = {d["name"]: d["auc"] for d in metrics["delong"]["models"]}
+    assert logged["summary"]["ensemble/ensemble/auc"] == pytest.approx(aucs["ensemble"])
+    table = offline_table(folder, "columns")
+    assert {r[0]: r[1] for r in table["data"]} == pytest.approx(aucs)
+    diffs = {t["member"]: t["diff"] for t in metrics["ensemble"]["tests"]}
+    assert {r[0]: r[4] for r in table["data"] if r[0] != "ensemble"} == pytest.approx(diffs)
+    preds = offline_table(folder, "predictions")
+    keys = pd.read_csv(out / "predictions.csv", dtype={"key": str})["key"]
+    assert preds["columns"][:2] == ["volume", "label"] and preds["columns"][-1] == "ensemble"
+    assert sorted(r[0] for r in preds["data"]) == sorted(hashed_key(k) for k in keys)
+    blob = b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file())
+    assert not any(k.encode() in blob for k in keys) and str(runs[0]).encode() not in blob  # nor an input path

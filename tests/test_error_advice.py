@@ -65,6 +65,9 @@ NOT_REACHABLE: set[tuple[str, str, str]] = {
     ("ich3d/runs/run_dir.py", "--run-id", "evaluate"),
     ("ich3d/runs/run_dir.py", "--run-id", "predict"),
     ("ich3d/runs/run_dir.py", "--run-id", "export"),
+    # compare, ensemble and select with --wandb import ich3d.evaluation.report.wandb (for
+    # its hashed keys), which imports ich3d.runs.run_dir for the process rank only
+    *{("ich3d/runs/run_dir.py", "--run-id", cmd) for cmd in ("compare", "ensemble", "select")},
     # `ich3d export` reads a run's checkpoints, never DICOM: the ingest's label flags
     *{("ich3d/data/ingest/run.py", flag, "export") for flag in ("--labels", "--study-labels")},
 }

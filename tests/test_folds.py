@@ -283,3 +283,4 @@ def test_fold_wandb_run_named_and_grouped_by_the_run(tmp_path) -> None:
     assert init["name"] == "tiny/cv/fold2/slice" and init["group"] == "cv"
     assert init["id"] == wandb_run_id("tiny", "cv/fold2", "slice") != wandb_run_id("tiny", "fold2", "slice")
     assert init["config"]["config"]["data"]["fold"] == 2
+    assert (init["config"]["fold"], init["config"]["folds"]) == (2, 3)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _train_helpers import run_cli
+from _train_helpers import offline_table, read_finished_offline_run, run_cli
 
 from ich3d.errors import UserError
 from ich3d.evaluation.comparison.ensemble import ensemble_runs
@@ -131,3 +131,22 @@ def test_cli_prints_the_ranking_and_the_pick(runs, tmp_path, capsys):
     assert run_cli("select", *map(str, runs), "--criterion", "auc", "--out", str(tmp_path / "s")) == 0
     out = capsys.readouterr().out
     assert "pick: sysa:finetune; test AUC" in out and out.count("test AUC") == 1
+
+
+def test_cli_wandb_logs_the_ranking_and_the_one_test_auc(runs, tmp_path, capsys):
+    out = tmp_path / "sel-w"
+    assert run_cli("select", *map(str, runs), "--out", str(out), "--wandb") == 0
+    assert "W&B run:" in capsys.readouterr().out
+    (folder,) = (out / "wandb").glob("offline-run-*")
+    logged = read_finished_offline_run(folder, "select/test_auc")
+    assert logged["run"]["job_type"] == "select" and logged["run"]["group"] == "sel-w"
+    s = json.loads((out / "selection.json").read_text())
+    assert logged["summary"]["select/pick"] == s["pick"] == "sysa:finetune"
+    assert logged["summary"]["select/test_auc"] == pytest.approx(s["test"]["auc"])
+    assert logged["config"]["criterion"] == "auc" and logged["config"]["on"] == "validation"
+    table = offline_table(folder, "ranking")
+    assert table["columns"] == ["rank", "candidate", "run", "method", "auc"]
+    assert [(r[0], r[1]) for r in table["data"]] == [(r["rank"], r["candidate"]) for r in s["ranking"]]
+    assert [r[4] for r in table["data"]] == pytest.approx([r["value"] for r in s["ranking"]])
+    blob = b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file())
+    assert str(runs[0]).encode() not in blob  # no input path

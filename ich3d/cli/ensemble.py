@@ -3,6 +3,7 @@
 Usage::
 
     ich3d ensemble RUN_DIR [RUN_DIR ...] --methods M [M ...] --out DIR [--names A B ...] [--level 0.95]
+                   [--wandb [offline|online]] [--wandb-project NAME]
 
 Writes an evaluation folder (``predictions.csv``, ``val_predictions.csv``,
 ``metrics.json``, ``report.md``, ``roc.png``) that ``ich3d compare`` and ``ich3d
@@ -36,6 +37,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (an evaluation folder; its name is the ensemble's run id)")
     p.add_argument("--names", nargs="+", default=None, metavar="NAME", help="one label per run instead of the automatic ones")
     p.add_argument("--level", type=float, default=0.95, help="confidence level (default: 0.95)")
+    p.add_argument(
+        "--wandb",
+        nargs="?",
+        const="offline",
+        default=None,
+        choices=["offline", "online"],
+        help="log the tables to W&B (offline unless 'online'; files under --out/wandb; hashed volume keys only)",
+    )
+    p.add_argument("--wandb-project", default="ich3d", metavar="NAME", help="W&B project (default: ich3d)")
+    p.add_argument("--wandb-entity", default=None, metavar="NAME", help="W&B entity (default: yours)")
     p.set_defaults(func=run)
 
 
@@ -56,4 +67,10 @@ def run(args: argparse.Namespace) -> int:
         vs = "" if t is None else f"{t['diff']:+.3f}, p {t['p']:.3g}" if t["p"] is not None else f"{t['diff']:+.3f}"
         print(f"| {d['name']} | {d['auc']:.3f} | {d['ci_lower']:.3f} - {d['ci_upper']:.3f} | {vs} |")
     print(f"report: {report.files['report']} ({ENSEMBLE} is the column of predictions.csv)")
+    if args.wandb:
+        from ich3d.evaluation.comparison.wandb import (
+            log_ensemble_to_wandb,  # heavy (torch): off the --help path
+        )
+
+        print(f"W&B run: {log_ensemble_to_wandb(report, args.out, mode=args.wandb, project=args.wandb_project, entity=args.wandb_entity)}")
     return 0

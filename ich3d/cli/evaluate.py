@@ -123,9 +123,12 @@ def _run_cv(args: argparse.Namespace) -> int:
         include_unfinished=args.include_unfinished,
         device=args.device,
         progress=not args.no_progress,
+        tracking=not args.no_wandb,
     )
     print(result.markdown, end="")
     print(f"report: {result.files['report']}")
+    if result.wandb_dir:
+        print(f"W&B run: {result.wandb_dir}")
     return 0
 
 

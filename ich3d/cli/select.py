@@ -3,6 +3,7 @@
 Usage::
 
     ich3d select RUN_DIR [RUN_DIR ...] [--criterion auc|log_loss] [--out DIR] [--names A B ...]
+                 [--wandb [offline|online]] [--wandb-project NAME]
 
 Ranks every method of the inputs (evaluated runs, ``ich3d ensemble`` folders,
 cross-validation runs) on their out-of-fold or validation predictions, writes
@@ -38,6 +39,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("selection"), metavar="DIR", help="output folder (default: ./selection)")
     p.add_argument("--names", nargs="+", default=None, metavar="NAME", help="one label per run instead of the automatic ones")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the pick's test AUC (default: 0.95)")
+    p.add_argument(
+        "--wandb",
+        nargs="?",
+        const="offline",
+        default=None,
+        choices=["offline", "online"],
+        help="log the tables to W&B (offline unless 'online'; files under --out/wandb; hashed volume keys only)",
+    )
+    p.add_argument("--wandb-project", default="ich3d", metavar="NAME", help="W&B project (default: ich3d)")
+    p.add_argument("--wandb-entity", default=None, metavar="NAME", help="W&B entity (default: yours)")
     p.set_defaults(func=run)
 
 
@@ -56,4 +67,10 @@ def run(args: argparse.Namespace) -> int:
         f"{t['n_volumes']} volumes)"
     )
     print(f"selection: {args.out / 'selection.json'}")
+    if args.wandb:
+        from ich3d.evaluation.comparison.wandb import (
+            log_selection_to_wandb,  # heavy (torch): off the --help path
+        )
+
+        print(f"W&B run: {log_selection_to_wandb(s, args.out, mode=args.wandb, project=args.wandb_project, entity=args.wandb_entity)}")
     return 0

@@ -15,7 +15,11 @@ in ``RUN/evaluation/``:
   each method with its DeLong interval (and the paired tests between methods), the
   per-fold validation AUCs (mean, sd), and on the test split each fold model and the
   fold ensemble, with paired DeLong tests ensemble vs each fold; operating points
-  chosen on the OOF predictions and measured on the ensemble's test predictions.
+  chosen on the OOF predictions and measured on the ensemble's test predictions;
+  and the interval widths side by side (:func:`ci_widths`): each method's OOF
+  DeLong interval against the single split's, i.e. each fold model's interval on
+  the test split (a fold model is a single-split model: trained on the other folds,
+  validated on its own, tested on the test split).
 
 **The ensemble rule.** A method whose scores are probabilities (every value of
 every fold in [0, 1]) is ensembled by the mean probability. Other scores (the
@@ -38,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from ich3d.errors import UserError
+from ich3d.evaluation.crossval_wandb import log_cv_evaluation
 from ich3d.evaluation.evaluate import evaluate_run
 from ich3d.runs.run_dir import RunDir, fold_dir_name, open_run_dir
 from ich3d.stats.delong import DeLongResult, delong_roc
@@ -52,6 +57,7 @@ __all__ = [
     "ensemble_scores",
     "ensemble_table",
     "cv_statistics",
+    "ci_widths",
     "render_cv_section",
     "fold_run_dirs",
     "evaluate_cv_run",
@@ -74,6 +80,7 @@ class CVEvaluation:
         metrics: the content of ``metrics.json``.
         markdown: the content of ``report.md``.
         files: name -> path of every file written.
+        wandb_dir: the W&B run's local folder (None: tracking off or failed).
     """
 
     out_dir: Path
@@ -82,6 +89,7 @@ class CVEvaluation:
     metrics: dict[str, Any]
     markdown: str
     files: dict[str, Path] = field(default_factory=dict)
+    wandb_dir: str | None = None
 
 
 def _methods(tables: Sequence[pd.DataFrame]) -> list[str]:
@@ -155,6 +163,34 @@ def _per_method(
     return entry
 
 
+def _width(entry: dict[str, Any]) -> float:
+    lo, hi = entry.get("ci_lower"), entry.get("ci_upper")
+    return float("nan") if lo is None or hi is None else float(hi) - float(lo)
+
+
+def ci_widths(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per method: the OOF interval's width beside the single split's (each fold model's on test).
+
+    ``narrower`` is true when the OOF interval is narrower than every fold model's
+    test interval, false when not, None when a width is not finite.
+    """
+    k = metrics["folds"]
+    oof = {d["name"]: d for d in metrics["oof"]["models"]}
+    out: dict[str, dict[str, Any]] = {}
+    for m, e in metrics["methods"].items():
+        folds = [_width(e["test"][f"{m}@{fold_dir_name(j)}"]) for j in range(k)]
+        w = _width(oof[m])
+        finite = np.isfinite([w, *folds]).all()
+        out[m] = {
+            "oof": w,
+            "test_per_fold": folds,
+            "test_fold_mean": float(np.mean(folds)),
+            "test_ensemble": _width(e["test"][f"{m}@{ENSEMBLE}"]),
+            "narrower": bool(w < min(folds)) if finite else None,
+        }
+    return out
+
+
 def cv_statistics(
     oof: pd.DataFrame, test: pd.DataFrame, rules: dict[str, str], k: int, level: float = 0.95, target: float = 0.98
 ) -> tuple[dict[str, Any], DeLongResult]:
@@ -170,11 +206,34 @@ def cv_statistics(
         "oof": oof_res.to_dict(),
         "methods": {m: _per_method(m, oof, test, k, rules[m], level, target) for m in methods},
     }
+    metrics["ci_widths"] = ci_widths(metrics)
     return metrics, oof_res
 
 
 def _fmt(x: float) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
+
+
+def _width_lines(metrics: dict[str, Any]) -> list[str]:
+    """The interval widths side by side: OOF vs the single split (each fold model on test)."""
+    k, widths = metrics["folds"], metrics["ci_widths"]
+    narrower = sum(bool(w["narrower"]) for w in widths.values())
+    lines = [
+        f"Interval widths ({metrics['level']:.0%} DeLong, upper - lower): the OOF AUC ({metrics['n_oof']} volumes) "
+        f"against a single split's test AUC ({metrics['n_test']} volumes; each of the {k} fold models is a "
+        f"single-split model). OOF narrower than every fold model's test interval: {narrower} of {len(widths)} methods.",
+        "",
+        "| method | OOF CI width | single-split test CI width (per fold model: min - max, mean) | ensemble test CI width | OOF narrower |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for m, w in widths.items():
+        per = w["test_per_fold"]
+        verdict = "n/a" if w["narrower"] is None else "yes" if w["narrower"] else "no"
+        lines.append(
+            f"| {m} | {_fmt(w['oof'])} | {_fmt(min(per))} - {_fmt(max(per))}, {_fmt(w['test_fold_mean'])} | "
+            f"{_fmt(w['test_ensemble'])} | {verdict} |"
+        )
+    return lines
 
 
 def render_cv_section(metrics: dict[str, Any], oof_markdown: str) -> str:
@@ -204,6 +263,7 @@ def render_cv_section(metrics: dict[str, Any], oof_markdown: str) -> str:
             f"| {m} | {_fmt(e['fold_val_auc_mean'])} ({_fmt(e['fold_val_auc_sd'])}) | {per_fold} | "
             f"{_fmt(ens['auc'])} ({_fmt(ens['ci_lower'])} - {_fmt(ens['ci_upper'])}) | {e['ensemble_rule']} | {ps} |"
         )
+    lines += ["", *_width_lines(metrics)]
     lines += ["", "Operating points: thresholds chosen on the OOF predictions, measured on the ensemble's test scores.", ""]
     lines += ["| method | rule | threshold | test sensitivity | test specificity |", "| --- | --- | --- | --- | --- |"]
     for m, e in metrics["methods"].items():
@@ -240,6 +300,7 @@ def evaluate_cv_run(
     include_unfinished: bool = False,
     device: str = "auto",
     progress: bool = True,
+    tracking: bool = True,
 ) -> CVEvaluation:
     """Evaluate every fold of a cross-validation run, then the OOF and ensemble statistics.
 
@@ -247,6 +308,9 @@ def evaluate_cv_run(
         run_dir: the cross-validation run's directory (above ``fold<k>/``).
         stages, methods, include_unfinished, device, progress: as for
             :func:`~ich3d.evaluation.evaluate.evaluate_run`, applied to every fold.
+        tracking: log the OOF and ensemble tables to W&B when the run's
+            ``tracking.mode`` is not ``disabled`` (:mod:`ich3d.evaluation.crossval_wandb`;
+            the folds' own evaluations are not logged).
 
     Raises:
         UserError: not a cross-validation run, a fold not trained, or what
@@ -291,4 +355,5 @@ def evaluate_cv_run(
     test.to_csv(files["test_predictions"], index=False)
     files["metrics"].write_text(json.dumps({"cross_validation": metrics}, indent=2) + "\n")
     files["report"].write_text(markdown)
-    return CVEvaluation(out, oof, test, metrics, markdown, files)
+    wandb_dir = log_cv_evaluation(metrics, oof, test, config, run.path, ENSEMBLE) if tracking else None
+    return CVEvaluation(out, oof, test, metrics, markdown, files, wandb_dir)

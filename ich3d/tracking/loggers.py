@@ -389,7 +389,11 @@ def build_loggers(
 
 
 def _wandb_config(config: Config) -> dict[str, Any]:
-    return {"config": scrub_config(config), "code": code_version()}
+    """The W&B config of a stage run; a fold's run also carries ``fold`` and ``folds`` at the top (to filter by)."""
+    out: dict[str, Any] = {"config": scrub_config(config), "code": code_version()}
+    if config.data.fold is not None:
+        out.update(fold=config.data.fold, folds=config.data.folds)
+    return out
 
 
 def log_config(loggers: Sequence[Logger], config: Config) -> None:
