@@ -388,7 +388,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.child is not None:
         spec = json.loads(args.child)
-        Path(spec["out"]).write_text(json.dumps(_measure(spec["kind"], spec["arg"])))
+        figures = _measure(spec["kind"], spec["arg"])
+        Path(spec["out"]).write_text(json.dumps(figures))
+        with open(Path(spec["out"]).parent / "phases.jsonl", "a") as fh:  # kept if a later phase fails
+            fh.write(json.dumps({"kind": spec["kind"], "arg": spec["arg"], **figures}) + "\n")
         return {}
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
