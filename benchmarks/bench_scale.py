@@ -225,11 +225,19 @@ def _measure(kind: str, arg: Any) -> dict[str, Any]:
     return figures
 
 
+def _record(work: Path, kind: str, arg: Any, figures: dict[str, Any]) -> None:
+    """Append a finished phase to ``work/phases.jsonl`` (kept if a later phase fails; ``--collect``)."""
+    with open(work / "phases.jsonl", "a") as fh:
+        fh.write(json.dumps({"kind": kind, "arg": arg, **figures}) + "\n")
+
+
 def _run_phase(kind: str, arg: Any, work: Path, log: Path, in_process: bool = False) -> dict[str, Any]:
     """Run a phase in a fresh process (or in this one); its figures (and the process's whole wall time)."""
     if in_process:
         t0 = time.perf_counter()
-        return {**_measure(kind, arg), "process_wall_s": time.perf_counter() - t0}
+        figures = _measure(kind, arg)
+        _record(work, kind, arg, figures)
+        return {**figures, "process_wall_s": time.perf_counter() - t0}
     out = work / f".phase-{kind}.json"
     out.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled",
@@ -342,16 +350,20 @@ def growth_exponent(sizes: Sequence[float], seconds: Sequence[float]) -> float |
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per phase: figures per size, growth exponent, CPU seconds projected at full size."""
+    """One row per phase: figures per size (None where a phase did not run), growth exponent, CPU
+    seconds projected at full size from the largest size measured."""
     sizes = [r["counts"]["train"]["slices"] for r in results]
     table = []
     for phase, what in PHASES:
-        got = [r["phases"][phase] for r in results]
-        cpu = [g["cpu_s"] for g in got]
+        got = [r["phases"].get(phase) or {} for r in results]
+        cpu = [g.get("cpu_s") for g in got]
         slope = growth_exponent(sizes, cpu)
-        largest = int(np.argmax(sizes))
-        full = cpu[largest] * (RSNA_SLICES / sizes[largest]) ** max(slope or 0.0, 0.0)
-        table.append({"phase": phase, "what": what, "slices": sizes, "wall_s": [g["wall_s"] for g in got],
+        done = [i for i, c in enumerate(cpu) if c is not None]
+        full = None
+        if done:
+            largest = max(done, key=lambda i: sizes[i])
+            full = cpu[largest] * (RSNA_SLICES / sizes[largest]) ** max(slope or 0.0, 0.0)
+        table.append({"phase": phase, "what": what, "slices": sizes, "wall_s": [g.get("wall_s") for g in got],
                       "cpu_s": cpu, "peak_rss_mib": [g.get("peak_rss_mib") for g in got], "exponent": slope,
                       "cpu_s_full_projected": full})
     return table
@@ -369,10 +381,50 @@ def markdown(table: Sequence[dict[str, Any]]) -> str:
     for row in table:
         cells = [f"{row['phase']}: {row['what']}"]
         for w, c, m in zip(row["wall_s"], row["cpu_s"], row["peak_rss_mib"], strict=True):
-            cells.append(f"{w:.1f} / {c:.1f}, {_fmt(m, '.0f')}")
-        cells += [_fmt(row["exponent"], ".2f"), f"{row['cpu_s_full_projected']:.0f}"]
+            cells.append("not run" if c is None else f"{w:.1f} / {c:.1f}, {_fmt(m, '.0f')}")
+        cells += [_fmt(row["exponent"], ".2f"), _fmt(row["cpu_s_full_projected"], ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _phase_of(entry: dict[str, Any]) -> str:
+    """The table row of one ``phases.jsonl`` entry (``run2`` for the second run's processes)."""
+    kind, arg = entry["kind"], entry["arg"]
+    if kind not in ("cli", "evaluate"):
+        return kind
+    if kind == "evaluate" or arg[0] == "train":
+        second = any(a.endswith("/r1") or a == "r1" for a in arg)
+        if second:
+            return "run2"
+        return "evaluate" if kind == "evaluate" else {"slice": "stage1", "sequence": "stage2", "finetune": "stage3"}[
+            arg[arg.index("--stage") + 1]]
+    return arg[0]
+
+
+def collect(work_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+    """The results of sizes from their work folders' ``phases.jsonl`` (runs kept with ``--keep``, or
+    interrupted: the phases that finished); a size's folders may be several (one ``counts.json``)."""
+    by_counts: dict[str, dict[str, Any]] = {}
+    for work in work_dirs:
+        counts = next((p for p in (work / "counts.json", work.parent / "counts.json") if p.is_file()), None)
+        key = str(counts)
+        result = by_counts.setdefault(key, {"fraction": None, "counts": json.loads(counts.read_text()) if counts else None,
+                                            "phases": {}, "from": []})
+        result["from"].append(str(work))
+        run2 = []
+        for line in (work / "phases.jsonl").read_text().splitlines():
+            entry = json.loads(line)
+            phase = _phase_of(entry)
+            if phase == "run2":
+                run2.append({**entry, "process_wall_s": entry["wall_s"]})
+                continue
+            if phase == "evaluate" and "report" in entry:
+                result["phases"]["report"] = {**entry["report"], "peak_rss_mib": None}
+            result["phases"][phase] = entry
+        if run2:
+            result["phases"]["run2"] = _combine(run2)
+    results = [r for r in by_counts.values() if r["counts"] is not None]
+    return sorted(results, key=lambda r: r["counts"]["train"]["slices"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -384,16 +436,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--keep", action="store_true", help="keep the caches and runs (default: deleted per size)")
     parser.add_argument("--quick", action="store_true", help="a few training steps per stage (a smoke run)")
     parser.add_argument("--in-process", action="store_true", help="every phase in this process (tests)")
+    parser.add_argument("--collect", type=Path, nargs="+", default=None, metavar="DIR",
+                        help="tabulate the phases.jsonl of these size folders (kept or interrupted runs); no run")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
         spec = json.loads(args.child)
         figures = _measure(spec["kind"], spec["arg"])
         Path(spec["out"]).write_text(json.dumps(figures))
-        with open(Path(spec["out"]).parent / "phases.jsonl", "a") as fh:  # kept if a later phase fails
-            fh.write(json.dumps({"kind": spec["kind"], "arg": spec["arg"], **figures}) + "\n")
+        _record(Path(spec["out"]).parent, spec["kind"], spec["arg"], figures)
         return {}
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.collect is not None:
+        return _write_table(collect(args.collect), args.out, minutes=None)
     results = []
     t0 = time.perf_counter()
     for fraction in sorted(args.fractions):
@@ -410,15 +465,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{result['disk_mib']:.0f} MiB on disk", flush=True)
         if not args.keep:
             shutil.rmtree(work)
+    return _write_table(results, args.out, minutes=(time.perf_counter() - t0) / 60)
+
+
+def _write_table(results: list[dict[str, Any]], out: Path, minutes: float | None) -> dict[str, Any]:
+    """Print the table; write ``scale.json`` and ``scale.md`` to ``out``."""
     table = summarize(results)
     text = markdown(table)
-    minutes = (time.perf_counter() - t0) / 60
-    saved = {"fractions": sorted(args.fractions), "minutes": minutes, "table": table, "sizes": results,
+    saved = {"fractions": [r["fraction"] for r in results], "minutes": minutes, "table": table, "sizes": results,
              "host": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()}}
-    (args.out / "scale.json").write_text(json.dumps(saved, indent=1))
-    (args.out / "scale.md").write_text(text)
+    (out / "scale.json").write_text(json.dumps(saved, indent=1))
+    (out / "scale.md").write_text(text)
     print(text, end="")
-    print(f"all sizes: {minutes:.1f} min; {args.out / 'scale.json'}, {args.out / 'scale.md'}")
+    took = f"all sizes: {minutes:.1f} min; " if minutes is not None else ""
+    print(f"{took}{out / 'scale.json'}, {out / 'scale.md'}")
     return saved
 
 

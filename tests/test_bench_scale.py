@@ -40,7 +40,8 @@ def test_growth_exponent_is_the_log_log_slope():
 
 
 def test_bench_scale_runs_every_phase_tiny(tmp_path):
-    saved = main(["--fractions", "0.004", "--out", str(tmp_path / "out"), "--quick", "--in-process", "--workers", "1"])
+    saved = main(["--fractions", "0.004", "--out", str(tmp_path / "out"), "--quick", "--in-process", "--workers", "1",
+                  "--keep"])
     table = saved["table"]
     assert [row["phase"] for row in table] == [p for p, _ in PHASES]
     for row in table:
@@ -51,5 +52,9 @@ def test_bench_scale_runs_every_phase_tiny(tmp_path):
     assert json.loads((tmp_path / "out" / "scale.json").read_text())["table"] == json.loads(json.dumps(table))
     md = (tmp_path / "out" / "scale.md").read_text()
     assert all(f"| {p}: " in md for p, _ in PHASES)
-    assert not (tmp_path / "out" / "size-0.004").exists()  # deleted without --keep
     assert np.isfinite([row["cpu_s_full_projected"] for row in table]).all()
+    # the phases.jsonl each phase appends gives the same table (--collect: kept or interrupted runs)
+    again = main(["--collect", str(tmp_path / "out" / "size-0.004"), "--out", str(tmp_path / "collected")])
+    for row, back in zip(table, again["table"], strict=True):
+        assert back["phase"] == row["phase"] and back["cpu_s"] == pytest.approx(row["cpu_s"])
+        assert back["peak_rss_mib"] == row["peak_rss_mib"]
