@@ -33,7 +33,10 @@ process after its imports, peak memory is the largest resident set of the
 process and its workers. Growth exponent: the least-squares slope of log CPU
 time against log slice count over the sizes. Prints the table and writes
 ``scale.json`` and ``scale.md`` to ``--out``; the caches and runs are deleted
-unless ``--keep``.
+unless ``--keep``. Each finished phase is also appended to
+``<out>/size-<fraction>/phases.jsonl``, so a run stopped part-way keeps what it
+measured: ``--collect DIR ...`` tabulates such folders (one per size) without
+running anything.
 """
 
 from __future__ import annotations
