@@ -354,7 +354,7 @@ def growth_exponent(sizes: Sequence[float], seconds: Sequence[float]) -> float |
 
 def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per phase: figures per size (None where a phase did not run), growth exponent, CPU
-    seconds projected at full size from the largest size measured."""
+    seconds projected at full size from the largest size measured (linear with one size only)."""
     sizes = [r["counts"]["train"]["slices"] for r in results]
     table = []
     for phase, what in PHASES:
@@ -365,7 +365,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         full = None
         if done:
             largest = max(done, key=lambda i: sizes[i])
-            full = cpu[largest] * (RSNA_SLICES / sizes[largest]) ** max(slope or 0.0, 0.0)
+            full = cpu[largest] * (RSNA_SLICES / sizes[largest]) ** max(1.0 if slope is None else slope, 0.0)
         table.append({"phase": phase, "what": what, "slices": sizes, "wall_s": [g.get("wall_s") for g in got],
                       "cpu_s": cpu, "peak_rss_mib": [g.get("peak_rss_mib") for g in got], "exponent": slope,
                       "cpu_s_full_projected": full})
@@ -406,13 +406,13 @@ def _phase_of(entry: dict[str, Any]) -> str:
 
 def collect(work_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     """The results of sizes from their work folders' ``phases.jsonl`` (runs kept with ``--keep``, or
-    interrupted: the phases that finished); a size's folders may be several (one ``counts.json``)."""
+    interrupted: the phases that finished); folders whose ``counts.json`` are equal are one size."""
     by_counts: dict[str, dict[str, Any]] = {}
     for work in work_dirs:
-        counts = next((p for p in (work / "counts.json", work.parent / "counts.json") if p.is_file()), None)
-        key = str(counts)
-        result = by_counts.setdefault(key, {"fraction": None, "counts": json.loads(counts.read_text()) if counts else None,
-                                            "phases": {}, "from": []})
+        path = next((p for p in (work / "counts.json", work.parent / "counts.json") if p.is_file()), None)
+        counts = json.loads(path.read_text()) if path is not None else None
+        result = by_counts.setdefault(json.dumps(counts, sort_keys=True), {
+            "fraction": None, "counts": counts, "phases": {}, "from": []})
         result["from"].append(str(work))
         run2 = []
         for line in (work / "phases.jsonl").read_text().splitlines():
