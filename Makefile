@@ -94,7 +94,7 @@ bench: $(STAMP) ## all benchmarks (prints ratios against baselines measured in t
 	$(BIN)/python -m benchmarks.bench_train
 	$(BIN)/python -m benchmarks.bench_export
 
-bench-scale: $(STAMP) ## every phase at 1/16, 1/4 and full RSNA cardinality (CPU, under an hour alone): runs/bench-scale/scale.md
+bench-scale: $(STAMP) ## every phase at 1/16, 1/4 and full RSNA cardinality (CPU; target: within an hour alone): runs/bench-scale/scale.md
 	$(DEMO_ENV) $(BIN)/python -m benchmarks.bench_scale --out runs/bench-scale
 
 clean: ## remove the virtual environment and caches

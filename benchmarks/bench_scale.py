@@ -424,7 +424,7 @@ def collect(work_dirs: Sequence[Path]) -> list[dict[str, Any]]:
             if phase == "evaluate" and "report" in entry:
                 result["phases"]["report"] = {**entry["report"], "peak_rss_mib": None}
             result["phases"][phase] = entry
-        if run2:
+        if len(run2) == 4:  # three stages and the evaluation; a part of them is not the phase
             result["phases"]["run2"] = _combine(run2)
     results = [r for r in by_counts.values() if r["counts"] is not None]
     return sorted(results, key=lambda r: r["counts"]["train"]["slices"])
