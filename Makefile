@@ -30,7 +30,7 @@ ifndef SEEDS_RUN
 SEEDS_RUN := seeds-$(shell date -u +%Y%m%d-%H%M%S)
 endif
 
-.PHONY: help install demo demo-cv demo-seeds compare compare-seeds test test-all test-slurm docker-check lint bench clean
+.PHONY: help install demo demo-cv demo-seeds compare compare-seeds test test-all test-slurm docker-check lint bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -105,6 +105,9 @@ bench: $(STAMP) ## all benchmarks (prints ratios against baselines measured in t
 	$(BIN)/python -m benchmarks.bench_delong
 	$(BIN)/python -m benchmarks.bench_train
 	$(BIN)/python -m benchmarks.bench_export
+
+bench-scale: $(STAMP) ## every phase at 1/16, 1/4 and full RSNA cardinality (CPU; target: within an hour alone): runs/bench-scale/scale.md
+	$(DEMO_ENV) $(BIN)/python -m benchmarks.bench_scale --out runs/bench-scale
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache
