@@ -442,7 +442,9 @@ def fit_linear_svm(
     def make(c: float) -> Any:
         if solver == "lbfgs":
             return PrimalLinearSVM(C=c)
-        return LinearSVC(C=c, class_weight=class_weight, max_iter=max_iter, random_state=random_state)
+        # dual="auto": liblinear's primal solver when volumes outnumber values per volume (the same
+        # objective; its cost grows linearly with the volumes where the dual's grows faster)
+        return LinearSVC(C=c, class_weight=class_weight, max_iter=max_iter, random_state=random_state, dual="auto")
 
     best_c, _, best_model, val_auc = select_c_on_validation(make, cs, xtr, ytr, xva, yva, what="SVM")
     if n_crop_tr or n_crop_va:

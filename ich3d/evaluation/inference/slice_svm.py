@@ -146,7 +146,7 @@ def fit_slice_svm(
     def make(c: float) -> Any:
         return make_pipeline(
             StandardScaler(),
-            LinearSVC(C=c, class_weight="balanced", max_iter=max_iter, random_state=random_state),
+            LinearSVC(C=c, class_weight="balanced", max_iter=max_iter, random_state=random_state, dual="auto"),  # primal when n > d
         )
 
     best_c, _, best_model, val_auc = select_c_on_validation(make, cs, xtr, ytr, xva, yva, what="slice SVM")
