@@ -270,6 +270,7 @@ def _explain(ctx: EvaluationContext, plan: PredictPlan, n: int) -> dict[str, Any
             windows=list(plan.config.data.windows), volume_model=vmodel,
             volume_loader=ctx.loader("evaluated", pool) if vmodel is not None else None,
             depth_pool=pool, primary=ctx.primary, device=ctx.device,
+            context_slices=int(plan.config.data.context_slices),
         )
     finally:
         ctx.release_model()
