@@ -28,6 +28,7 @@ from ich3d.data.datasets import SliceDataset, VolumeCollate, VolumeDataset, dept
 from ich3d.data.windows import air_values, apply_windows
 from ich3d.errors import UserError
 from ich3d.runs.checkpoints import load_checkpoint
+from ich3d.runs.inputs import check_inputs
 from ich3d.training.specs import model_spec
 
 WINDOWS = ["brain", "subdural", "bone"]
@@ -163,6 +164,17 @@ def test_model_spec_takes_the_channel_count() -> None:
         model_spec(config_from_dict(raw))
     with pytest.raises(UserError, match="context_slices"):
         config_from_dict({"data": {"context_slices": -1}})
+
+
+def test_pinned_inputs_refuse_other_neighbours() -> None:
+    now = {"windows": WINDOWS, "context_slices": 1, "depth_pool": 2}
+    check_inputs(now, now, what="x")
+    with pytest.raises(UserError, match=r"context_slices: trained on 0, now 1"):
+        check_inputs({**now, "context_slices": 0}, now, what="x")
+    old = {"windows": WINDOWS, "depth_pool": 2}  # pinned before 2.5D: one slice per input
+    check_inputs(old, {**now, "context_slices": 0}, what="x")
+    with pytest.raises(UserError, match=r"context_slices: trained on 0, now 1"):
+        check_inputs(old, now, what="x")
 
 
 def test_a_25d_run_trains_evaluates_exports_and_predicts(tmp_path, capsys) -> None:

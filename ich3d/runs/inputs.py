@@ -139,6 +139,8 @@ def check_inputs(
         return
     if "targets" not in recorded and recorded.get("label") is not None:
         recorded = {**recorded, "targets": [recorded["label"]]}  # pinned before targets: binary
+    if "context_slices" not in recorded and "windows" in recorded:
+        recorded = {**recorded, "context_slices": 0}  # pinned before 2.5D: one slice per input
     names = list(keys) if keys is not None else list(current)
     diffs = []
     for k in names:
