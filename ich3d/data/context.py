@@ -112,19 +112,18 @@ def stack_context(
     if k == 0:
         return volume
     if volume.ndim == 4:
-        return stack_context(volume[None], k, None if lengths is None else lengths)[0]
+        return stack_context(volume[None], k, lengths)[0]
     if volume.ndim != 5:
         raise ValueError(f"expected (T, C, H, W) or (B, T, C, H, W), got {tuple(volume.shape)}")
     b, t = volume.shape[:2]
-    ends = [t] * b if lengths is None else [int(n) for n in (lengths.tolist() if isinstance(lengths, torch.Tensor) else lengths)]
+    given = lengths.tolist() if isinstance(lengths, torch.Tensor) else lengths
+    ends = [t] * b if given is None else [int(n) for n in given]
     if len(ends) != b:
         raise ValueError(f"{len(ends)} lengths for a batch of {b}")
-    offsets = torch.arange(-k, k + 1)
-    pos = torch.arange(t)[:, None] + offsets[None, :]  # (T, S)
-    index = torch.stack([
-        torch.where(torch.arange(t)[:, None] < n, pos.clamp(0, max(n - 1, 0)), torch.arange(t)[:, None].expand_as(pos))
-        for n in ends
-    ])  # (B, T, S)
+    own = torch.arange(t)[:, None]
+    pos = own + torch.arange(-k, k + 1)[None, :]  # (T, S)
+    # a real slice's neighbours are clamped into its volume; a padding slice repeats itself
+    index = torch.stack([torch.where(own < n, pos.clamp(0, max(n - 1, 0)), own.expand_as(pos)) for n in ends])
     flat = index.reshape(b, -1).to(volume.device)
     gathered = volume[torch.arange(b, device=volume.device)[:, None], flat]  # (B, T*S, C, H, W)
     gathered = gathered.reshape(b, t, 2 * k + 1, *volume.shape[2:])  # (B, T, S, C, H, W)

@@ -47,7 +47,7 @@ def model_spec(config: Config) -> dict[str, Any]:
     """
     encoder = {"name": config.model.encoder, **config.model.encoder_args}
     n_windows = len(config.data.windows)
-    k = config.data.context_slices
+    k = getattr(config.data, "context_slices", 0)
     n_channels = n_windows * context_width(k)
     if encoder.setdefault("in_channels", n_channels) != n_channels:
         gives = f"data.windows gives {n_windows}" if not k else (
