@@ -9,6 +9,13 @@ SLURM_TMP ?= /var/tmp/ich3d-test-slurm
 COMPARE_DATA ?= runs/compare-data
 COMPARE_SYSTEMS ?= patel2019 dawud2019_alexnet dawud2019_alexnet_svm dawud2019_cnn soni2025_vgg16 \
 	kumar2022_densenet201 ayesha2025_cnn_lstm ayesha2025_cnn_gru ayesha2025_alexnet_ae_svm
+# the RSNA 2019 winners' CPU versions (configs/compare/rsna2019_*.yaml) are not in the default set:
+# they take about 3x and 7x the CPU time of a default three-stage system (docs/published-systems.md);
+# `make compare COMPARE_WINNERS=1` adds them
+COMPARE_EXTRA := rsna2019_1st rsna2019_2nd
+ifdef COMPARE_WINNERS
+COMPARE_SYSTEMS += $(COMPARE_EXTRA)
+endif
 ifndef COMPARE_RUN
 COMPARE_RUN := compare-$(shell date -u +%Y%m%d-%H%M%S)
 endif

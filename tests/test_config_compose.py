@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 BEFORE = json.loads((REPO / "tests" / "data" / "resolved_configs.json").read_text())
 _STAGE = re.compile(r"^# compare-stage: ([a-z_]*)", re.MULTILINE)  # the Makefile's sed
 #: keys added to the schema since the fixture was made, with the default every config has
-ADDED = {("tracking", "log_model"): False, ("data", "folds"): 1, ("data", "fold"): None, ("evaluation", "tta"): []}
+ADDED = {("tracking", "log_model"): False, ("data", "folds"): 1, ("data", "fold"): None, ("evaluation", "tta"): [],
+         ("data", "context_slices"): 0}
 
 
 def _as_before(resolved: dict) -> dict:
@@ -59,7 +60,14 @@ def test_every_compare_system_of_the_makefile_has_a_config():
     systems = re.search(r"COMPARE_SYSTEMS \?= (.*?)\n(?!\t)", makefile, re.DOTALL).group(1).replace("\\\n", " ").split()
     assert sorted(systems) == sorted(BEFORE["compare_stages"])
     assert "configs/compare/$$s.yaml" in makefile and ".args" not in makefile
-    assert sorted(p.stem for p in (REPO / "configs" / "compare").glob("*.yaml")) == sorted([*systems, "common"])
+    # the RSNA 2019 winners: opt-in (`make compare COMPARE_WINNERS=1`), three stages each
+    extra = re.search(r"COMPARE_EXTRA := (.*)\n", makefile).group(1).split()
+    assert extra == ["rsna2019_1st", "rsna2019_2nd"] and "COMPARE_SYSTEMS += $(COMPARE_EXTRA)" in makefile
+    for system in extra:
+        path = REPO / "configs" / "compare" / f"{system}.yaml"
+        assert load_config(path).experiment == system and _STAGE.findall(path.read_text()) == ["all"]
+    found = sorted(p.stem for p in (REPO / "configs" / "compare").glob("*.yaml"))
+    assert found == sorted([*systems, *extra, "common"])
 
 
 def _write(path: Path, text: str) -> Path:

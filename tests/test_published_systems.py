@@ -47,6 +47,11 @@ SYSTEMS: dict[str, tuple[str, list[str]]] = {
     # one-step slice training dawud2019_alexnet covers); the real encoder: the slow test below
     "ayesha2025_cnn_lstm": ("all", _SMALL_CNN),
     "ayesha2025_cnn_gru": ("all", _SMALL_CNN),
+    # the RSNA 2019 winners: their own encoders (DenseNet-121 on nine 2.5D channels; ResNeXt-101's
+    # lighter kin ResNeXt-50, the compare version's, whose one CPU step takes ~1 s, not ~10 s),
+    # one split (their folds: test_winners_train_a_fold_and_evaluate below)
+    "rsna2019_1st": ("all", ["data.folds=1"]),
+    "rsna2019_2nd": ("all", ["data.folds=1", "model.encoder=resnext50_32x4d"]),
 }
 
 #: (optimizer class, lr) of the slice stage each config declares (docs/method.md section 2)
@@ -59,6 +64,15 @@ SLICE_OPTIMIZER = {
     "kumar2022_densenet201": ("Adam", 1e-4, 32),
     "ayesha2025_cnn_lstm": ("Adam", 1e-4, 25),
     "ayesha2025_cnn_gru": ("Adam", 1e-4, 25),
+    "rsna2019_1st": ("Adam", 1e-4, 256),
+    "rsna2019_2nd": ("Adam", 1e-4, 32),
+}
+
+#: what each RSNA 2019 winner's config must say (docs/method.md section 4, the write-ups)
+WINNERS = {
+    "rsna2019_1st": {"encoder": "densenet121", "head": "bigru", "context_slices": 1, "in_channels": 9, "tta": ()},
+    "rsna2019_2nd": {"encoder": "resnext101_32x8d", "head": "lstm", "context_slices": 0, "in_channels": 3,
+                     "tta": ("flip_lr",)},
 }
 
 
@@ -132,6 +146,16 @@ def test_config_loads_with_the_papers_settings_and_builds(name: str, empty_hub) 
         assert config.evaluation.methods == (("slice_svm",) if name.startswith("dawud") else ("slice_svm", "ae_svm"))
     elif name.startswith("ayesha"):
         assert config.model.head == name.rsplit("_", 1)[1]
+    if name in WINNERS:
+        want = WINNERS[name]
+        assert (config.model.encoder, config.model.head, config.data.context_slices) == (
+            want["encoder"], want["head"], want["context_slices"])
+        assert model_spec(config)["encoder"]["in_channels"] == want["in_channels"]
+        assert config.evaluation.tta == want["tta"]
+        assert config.data.folds == 5 and config.model.per_slice and config.data.depth_pool == 1
+        assert config.data.targets == "all"
+        compare = load_config(CONFIGS / "compare" / f"{name}.yaml")  # the CPU version: one split
+        assert compare.data.folds == 1 and compare.data.context_slices == want["context_slices"]
     text = (CONFIGS / f"{name}.yaml").read_text()
     assert "Stages:" in text
     # the values the paper does not give are marked, in the file or in the base it overrides
@@ -234,3 +258,22 @@ def test_local_imagenet_file_is_used(cache, tmp_path, empty_hub) -> None:  # noq
     for key in ("features.conv0.weight", "features.denseblock4.denselayer32.conv2.weight"):
         torch.testing.assert_close(enc[key], ref.state_dict()[key], atol=1e-6, rtol=0)
     assert not torch.equal(enc["features.norm0.running_mean"], ref.features.norm0.running_mean)
+
+
+@pytest.mark.slow  # ~70 s on one CPU thread; 2.5D train + evaluate in seconds: tests/test_context_slices.py
+def test_winners_train_a_fold_and_evaluate(eval_cache, tmp_path, empty_hub) -> None:  # noqa: ANN001
+    """The 1st-place config as configured (folds, 2.5D, BiGRU per slice): ``--fold 0`` of two
+    trains its stages, ``ich3d evaluate`` scores the fold's sequence model (the system)."""
+    import json
+
+    name = "rsna2019_1st"
+    overrides = _tiny(eval_cache, tmp_path) + ["data.folds=2"]
+    assert run_cli("train", str(CONFIGS / f"{name}.yaml"), "--stage", "all", "--fold", "0", "--run-id", "f",
+                   *overrides) == 0
+    run = tmp_path / "runs" / name / "f" / "fold0"
+    ckpt = load_checkpoint(run / "sequence" / "best.ckpt")
+    assert ckpt["hyper_parameters"]["model"]["encoder"]["in_channels"] == 9
+    assert ckpt["hyper_parameters"]["model"]["per_slice"] is True
+    assert run_cli("evaluate", str(run), "--device", "cpu") == 0
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert {"max", "p95", "svm", "sequence", "finetune"} <= set(metrics["per_method"])

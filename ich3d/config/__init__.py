@@ -30,7 +30,8 @@ Schema (section: keys)::
     seed: int                    # global seed (Lightning seed_everything)
     data:       cache_dir, images_dir, labels_csv, windows, split_fractions, split_seed,
                 splits_file, folds, fold, min_slices, ingest_workers, depth_pool, label, targets,
-                target_weights, num_workers, pin_memory, persistent_workers, augment_on
+                target_weights, num_workers, pin_memory, persistent_workers, augment_on,
+                context_slices
     model:      encoder, encoder_args, head, head_args, slice_chunk, channels_last, compile,
                 per_slice
     stages:     one section per declared stage (``ich3d train --list-stages``: slice,

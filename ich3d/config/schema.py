@@ -71,6 +71,11 @@ class DataConfig:
             augmentation and windowing run after the batch is on the trainer's device,
             with the same per-sample seeds, so the same images) or ``auto`` (default:
             ``device`` when the trainer runs on a CUDA GPU, ``loader`` otherwise).
+        context_slices: 2.5D input: each slice with its ``k`` neighbours above and
+            below, per window, as channels (``len(windows) * (2k + 1)``, window-major;
+            edge slices repeat the edge slice), in every stage, evaluation, prediction
+            and export. The volume stages' neighbours are the adjacent depth-pooled
+            slices. 0 (default): the slice alone. The RSNA 2019 1st place used 1.
     """
 
     cache_dir: str | None = field(default=None, metadata=_PATH)
@@ -92,6 +97,7 @@ class DataConfig:
     pin_memory: bool = False
     persistent_workers: bool = False
     augment_on: Literal["auto", "loader", "device"] = "auto"
+    context_slices: int = field(default=0, metadata=in_range(ge=0))
 
 
 @dataclass(frozen=True)

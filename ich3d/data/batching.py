@@ -155,10 +155,12 @@ class VolumeCollate:
 
     Args:
         windows: the windows of the dataset (to compute the air value per channel).
+        context_slices: the 2.5D neighbours ``k`` of the items (:mod:`ich3d.data.context`):
+            each window's air value fills its ``2k + 1`` channels. Default 0.
     """
 
-    def __init__(self, windows: Sequence[WindowSpec]) -> None:
-        self.air = torch.from_numpy(air_values(windows))
+    def __init__(self, windows: Sequence[WindowSpec], context_slices: int = 0) -> None:
+        self.air = torch.from_numpy(np.repeat(air_values(windows), 2 * int(context_slices) + 1))
 
     def __call__(self, items: list[dict]) -> dict:
         t_max = max(int(it["length"]) for it in items)

@@ -116,18 +116,29 @@ class SliceDataModule(ICHDataModule):
             size=self.size,
             targets=self.targets,
             raw_hu=on_device,
+            context_slices=self.context_slices,
         )
         return self._train_loader(dataset, BalancedSampler(pos, neg, n, seed=self.seed))
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Every cranial-cavity slice of ``split`` once, fixed order, no augmentation."""
-        dataset = SliceDataset(self.cache, self.slice_table(split), self.windows, size=self.size, targets=self.targets)  # type: ignore[arg-type]
-        return self._loader(dataset)
+        return self._loader(self._eval_dataset(self.slice_table(split)))
 
     def val_dataloader(self) -> DataLoader:
         """The validation slices of training: all, or the fixed ``val_samples`` subset."""
         table = validation_subset(self.slice_table("val"), self.val_samples, self.seed)
-        return self._loader(SliceDataset(self.cache, table, self.windows, size=self.size, targets=self.targets))  # type: ignore[arg-type]
+        return self._loader(self._eval_dataset(table))
+
+    def _eval_dataset(self, table: pd.DataFrame) -> SliceDataset:
+        """The slices of ``table`` as stored (no augmentation), windowed in the loader."""
+        return SliceDataset(
+            self.cache,  # type: ignore[arg-type]
+            table,
+            self.windows,
+            size=self.size,
+            targets=self.targets,
+            context_slices=self.context_slices,
+        )
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")
@@ -184,7 +195,7 @@ class VolumeDataModule(ICHDataModule):
             raise UserError(
                 f"batch_size {self.batch_size} needs padded batches (volumes differ in length): pass pad_batches as True"
             )
-        self.collate = VolumeCollate(self.windows)
+        self.collate = VolumeCollate(self.windows, self.context_slices)
 
     _image_key = "volume"
 
@@ -206,6 +217,7 @@ class VolumeDataModule(ICHDataModule):
             targets=self.targets if self.cache.labeled else None,  # type: ignore[union-attr]
             slice_columns=self.slice_columns,
             raw_hu=raw_hu,
+            context_slices=self.context_slices,
         )
 
     @property

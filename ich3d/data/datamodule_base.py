@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader
 
 from ich3d.data.augment import augment_batch
 from ich3d.data.cache import IngestCache, open_cache
+from ich3d.data.context import check_context, window_batch
 from ich3d.data.datasets import (
     worker_init_fn,
 )
@@ -62,7 +63,7 @@ from ich3d.data.splits import (
     Splits,
     validate_fractions,
 )
-from ich3d.data.windows import WindowSpec, apply_windows, resolve_windows
+from ich3d.data.windows import WindowSpec, resolve_windows
 from ich3d.errors import UserError
 
 __all__ = [
@@ -191,6 +192,9 @@ class ICHDataModule(pl.LightningDataModule):
             ``device`` (after the batch transfer, see the module docstring) or
             ``auto`` (default: ``device`` when the trainer runs on CUDA). In
             ``device`` mode on CUDA the training loader pins its memory.
+        context_slices: 2.5D input: each slice with its ``k`` neighbours above and
+            below, per window, as ``C * (2k + 1)`` channels, edge slices repeated
+            (:mod:`ich3d.data.context`). Default 0 (the slice alone).
     """
 
     def __init__(
@@ -221,8 +225,10 @@ class ICHDataModule(pl.LightningDataModule):
         prepare_data_per_node: bool = False,
         val_samples: int | None = None,
         augment_on: str = "auto",
+        context_slices: int = 0,
     ) -> None:
         super().__init__()
+        self.context_slices = check_context(context_slices)
         if augment_on not in AUGMENT_ON:
             raise UserError(f"augment_on must be one of {', '.join(AUGMENT_ON)}, got {augment_on!r}")
         self.augment_on = augment_on
@@ -452,17 +458,26 @@ class ICHDataModule(pl.LightningDataModule):
         per-sample draws ``augment_branch``/``augment_matrix`` when the batch has
         them (:func:`~ich3d.data.augment.augment_batch`, batched per branch),
         then windowed into ``image`` ``(B, C, H, W)`` / ``volume``
-        ``(B, T, C, H, W)``; those entries are removed. Runs wherever ``hu`` is
-        (the device, after Lightning's transfer); the other entries stay as they are.
+        ``(B, T, C, H, W)``; those entries are removed. 2.5D: a slice's ``hu``
+        ``(B, 2k + 1, H, W)`` is augmented alike, volumes get their neighbours
+        after windowing (:func:`~ich3d.data.context.window_batch`). Runs wherever
+        ``hu`` is (the device, after the transfer); the other entries stay.
         """
         out = {k: v for k, v in batch.items() if k not in ("hu", "augment_branch", "augment_matrix")}
         x = batch["hu"].float()
+        volumes = self._image_key == "volume"
+        stacked = not volumes and self.context_slices > 0
         if "augment_branch" in batch:
             if self._augment_template is None:
                 self._augment_template = self._build_augment()
-            lengths = batch["length"] if self._image_key == "volume" else None
-            x = augment_batch(self._augment_template, x, batch["augment_branch"], batch["augment_matrix"], lengths)
-        return {self._image_key: apply_windows(x, self.windows, channel_axis=x.ndim - 2), **out}
+            lengths = batch["length"] if volumes else None
+            branches, matrices, s = batch["augment_branch"], batch["augment_matrix"], x.shape[1]
+            if stacked:  # every neighbour of item i takes item i's draws, as one 2D image each
+                branches, matrices = [b for b in list(branches) for _ in range(s)], matrices.repeat_interleave(s, 0)
+            x = augment_batch(self._augment_template, x.flatten(0, 1) if stacked else x, branches, matrices, lengths)
+            x = x.unflatten(0, (-1, s)) if stacked else x
+        image = window_batch(x, self.windows, self.context_slices, lengths=batch["length"] if volumes else None)
+        return {self._image_key: image, **out}
 
     def _train_loader(self, dataset, sampler, collate_fn=None) -> DataLoader:
         # Lightning copies batches to CUDA with non_blocking=True; pinned pages make the copy async

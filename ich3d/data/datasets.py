@@ -41,6 +41,7 @@ from ich3d.data.batching import (  # re-exported: the datasets' batching
     worker_init_fn,
 )
 from ich3d.data.cache import IngestCache
+from ich3d.data.context import check_context, neighbour_indices, stack_context, window_major
 from ich3d.data.schema import HU_MIN
 from ich3d.data.windows import WindowSpec, apply_windows
 from ich3d.errors import UserError
@@ -227,6 +228,7 @@ class _CacheRows(Dataset):
         size: tuple[int, int] | None,
         targets: Sequence[str] | None,
         raw_hu: bool,
+        context_slices: int = 0,
         **columns: np.ndarray,
     ) -> None:
         table = table.reset_index(drop=True)
@@ -247,6 +249,7 @@ class _CacheRows(Dataset):
         self.transform = transform
         self.size = size
         self.raw_hu = bool(raw_hu)
+        self.context_slices = check_context(context_slices)
         self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -268,26 +271,35 @@ class _CacheRows(Dataset):
             self._maps.popitem(last=False)
         return arr
 
-    def _image(self, hu: np.ndarray, seed: int | None, channel_axis: int) -> tuple[dict, int]:
+    def _image(self, hu: np.ndarray, seed: int | None, channel_axis: int, stacked: bool = False) -> tuple[dict, int]:
         """The item's image entries and its number of slices (volumes).
 
         Windowed (and, for a seed, augmented) HU as ``image`` / ``volume``; with
         ``raw_hu`` the HU as stored as ``hu`` and, for a seed, the augmentation's
         draws (:func:`~ich3d.data.augment.augment_params`) as ``augment_branch``
-        and ``augment_matrix``, applied after the transfer.
+        and ``augment_matrix``, applied after the transfer. ``stacked``: ``hu`` is
+        a slice's ``(2k + 1, H, W)`` neighbours (2.5D, :mod:`ich3d.data.context`),
+        augmented alike as the channels of one 2D image; a volume gets its
+        neighbours after windowing.
         """
         if self.raw_hu:
             out = {"hu": torch.from_numpy(np.array(hu, dtype=np.int16))}
             if self.transform is not None and seed is not None:
-                branch, matrix = augment_params(self.transform, seed, hu.shape)
+                branch, matrix = augment_params(self.transform, seed, hu.shape[1:] if stacked else hu.shape)
                 out["augment_branch"] = torch.tensor(branch, dtype=torch.long)
                 out["augment_matrix"] = torch.from_numpy(matrix)
             return out, int(hu.shape[0])
         x = torch.from_numpy(hu.astype(np.float32))
         if self.transform is not None and seed is not None:
-            x = augment(self.transform, x[None] + AIR_OFFSET, seed)[0] - AIR_OFFSET
+            x = augment(self.transform, (x if stacked else x[None]) + AIR_OFFSET, seed)
+            x = (x if stacked else x[0]) - AIR_OFFSET
         name = "image" if channel_axis == 0 else "volume"
-        return {name: apply_windows(x, self.windows, channel_axis=channel_axis)}, int(x.shape[0])
+        image = apply_windows(x, self.windows, channel_axis=channel_axis)
+        if stacked:  # (C, 2k + 1, H, W) -> (C * (2k + 1), H, W)
+            image = window_major(image, 0)
+        elif channel_axis == 1:
+            image = stack_context(image, self.context_slices)
+        return {name: image}, int(x.shape[0])
 
     def _labels(self, row: int) -> dict:
         if "target" not in self._arrays:
@@ -311,6 +323,10 @@ class SliceDataset(_CacheRows):
             matrix, :func:`~ich3d.data.augment.augment_params`): augmentation and
             windowing run after the batch is on the device (``data.augment_on:
             device``, :func:`~ich3d.data.augment.augment_batch`).
+        context_slices: ``k`` > 0 gives each slice its ``k`` neighbours above and
+            below (2.5D, :mod:`ich3d.data.context`): ``image`` has ``C * (2k + 1)``
+            window-major channels, edge slices repeated; with ``raw_hu``, ``hu`` is
+            the ``(2k + 1, H, W)`` neighbours. Default 0 (the slice alone).
 
     The table is kept as fixed-dtype arrays (:class:`TableArrays`), not as the
     DataFrame. Items are dicts: ``image`` float32 ``(C, H, W)`` in [0, 1],
@@ -330,6 +346,7 @@ class SliceDataset(_CacheRows):
         size: tuple[int, int] | None = None,
         targets: Sequence[str] | None = None,
         raw_hu: bool = False,
+        context_slices: int = 0,
     ) -> None:
         super().__init__(
             cache,
@@ -339,6 +356,7 @@ class SliceDataset(_CacheRows):
             size,
             targets,
             raw_hu,
+            context_slices,
             slice_index=table["slice_index"].to_numpy(dtype=np.int64),
         )
 
@@ -346,8 +364,11 @@ class SliceDataset(_CacheRows):
         row, seed = _split_item(item)
         code = int(self._arrays["code"][row])
         index = int(self._arrays["slice_index"][row])
-        hu = fit_in_plane(np.asarray(self._volume(code)[index]), self.size)
-        image, _ = self._image(hu, seed, channel_axis=0)
+        volume = self._volume(code)
+        stacked = self.context_slices > 0
+        rows = neighbour_indices(index, volume.shape[0], self.context_slices) if stacked else index
+        hu = fit_in_plane(np.asarray(volume[rows]), self.size)
+        image, _ = self._image(hu, seed, channel_axis=0, stacked=stacked)
         return {
             **image,
             "label": torch.tensor(self._arrays["label"][row]),
@@ -374,6 +395,10 @@ class VolumeDataset(_CacheRows):
             ``(T, K)`` (:func:`slice_label_arrays`); None: none.
         raw_hu: give the pooled HU as stored instead of ``volume``, plus the
             augmentation's draws (see :class:`SliceDataset`).
+        context_slices: ``k`` > 0 gives each pooled slice its ``k`` pooled
+            neighbours above and below as channels (2.5D, :mod:`ich3d.data.context`):
+            ``volume`` has ``C * (2k + 1)`` channels. Not applied to ``hu`` (the
+            data module does it after the transfer). Default 0.
 
     Items are dicts: ``volume`` float32 ``(T, C, H, W)`` in [0, 1], ``length``
     int64 ``T``, ``label`` float32, ``key`` str, ``index`` int64 (row of ``table``),
@@ -394,6 +419,7 @@ class VolumeDataset(_CacheRows):
         targets: Sequence[str] | None = None,
         slice_columns: Sequence[str] | None = None,
         raw_hu: bool = False,
+        context_slices: int = 0,
     ) -> None:
         self.depth_pool = int(depth_pool)
         packed: dict[str, np.ndarray] = {}
@@ -407,7 +433,7 @@ class VolumeDataset(_CacheRows):
                 "slice_target": np.concatenate(per_vol).astype(np.float32, copy=False),
                 "slice_target_offset": offsets,
             }
-        super().__init__(cache, table, windows, transform, size, targets, raw_hu, **packed)
+        super().__init__(cache, table, windows, transform, size, targets, raw_hu, context_slices, **packed)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         row, seed = _split_item(item)

@@ -218,6 +218,8 @@ class FeatureDataModule(pl.LightningDataModule):
             "seed": int(volumes.seed),
             "depth_pool": int(volumes.depth_pool),
         }
+        if volumes.context_slices:  # 2.5D features differ; absent at 0 keeps older stores current
+            self.fingerprint["context_slices"] = int(volumes.context_slices)
         self.prepare_data_per_node = volumes.prepare_data_per_node
         self.batch_size = volumes.batch_size
         self._stores: dict[str, FeatureStore] = {}
@@ -258,6 +260,7 @@ class FeatureDataModule(pl.LightningDataModule):
                 depth_pool=self.volumes.depth_pool,
                 transform=transform if split == "train" else None,
                 size=self.volumes.size,
+                context_slices=self.volumes.context_slices,
             )
             if split == "train" and transform is not None:
                 items: list[Any] = [(r, view_seed(self.volumes.seed, r, v)) for r in range(len(table)) for v in range(views)]

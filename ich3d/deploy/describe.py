@@ -97,11 +97,13 @@ def describe_package(run: Any, config: Any, root: Path, models: dict[str, Any], 
             "in_plane_max_filter": POOLING,
             "windows": [list(w) for w in resolve_windows(inputs["windows"])],
             "window_names": [w if isinstance(w, str) else None for w in inputs["windows"]],
+            "context_slices": int(inputs.get("context_slices", 0)),
             "depth_pool": int(inputs["depth_pool"]),
             "image_size": [int(v) for v in inputs["image_size"]],
             "slice_order": DIRECTION_RULE,
             "min_slices": int(data.min_slices),
-            "layout": "volume model: (1, slices, channels, H, W) after the depth pool; slice model: (N, channels, H, W)",
+            "layout": "volume model: (1, slices, channels, H, W) after the depth pool; slice model: (N, channels, H, W); "
+            "channels: window-major, each window on slices i-k .. i+k (k = context_slices, edges repeated)",
         },
         "models": models,
         "evaluation": figures,
@@ -125,10 +127,14 @@ def describe_package(run: Any, config: Any, root: Path, models: dict[str, Any], 
 
 def _channel_defs(described: dict[str, Any]) -> dict[str, str]:
     inputs = described["inputs"]
-    return {
-        str(i): f"{name or 'window'} (center {c:g}, width {w:g} HU) -> [0, 1]"
-        for i, ((c, w), name) in enumerate(zip(inputs["windows"], inputs["window_names"], strict=True))
-    }
+    k = int(inputs.get("context_slices", 0))
+    defs = [
+        f"{name or 'window'} (center {c:g}, width {w:g} HU) -> [0, 1]"
+        for (c, w), name in zip(inputs["windows"], inputs["window_names"], strict=True)
+    ]
+    if k:  # window-major: each window on slices i-k .. i+k
+        defs = [f"{d}, slice i{o:+d}" if o else f"{d}, slice i" for d in defs for o in range(-k, k + 1)]
+    return {str(i): d for i, d in enumerate(defs)}
 
 
 def bundle_metadata(described: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +173,7 @@ def bundle_metadata(described: dict[str, Any]) -> dict[str, Any]:
                     "type": "image",
                     "format": "hounsfield",
                     "modality": "CT",
-                    "num_channels": len(inputs["windows"]),
+                    "num_channels": len(inputs["windows"]) * (2 * int(inputs.get("context_slices", 0)) + 1),
                     "spatial_shape": ["*", *inputs["image_size"]],
                     "dtype": "float32",
                     "value_range": [0, 1],
@@ -238,6 +244,8 @@ def render_readme(described: dict[str, Any]) -> str:
         f"- HU clipped to {inp['hu_clip']}; in plane: {inp['in_plane_max_filter']}",
         f"- slices ordered {inp['slice_order']}; at least {inp['min_slices']} slices",
         f"- windows (center, width HU) -> [0, 1] channels: {inp['windows']}",
+        f"- 2.5D: each window on slices i-{inp.get('context_slices', 0)} .. i+{inp.get('context_slices', 0)} "
+        "(window-major channels, edge slices repeated)" if inp.get("context_slices") else "- one slice per input (no 2.5D neighbours)",
         f"- volume model: max over groups of {inp['depth_pool']} slices; in-plane size {inp['image_size']} (center crop / pad with air)",
         f"- outputs: one logit per target {described['targets']} (sigmoid: probability)",
         "", "## Evaluation", "", *_figures_md(described.get("evaluation"), vstage),

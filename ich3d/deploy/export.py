@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ich3d.data.context import context_width
 from ich3d.deploy.describe import describe_package
 from ich3d.deploy.package import ICH3D, open_package, sha256_file, spec_digest, write_manifest
 from ich3d.deploy.runtime import SPEC_KEY, ExportedVolume, load_models
@@ -207,7 +208,7 @@ def _write(run: RunDir, config: Any, tmp: Path, vstage: str | None, sstage: str 
         size = inputs.get("image_size") or (cache_image_size(config.data.cache_dir) if config.data.cache_dir else None)
         if not size:
             raise UserError(f"the in-plane size the {stage} model was trained on is unknown (its training cache is gone)")
-        channels = len(inputs["windows"])
+        channels = len(inputs["windows"]) * context_width(int(inputs.get("context_slices", 0)))
         wrapped = (OneVolume(model) if name == "volume" else SliceLogits(model)).eval()
         stem = "model" if name == "volume" else "slice_model"
         files = save_model_files(wrapped, spec, _example(size, channels, TRACE_SLICES, name == "volume"), tmp, stem, 1 if name == "volume" else 0)

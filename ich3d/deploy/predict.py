@@ -4,8 +4,8 @@ The package is verified first (:func:`~ich3d.deploy.package.open_package`: every
 file against ``manifest.json``). ``INPUT`` is ingested as for ``ich3d predict
 RUN_DIR`` (a DICOM folder into ``OUT/cache``, or an ingest cache as it is), and
 its volumes are read by the data layer's ``VolumeDataModule`` with the inputs
-``configs/ich3d.json`` records (windows, depth pool, in-plane size, label,
-targets), one volume per batch. The models come from the package by
+``configs/ich3d.json`` records (windows, 2.5D neighbours, depth pool, in-plane
+size, label, targets), one volume per batch. The models come from the package by
 ``runtime`` (:mod:`ich3d.deploy.runtime`: the weights by default, nothing
 unpickled) and run through the same passes as ``predict RUN_DIR``
 (:func:`~ich3d.evaluation.inference.passes.predict_volumes`,
@@ -80,6 +80,11 @@ def _cache(pkg: Package, input: Path, out: Path, workers: int, progress: bool) -
     return out / "cache", summary.skipped_total
 
 
+def _context(pkg: Package) -> int:
+    """The 2.5D neighbours the package's models read (0 for packages from before 2.5D)."""
+    return int(pkg.spec["inputs"].get("context_slices", 0))
+
+
 def _datamodule(pkg: Package, cache_dir: Path, depth_pool: int) -> VolumeDataModule:
     spec = pkg.spec
     inputs = spec["inputs"]
@@ -93,6 +98,7 @@ def _datamodule(pkg: Package, cache_dir: Path, depth_pool: int) -> VolumeDataMod
         targets=spec["targets"] if spec.get("several_targets") else None,
         image_size=tuple(inputs["image_size"]),
         min_slices=int(inputs["min_slices"]),
+        context_slices=_context(pkg),
     )
     dm.setup("predict")
     return dm
@@ -157,7 +163,7 @@ def _explain(pkg: Package, vol_model: Any, slice_model: Any, cache: Any, dev: to
         slice_model, _datamodule(pkg, cache.root, 1).eval_dataloader("predict"), out, n,
         windows=[list(w) for w in pkg.spec["inputs"]["windows"]], volume_model=vol_model,
         volume_loader=_datamodule(pkg, cache.root, pool).eval_dataloader("predict") if vol_model is not None else None,
-        depth_pool=pool, primary=primary, device=dev, on_volume=on_volume,
+        depth_pool=pool, primary=primary, device=dev, on_volume=on_volume, context_slices=_context(pkg),
     )
 
 

@@ -67,6 +67,7 @@ def datamodule_kwargs(
         "label": data.label,
         "targets": resolve_targets(data.targets),
         "augment_on": data.augment_on,
+        "context_slices": data.context_slices,
     }
     if stage is not None:
         kwargs.update(

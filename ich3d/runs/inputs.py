@@ -1,7 +1,7 @@
 """The inputs a model was trained on, pinned in every checkpoint and checked on reuse.
 
 A checkpoint's weights only mean something for the inputs they were trained on:
-the HU windows stacked as channels, the depth max-filter of the volume models,
+the HU windows stacked as channels (and the 2.5D neighbours, ``data.context_slices``), the depth max-filter of the volume models,
 the in-plane size, the label learnt, the targets output (``[any]`` for the binary
 method, the six RSNA labels with ``data.targets: all``), the ingest cache and the patient split. Every
 checkpoint records them (``checkpoint["ich3d"]["inputs"]``, see
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: The entries that describe what a network sees (as opposed to which data it saw).
-MODEL_INPUTS: tuple[str, ...] = ("windows", "depth_pool", "image_size", "label", "targets")
+MODEL_INPUTS: tuple[str, ...] = ("windows", "context_slices", "depth_pool", "image_size", "label", "targets")
 
 
 def _digest(obj: Any) -> str:
@@ -76,7 +76,8 @@ def input_signature(data: Any, cache_dir: str | Path | None = None) -> dict[str,
         cache_dir: the cache (default ``data.cache_dir``).
 
     Returns:
-        ``{"windows", "depth_pool", "image_size", "label", "targets", "cache", "splits"}``
+        ``{"windows", "context_slices", "depth_pool", "image_size", "label", "targets", "cache",
+        "splits"}``
         (``targets``: the labels the model outputs, ``[label]`` when binary); ``cache``
         and ``splits`` are ``None`` when the cache's ``ingest.json`` or the splits file
         does not exist yet.
@@ -97,6 +98,7 @@ def input_signature(data: Any, cache_dir: str | Path | None = None) -> dict[str,
         splits_hash = _digest(pinned)
     return {
         "windows": list(data.windows),
+        "context_slices": int(getattr(data, "context_slices", 0)),
         "depth_pool": int(data.depth_pool),
         "image_size": cache_image_size(cache),
         "label": data.label,
@@ -137,6 +139,8 @@ def check_inputs(
         return
     if "targets" not in recorded and recorded.get("label") is not None:
         recorded = {**recorded, "targets": [recorded["label"]]}  # pinned before targets: binary
+    if "context_slices" not in recorded and "windows" in recorded:
+        recorded = {**recorded, "context_slices": 0}  # pinned before 2.5D: one slice per input
     names = list(keys) if keys is not None else list(current)
     diffs = []
     for k in names:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from ich3d.config import Config, StageConfig
+from ich3d.data.context import context_width
 from ich3d.data.targets import primary_index, resolve_targets, target_weights
 from ich3d.errors import UserError
 from ich3d.models.build import build, model_options
@@ -38,17 +39,23 @@ __all__ = [
 def model_spec(config: Config) -> dict[str, Any]:
     """The plain-data model spec the modules take (and checkpoints store).
 
-    ``encoder.in_channels`` defaults to the number of windows; a different explicit
-    value is an error. Every registered model option (:mod:`ich3d.models.build`) is
+    ``encoder.in_channels`` defaults to the number of windows times the 2.5D
+    slices per input (``2 * data.context_slices + 1``); a different explicit value
+    is an error. Every registered model option (:mod:`ich3d.models.build`) is
     read from ``model.<name>`` (``targets`` from ``data.targets``) and stored when
     it differs from its default.
     """
     encoder = {"name": config.model.encoder, **config.model.encoder_args}
     n_windows = len(config.data.windows)
-    if encoder.setdefault("in_channels", n_windows) != n_windows:
+    k = getattr(config.data, "context_slices", 0)
+    n_channels = n_windows * context_width(k)
+    if encoder.setdefault("in_channels", n_channels) != n_channels:
+        gives = f"data.windows gives {n_windows}" if not k else (
+            f"data.windows x data.context_slices give {n_windows} x {context_width(k)} = {n_channels}"
+        )
         raise UserError(
-            f"model.encoder_args.in_channels is {encoder['in_channels']} but data.windows "
-            f"gives {n_windows} channels; drop in_channels or make them agree"
+            f"model.encoder_args.in_channels is {encoder['in_channels']} but {gives} channels; "
+            "drop in_channels or make them agree"
         )
     spec: dict[str, Any] = {"encoder": encoder, "head": {"name": config.model.head, **config.model.head_args}}
     targets = resolve_targets(config.data.targets)

@@ -53,6 +53,7 @@ from monai.visualize import GradCAM
 from torch import Tensor, nn
 
 from ich3d.data.cache import atomic_write_csv
+from ich3d.data.context import center_channel
 from ich3d.data.windows import WindowSpec, resolve_windows
 from ich3d.errors import UserError
 from ich3d.evaluation.prediction.explain_plots import contact_sheet, overlay_png
@@ -291,6 +292,7 @@ def explain_volumes(
     primary: int | None = None,
     device: torch.device | str = "cpu",
     on_volume: Callable[[VolumeExplanation], None] | None = None,
+    context_slices: int = 0,
 ) -> dict[str, Any]:
     """Write the key slices and heat maps of every volume (see the module docstring).
 
@@ -306,6 +308,8 @@ def explain_volumes(
         primary: the column of ``data.label`` for models of several targets.
         device: torch device.
         on_volume: called with each volume's :class:`VolumeExplanation` after its files are written.
+        context_slices: the 2.5D neighbours of the inputs (``data.context_slices``):
+            the drawn channel is the brain window of the slice itself.
 
     Returns:
         ``{"n": n, "score_kind": ..., "layer": ..., "n_volumes": ..., "folder": ...}``.
@@ -321,7 +325,7 @@ def explain_volumes(
     if volume_model is not None:
         volume_model = volume_model.to(dev).eval()
     cam = SliceCAM(slice_model, primary, dev)
-    channel = brain_channel(windows)
+    channel = center_channel(brain_channel(windows), context_slices)
     kinds: set[str] = set()
     count = 0
     for vol in _volumes(volume_model, slice_model, slice_loader, volume_loader, int(depth_pool), dev, primary):

@@ -281,6 +281,7 @@ def _explain(ctx: EvaluationContext, plan: PredictPlan, n: int, on_volume: Any =
             windows=list(plan.config.data.windows), volume_model=vmodel,
             volume_loader=ctx.loader("evaluated", pool) if vmodel is not None else None,
             depth_pool=pool, primary=ctx.primary, device=ctx.device, on_volume=on_volume,
+            context_slices=int(plan.config.data.context_slices),
         )
     finally:
         ctx.release_model()
