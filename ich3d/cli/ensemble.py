@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 from ich3d.cli.commands import COMMANDS
+from ich3d.cli.options import add_wandb_options
 
 __all__ = ["add_parser", "run"]
 
@@ -37,16 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (an evaluation folder; its name is the ensemble's run id)")
     p.add_argument("--names", nargs="+", default=None, metavar="NAME", help="one label per run instead of the automatic ones")
     p.add_argument("--level", type=float, default=0.95, help="confidence level (default: 0.95)")
-    p.add_argument(
-        "--wandb",
-        nargs="?",
-        const="offline",
-        default=None,
-        choices=["offline", "online"],
-        help="log the tables to W&B (offline unless 'online'; files under --out/wandb; hashed volume keys only)",
-    )
-    p.add_argument("--wandb-project", default="ich3d", metavar="NAME", help="W&B project (default: ich3d)")
-    p.add_argument("--wandb-entity", default=None, metavar="NAME", help="W&B entity (default: yours)")
+    add_wandb_options(p, what="the tables", files="--out/wandb; hashed volume keys only")
     p.set_defaults(func=run)
 
 

@@ -23,6 +23,7 @@ import argparse
 from pathlib import Path
 
 from ich3d.cli.commands import COMMANDS
+from ich3d.cli.options import add_wandb_options
 from ich3d.stages import volume_stages
 
 __all__ = ["add_parser", "run"]
@@ -47,16 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=f"volume model to export (default: the first finished one of {' > '.join(volume_names)})",
     )
-    p.add_argument(
-        "--wandb",
-        nargs="?",
-        const="offline",
-        default=None,
-        choices=("offline", "online"),
-        help="also log the package as a W&B model artifact (offline unless 'online'; files under PKG.wandb/)",
-    )
-    p.add_argument("--wandb-project", default=None, metavar="NAME", help="W&B project (default: the run's tracking.project)")
-    p.add_argument("--wandb-entity", default=None, metavar="NAME", help="W&B entity (default: the run's tracking.entity)")
+    add_wandb_options(p, what="the package as a model artifact", files="PKG.wandb/", project_from_run=True)
     p.set_defaults(func=run)
 
 
