@@ -92,13 +92,13 @@ compare-seeds: $(STAMP) ## make compare once per seed of SEEDS (default 0 1 2), 
 	$(BIN)/ich3d seeds $(foreach s,$(SEEDS),$(foreach c,$(COMPARE_SYSTEMS),runs/compare/$(c)/$(SEEDS_RUN)-seed$(s))) \
 		--out runs/compare/$(SEEDS_RUN)
 
-test: $(STAMP) ## the test suite without the slow tests (what CI runs)
+test: $(STAMP) ## the test suite without the slow tests (CI runs it, then test-slurm)
 	$(BIN)/python -m pytest -m "not slow and not slurm" -q
 
 test-all: $(STAMP) ## every test, slow ones included (not the Slurm suite)
 	$(BIN)/python -m pytest -m "not slurm" -q
 
-test-slurm: $(STAMP) ## slurm/ against a real single-node Slurm it starts (root; apt-get installs slurm-wlm if absent)
+test-slurm: $(STAMP) ## slurm/ against a real single-node Slurm it starts (root; apt-get installs slurm-wlm if absent; CI runs it)
 	$(BIN)/python -m pytest -m slurm -q -p no:cacheprovider --basetemp=$(SLURM_TMP) tests/test_slurm.py
 
 docker-check: ## build docker/Dockerfile on a local Debian base (CPU) and run ich3d --help + tests inside
