@@ -6,7 +6,6 @@ STAMP  := $(VENV)/.installed
 DEMO_DATA ?= runs/demo-data
 # the Slurm suite's jobs outlive pytest's rotation of /tmp/pytest-of-$USER: a folder of its own
 SLURM_TMP ?= /var/tmp/ich3d-test-slurm
-COMPARE_DATA ?= runs/compare-data
 COMPARE_SYSTEMS ?= patel2019 dawud2019_alexnet dawud2019_alexnet_svm dawud2019_cnn soni2025_vgg16 \
 	kumar2022_densenet201 ayesha2025_cnn_lstm ayesha2025_cnn_gru ayesha2025_alexnet_ae_svm
 # the RSNA 2019 winners' CPU versions (configs/compare/rsna2019_*.yaml) are not in the default set:
@@ -68,16 +67,16 @@ demo-cv: $(STAMP) ## the demo with 5 folds (configs/demo_cv.yaml): every fold's 
 	$(DEMO_ENV) $(BIN)/ich3d evaluate runs/demo-cv/$(DEMO_CV_RUN)
 	@echo "ich3d demo-cv: run directory runs/demo-cv/$(DEMO_CV_RUN) (report: runs/demo-cv/$(DEMO_CV_RUN)/evaluation/report.md)"
 
-compare: $(STAMP) ## every published system, small, on one synthetic dataset (CPU) -> ich3d compare table
-	@test -f $(COMPARE_DATA)/stage_2_train.csv || \
-		$(BIN)/ich3d synth $(COMPARE_DATA) --patients 540 --studies 2 2 --size 128 --slices 5 8 --seed 0 --no-progress
-	$(BIN)/ich3d ingest --images $(COMPARE_DATA)/stage_2_train --labels $(COMPARE_DATA)/stage_2_train.csv \
-		--out $(COMPARE_DATA)/cache --workers 2
+compare: $(STAMP) ## every published system, small, on the demo's synthetic data (CPU, ~30 min) -> ich3d compare table
+	@test -f $(DEMO_DATA)/stage_2_train.csv || \
+		$(BIN)/ich3d synth $(DEMO_DATA) --patients 200 --size 128 --slices 12 20 --seed 0
+	$(BIN)/ich3d ingest --images $(DEMO_DATA)/stage_2_train --labels $(DEMO_DATA)/stage_2_train.csv \
+		--out $(DEMO_DATA)/cache --workers 2
 	@set -e; for s in $(COMPARE_SYSTEMS); do \
 		echo "== $$s"; \
-		$(BIN)/ich3d train configs/compare/$$s.yaml --run-id $(COMPARE_RUN) seed=$(SEED) \
+		$(DEMO_ENV) $(BIN)/ich3d train configs/compare/$$s.yaml --run-id $(COMPARE_RUN) seed=$(SEED) \
 			--stage $$(sed -n 's/^# compare-stage: \([a-z_]*\).*/\1/p' configs/compare/$$s.yaml); \
-		$(BIN)/ich3d evaluate runs/compare/$$s/$(COMPARE_RUN) --device cpu --no-wandb --no-progress; \
+		$(DEMO_ENV) $(BIN)/ich3d evaluate runs/compare/$$s/$(COMPARE_RUN) --device cpu --no-wandb --no-progress; \
 		rm -f runs/compare/$$s/$(COMPARE_RUN)/*/last.ckpt; \
 	done
 	$(BIN)/ich3d compare $(foreach s,$(COMPARE_SYSTEMS),runs/compare/$(s)/$(COMPARE_RUN)) --out runs/compare/$(COMPARE_RUN)

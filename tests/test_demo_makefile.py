@@ -1,4 +1,4 @@
-"""The Makefile's demo targets: every torch command runs on one pinned thread.
+"""The Makefile's demo and compare targets: every torch command runs on one pinned thread.
 
 A seed's demo figures depend on the CPU thread count (kernels sum in another order
 with another count); ``make demo`` and ``make demo-seeds`` pin it so that the
@@ -70,3 +70,28 @@ def test_demo_cv_config_is_the_demo_with_five_folds_and_the_demos_test_split():
     assert cv.data.cache_dir == demo.data.cache_dir
     assert (cv.data.split_fractions, cv.data.split_seed) == (demo.data.split_fractions, demo.data.split_seed)
     assert cv.model == demo.model and cv.stages == demo.stages
+
+
+def test_make_compare_shares_the_demos_data_and_pins_one_thread():
+    demo = _dry_run("demo", "DEMO_RUN=r1")
+    compare = _dry_run("compare", "COMPARE_RUN=c1", "SEED=4")
+    for command in ("ich3d synth ", "ich3d ingest "):
+        (line,) = [ln for ln in demo if command in ln]
+        assert line in compare, (command, compare)
+    text = "\n".join(compare)
+    assert f"{PIN}.venv/bin/ich3d train configs/compare/$s.yaml --run-id c1 seed=4" in text
+    assert f"{PIN}.venv/bin/ich3d evaluate runs/compare/$s/c1 " in text
+
+
+_SYSTEMS = sorted(p for p in (REPO / "configs" / "compare").glob("*.yaml") if p.stem != "common")
+
+
+@pytest.mark.parametrize("path", _SYSTEMS, ids=lambda p: p.stem)
+def test_every_compare_config_uses_the_demos_cache_and_split(path, monkeypatch):
+    from ich3d.config import load_config
+
+    monkeypatch.chdir(REPO)
+    demo, system = load_config(REPO / "configs" / "demo.yaml"), load_config(path)
+    # one splits.json for both targets: make compare and make demo test on the same volumes
+    assert system.data.cache_dir == demo.data.cache_dir
+    assert (system.data.split_fractions, system.data.split_seed) == (demo.data.split_fractions, demo.data.split_seed)
