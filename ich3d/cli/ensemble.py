@@ -60,9 +60,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"| {d['name']} | {d['auc']:.3f} | {d['ci_lower']:.3f} - {d['ci_upper']:.3f} | {vs} |")
     print(f"report: {report.files['report']} ({ENSEMBLE} is the column of predictions.csv)")
     if args.wandb:
-        from ich3d.evaluation.comparison.wandb import (
-            log_ensemble_to_wandb,  # heavy (torch): off the --help path
-        )
+        # heavy (torch): off the --help path
+        from ich3d.evaluation.comparison.wandb import log_ensemble_to_wandb  # heavy
 
         print(f"W&B run: {log_ensemble_to_wandb(report, args.out, mode=args.wandb, project=args.wandb_project, entity=args.wandb_entity)}")
     return 0

@@ -60,9 +60,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"selection: {args.out / 'selection.json'}")
     if args.wandb:
-        from ich3d.evaluation.comparison.wandb import (
-            log_selection_to_wandb,  # heavy (torch): off the --help path
-        )
+        # heavy (torch): off the --help path
+        from ich3d.evaluation.comparison.wandb import log_selection_to_wandb  # heavy
 
         print(f"W&B run: {log_selection_to_wandb(s, args.out, mode=args.wandb, project=args.wandb_project, entity=args.wandb_entity)}")
     return 0
