@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +86,44 @@ def offline_table(folder: Path, name: str) -> dict:
 
     (path,) = folder.rglob(f"{name}_*.table.json")
     return json.loads(path.read_text())
+
+
+def row_keys(path: str | Path) -> Any:
+    """Each row of a stage's ``metrics.csv`` as (step, the metrics it holds), counted."""
+    import collections
+
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    keys: collections.Counter = collections.Counter()
+    for _, row in frame.iterrows():
+        names = tuple(sorted(k for k, v in row.items() if k != "step" and pd.notna(v)))
+        keys[(int(row["step"]), names)] += 1
+    return keys
+
+
+@contextlib.contextmanager
+def crash_after_step(monkeypatch: Any, step: int) -> Iterator[None]:
+    """Inside the block every trainer ich3d builds raises ``RuntimeError("node lost")`` after
+    ``step`` (no checkpoint of its own: a resume is from ``last.ckpt``); restored afterwards."""
+    import pytorch_lightning as pl
+
+    import ich3d.training.trainer as trainer_lib
+
+    class Crash(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == step:
+                raise RuntimeError("node lost")
+
+    real = trainer_lib.build_trainer
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        trainer = real(*args, **kwargs)
+        trainer.callbacks.append(Crash())
+        return trainer
+
+    monkeypatch.setattr(trainer_lib, "build_trainer", build)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(trainer_lib, "build_trainer", real)

@@ -8,7 +8,14 @@ import pandas as pd
 import pytest
 import yaml
 from _cache_helpers import write_fake_cache
-from _train_helpers import make_cache, run_cli, tiny_raw_config, write_config
+from _train_helpers import (
+    crash_after_step,
+    make_cache,
+    row_keys,
+    run_cli,
+    tiny_raw_config,
+    write_config,
+)
 
 from ich3d.config import config_from_dict
 from ich3d.data.folds import fold_view, load_splits, make_folds
@@ -228,9 +235,6 @@ def test_fold_options_refused_with_advice(cache, tmp_path, capsys) -> None:
 
 
 def test_fold_interrupted_and_continued_ends_as_an_uninterrupted_one(cache, tmp_path, monkeypatch) -> None:
-    from test_resume import _Crash, _row_keys  # the resume tests' crash and metrics-row helpers
-
-    import ich3d.training.trainer as trainer_lib
     from ich3d.training.preemption import newest_checkpoint
 
     def config(root):
@@ -244,20 +248,11 @@ def test_fold_interrupted_and_continued_ends_as_an_uninterrupted_one(cache, tmp_
     reference.mkdir()
     assert run_cli("train", str(config(reference)), "--fold", "0", "--stage", "slice", "--run-id", "ref") == 0
     ref = open_run_dir(reference / "runs" / "tiny" / "ref" / "fold0")
-    expected = _row_keys(ref.stage_dir("slice") / "metrics.csv")
+    expected = row_keys(ref.stage_dir("slice") / "metrics.csv")
 
     cfg = config(tmp_path)
-    real = trainer_lib.build_trainer
-
-    def build(*args, **kwargs):
-        trainer = real(*args, **kwargs)
-        trainer.callbacks.append(_Crash(6))
-        return trainer
-
-    monkeypatch.setattr(trainer_lib, "build_trainer", build)
-    with pytest.raises(RuntimeError, match="node lost"):
+    with crash_after_step(monkeypatch, 6), pytest.raises(RuntimeError, match="node lost"):
         run_cli("train", str(cfg), "--folds", "all", "--stage", "slice", "--run-id", "crash")
-    monkeypatch.setattr(trainer_lib, "build_trainer", real)
     top = tmp_path / "runs" / "tiny" / "crash"
     fold0 = open_run_dir(top / "fold0")
     assert newest_checkpoint(fold0.stage_dir("slice")) == fold0.last_ckpt("slice")
@@ -265,7 +260,7 @@ def test_fold_interrupted_and_continued_ends_as_an_uninterrupted_one(cache, tmp_
     # the whole run resumed: fold 0 continues from its last.ckpt, fold 1 starts
     assert run_cli("train", "--resume", str(top), "--folds", "all", "--stage", "slice") == 0
     assert load_checkpoint(fold0.last_ckpt("slice"))["global_step"] == 12
-    assert _row_keys(fold0.stage_dir("slice") / "metrics.csv") == expected
+    assert row_keys(fold0.stage_dir("slice") / "metrics.csv") == expected
     assert open_run_dir(top / "fold1").is_done("slice")
     # one fold's directory resumes alone, and refuses another fold
     assert run_cli("train", "--resume", str(top / "fold1"), "--stage", "sequence") == 0

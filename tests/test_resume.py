@@ -7,7 +7,6 @@ process) with the ``scontrol requeue`` call replaced; the resubmitted job is the
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import re
@@ -18,7 +17,14 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from _train_helpers import make_cache, run_cli, tiny_raw_config, write_config
+from _train_helpers import (
+    crash_after_step,
+    make_cache,
+    row_keys,
+    run_cli,
+    tiny_raw_config,
+    write_config,
+)
 
 import ich3d.training.runner as runner
 import ich3d.training.trainer as trainer_lib
@@ -99,16 +105,6 @@ def _with_preemption(monkeypatch, targets, requeued):
     monkeypatch.setattr(trainer_lib, "build_trainer", build)
 
 
-def _row_keys(path):
-    """Each row as (step, the metrics it holds), counted."""
-    frame = pd.read_csv(path)
-    keys = collections.Counter()
-    for _, row in frame.iterrows():
-        names = tuple(sorted(k for k, v in row.items() if k != "step" and pd.notna(v)))
-        keys[(int(row["step"]), names)] += 1
-    return keys
-
-
 def _slice_config(cache, root, **tracking):
     raw = tiny_raw_config(cache, root)
     raw["stages"]["slice"].update({"max_epochs": 3, "samples_per_epoch": 40})  # 4 steps per epoch
@@ -124,7 +120,7 @@ def test_repeated_preemption_keeps_every_metrics_row_once(cache, tmp_path, monke
     cfg = _slice_config(cache, reference)
     assert run_cli("train", str(cfg), "--stage", "slice", "--run-id", "ref") == 0
     ref = open_run_dir(reference / "runs" / "tiny" / "ref")
-    expected = _row_keys(ref.stage_dir("slice") / "metrics.csv")
+    expected = row_keys(ref.stage_dir("slice") / "metrics.csv")
     assert max(step for step, _ in expected) >= 11 and all(n == 1 for n in expected.values())
 
     work = tmp_path / "preempted"
@@ -155,7 +151,7 @@ def test_repeated_preemption_keeps_every_metrics_row_once(cache, tmp_path, monke
     assert run.is_done("slice") and requeue_checkpoints(run.stage_dir("slice")) == []
     last = load_checkpoint(run.last_ckpt("slice"))
     assert last["global_step"] == load_checkpoint(ref.last_ckpt("slice"))["global_step"] == 12
-    assert _row_keys(run.stage_dir("slice") / "metrics.csv") == expected
+    assert row_keys(run.stage_dir("slice") / "metrics.csv") == expected
     # last.ckpt is written at train end, after the last epoch's train/auc row: every row
     assert len(metrics_rows(last)) == sum(expected.values())
     assert json.loads(run.result_path("slice").read_text())["global_step"] == 12
@@ -276,37 +272,17 @@ def test_batch_that_does_not_divide_fails_before_any_write(cache, tmp_path, caps
     assert not (tmp_path / "runs").exists()
 
 
-class _Crash(pl.Callback):
-    """A crash (no checkpoint of its own) after a given step: the resume is from last.ckpt."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError("node lost")
-
-
 def test_crash_resumes_from_last_ckpt_with_every_row_once(cache, tmp_path, monkeypatch):
     reference = tmp_path / "reference"
     reference.mkdir()
     assert run_cli("train", str(_slice_config(cache, reference)), "--stage", "slice", "--run-id", "ref") == 0
-    expected = _row_keys(reference / "runs" / "tiny" / "ref" / "slice" / "metrics.csv")
+    expected = row_keys(reference / "runs" / "tiny" / "ref" / "slice" / "metrics.csv")
     cfg = _slice_config(cache, tmp_path)
-    real = trainer_lib.build_trainer
-
-    def build(*args, **kwargs):
-        trainer = real(*args, **kwargs)
-        trainer.callbacks.append(_Crash(6))
-        return trainer
-
-    monkeypatch.setattr(trainer_lib, "build_trainer", build)
-    with pytest.raises(RuntimeError, match="node lost"):
+    with crash_after_step(monkeypatch, 6), pytest.raises(RuntimeError, match="node lost"):
         run_cli("train", str(cfg), "--stage", "slice", "--run-id", "crash")
-    monkeypatch.setattr(trainer_lib, "build_trainer", real)
     run = open_run_dir(tmp_path / "runs" / "tiny" / "crash")
     assert newest_checkpoint(run.stage_dir("slice")) == run.last_ckpt("slice")
     assert load_checkpoint(run.last_ckpt("slice"))["global_step"] == 4
     assert run_cli("train", str(cfg), "--stage", "slice", "--run-id", "crash", "--continue") == 0
     assert load_checkpoint(run.last_ckpt("slice"))["global_step"] == 12
-    assert _row_keys(run.stage_dir("slice") / "metrics.csv") == expected
+    assert row_keys(run.stage_dir("slice") / "metrics.csv") == expected
